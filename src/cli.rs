@@ -1,0 +1,199 @@
+//! Command-line interface: quick-mode flags and the `check` and `demo` subcommands.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use steelyard::config::{self, Algorithm, BackendConfig, Config, Timeouts, MAX_WEIGHT};
+
+/// Steelyard: a fast HTTP load balancer and reverse proxy.
+///
+/// With no arguments it runs the classic demo setup: it listens on 127.0.0.1:8080 and forwards
+/// to 127.0.0.1:8081 and 127.0.0.1:8082 in turn. Give --config for a config file, or --listen and
+/// --backend for quick mode.
+#[derive(Debug, Parser)]
+#[command(name = "steelyard", version, about, long_about)]
+pub struct Cli {
+    /// Config file (TOML); see steelyard.example.toml.
+    #[arg(short, long, global = true, value_name = "FILE", env = "STEELYARD_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Quick mode: address to listen on.
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
+    pub listen: Option<SocketAddr>,
+
+    /// Quick mode: a backend as host:port or http://host:port, optionally ",weight=N". Repeat it.
+    #[arg(short, long = "backend", value_name = "BACKEND", value_parser = parse_backend)]
+    pub backends: Vec<BackendConfig>,
+
+    /// Quick mode: load-balancing algorithm.
+    #[arg(long, value_name = "NAME", default_value = "round_robin", value_parser = parse_algorithm)]
+    pub algorithm: Algorithm,
+
+    /// Quick mode: time allowed to connect to a backend (e.g. "2s").
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub connect_timeout: Option<Duration>,
+
+    /// Quick mode: time allowed for a backend's response headers (e.g. "30s").
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub response_header_timeout: Option<Duration>,
+
+    /// Quick mode: how long an unused upstream connection stays pooled (e.g. "60s").
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+
+    /// On SIGINT/SIGTERM, how long in-flight requests get to finish (overrides the config file).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub drain_timeout: Option<Duration>,
+
+    /// Worker threads (default: one per core; overrides the config file).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
+
+    /// Log line format.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormat,
+
+    /// Log filter, e.g. "info" or "steelyard=debug" (RUST_LOG syntax; RUST_LOG is read too).
+    #[arg(long, value_name = "FILTER", global = true)]
+    pub log_level: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands; none means "run".
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate a config file without starting: exit 0 with a summary, or 1 with every problem.
+    Check,
+    /// Start three demo origins on loopback and the balancer in front of them.
+    Demo {
+        /// Where the demo balancer listens.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080", value_parser = parse_listen)]
+        listen: SocketAddr,
+        /// How many demo origins to start.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=16))]
+        origins: u8,
+    },
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Cli {
+    /// True when any quick-mode flag was given.
+    pub fn has_quick_flags(&self) -> bool {
+        self.listen.is_some()
+            || !self.backends.is_empty()
+            || self.connect_timeout.is_some()
+            || self.response_header_timeout.is_some()
+            || self.idle_timeout.is_some()
+    }
+
+    /// The config to run: the file, quick mode, or the classic demo setup.
+    pub fn run_config(&self) -> Result<Config, String> {
+        let mut config = match &self.config {
+            Some(path) => {
+                if self.has_quick_flags() {
+                    return Err("--config cannot be combined with --listen, --backend or the timeout flags".into());
+                }
+                Config::load(path).map_err(|e| e.to_string())?
+            }
+            None if !self.has_quick_flags() => {
+                let mut c = Config::original_demo();
+                c.pools[0].algorithm = self.algorithm;
+                c
+            }
+            None => {
+                let listen = self.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+                if self.backends.is_empty() {
+                    return Err("quick mode needs at least one --backend HOST:PORT".into());
+                }
+                let defaults = Timeouts::default();
+                let timeouts = Timeouts {
+                    connect: self.connect_timeout.unwrap_or(defaults.connect),
+                    response_header: self.response_header_timeout.unwrap_or(defaults.response_header),
+                    idle: self.idle_timeout.unwrap_or(defaults.idle),
+                };
+                Config::quick(listen, self.backends.clone(), self.algorithm, timeouts)
+            }
+        };
+        if let Some(d) = self.drain_timeout {
+            config.drain_timeout = d;
+        }
+        if let Some(w) = self.workers {
+            config.workers = Some(usize::from(w));
+        }
+        Ok(config)
+    }
+}
+
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    config::parse_listen_address(s)
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    config::parse_duration(s)
+}
+
+fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
+    Algorithm::from_name(s).ok_or_else(|| {
+        let names: Vec<&str> = Algorithm::ALL.iter().map(|(n, _)| *n).collect();
+        format!("unknown algorithm {s:?} (expected one of: {})", names.join(", "))
+    })
+}
+
+/// `host:port`, `http://host:port`, optionally followed by `,weight=N`.
+fn parse_backend(s: &str) -> Result<BackendConfig, String> {
+    let (addr, options) = match s.split_once(',') {
+        Some((a, o)) => (a, Some(o)),
+        None => (s, None),
+    };
+    let address = config::parse_backend_address(addr)?;
+    let mut weight = 1;
+    if let Some(options) = options {
+        for opt in options.split(',') {
+            match opt.split_once('=') {
+                Some(("weight", w)) => {
+                    weight = w
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|w| (1..=MAX_WEIGHT).contains(w))
+                        .ok_or_else(|| format!("weight must be a number from 1 to {MAX_WEIGHT}, got {w:?}"))?;
+                }
+                _ => return Err(format!("unknown backend option {opt:?} (expected weight=N)")),
+            }
+        }
+    }
+    Ok(BackendConfig { address, weight })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_specs() {
+        let b = parse_backend("127.0.0.1:8083,weight=3").expect("valid");
+        assert_eq!(b.address, "127.0.0.1:8083".parse::<SocketAddr>().expect("addr"));
+        assert_eq!(b.weight, 3);
+        assert_eq!(parse_backend("http://127.0.0.1:8082").expect("valid").weight, 1);
+        assert!(parse_backend("127.0.0.1:8083,weight=0").is_err());
+        assert!(parse_backend("127.0.0.1:8083,wieght=2").is_err());
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,134 @@
+//! The TOML file as serde types, mirroring the file one to one.
+//!
+//! Nothing here is validated beyond its TOML type: addresses are still strings, durations are
+//! still `"2s"`. Every value that validation may reject is [`Spanned`] so the error can name the
+//! line and column it came from. [`super::Config`] is built from these types.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Process-wide settings.
+    #[serde(default)]
+    pub server: ServerSection,
+    /// `[[listeners]]`: addresses to accept on, each with its routes.
+    #[serde(default)]
+    pub listeners: Vec<Spanned<ListenerSection>>,
+    /// `[pools.NAME]`: named groups of backends.
+    #[serde(default)]
+    pub pools: BTreeMap<String, Spanned<PoolSection>>,
+}
+
+/// `[server]`: settings of the process as a whole.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// How long in-flight requests may take to finish after SIGINT/SIGTERM.
+    pub drain_timeout: Option<Spanned<String>>,
+    /// Worker threads; default is one per core.
+    pub workers: Option<Spanned<i64>>,
+}
+
+/// One `[[listeners]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSection {
+    /// A name for logs; defaults to the listen address.
+    pub name: Option<String>,
+    /// `"ip:port"` to accept on.
+    pub listen: Spanned<String>,
+    /// `[[listeners.routes]]`: which pool gets which request.
+    #[serde(default)]
+    pub routes: Vec<Spanned<RouteSection>>,
+}
+
+/// One `[[listeners.routes]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    /// Exact host (`api.example.com`) or wildcard (`*.example.com`); absent matches any host.
+    pub host: Option<Spanned<String>>,
+    /// Path prefix; default `/`.
+    pub path_prefix: Option<Spanned<String>>,
+    /// Name of the pool the request goes to.
+    pub pool: Spanned<String>,
+}
+
+/// One `[pools.NAME]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSection {
+    /// How a backend is chosen; default `round_robin`.
+    pub algorithm: Option<Spanned<String>>,
+    /// The backends: `"host:port"` or `{ address = "host:port", weight = N }`.
+    pub backends: Spanned<Vec<Spanned<BackendEntry>>>,
+    /// Upstream timeouts.
+    #[serde(default)]
+    pub timeouts: TimeoutsSection,
+}
+
+/// `timeouts = { connect, response_header, idle }`, each a duration like `"2s"`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsSection {
+    /// Time allowed to open a TCP connection to a backend.
+    pub connect: Option<Spanned<String>>,
+    /// Time allowed between sending the request and receiving the response headers.
+    pub response_header: Option<Spanned<String>>,
+    /// How long an unused pooled upstream connection is kept open.
+    pub idle: Option<Spanned<String>>,
+}
+
+/// A backend as written: a bare address string or a table with a weight.
+#[derive(Debug)]
+pub struct BackendEntry {
+    /// `"host:port"` or `"http://host:port"`.
+    pub address: Spanned<String>,
+    /// Relative share of traffic; absent means 1.
+    pub weight: Option<Spanned<i64>>,
+}
+
+impl<'de> Deserialize<'de> for BackendEntry {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(BackendEntryVisitor)
+    }
+}
+
+struct BackendEntryVisitor;
+
+impl<'de> Visitor<'de> for BackendEntryVisitor {
+    type Value = BackendEntry;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(r#"a backend: "host:port" or { address = "host:port", weight = N }"#)
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<BackendEntry, E> {
+        // A bare string carries no span of its own here; the caller's Spanned wrapper has it.
+        Ok(BackendEntry {
+            address: Spanned::new(0..0, v.to_owned()),
+            weight: None,
+        })
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<BackendEntry, A::Error> {
+        let mut address = None;
+        let mut weight = None;
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "address" => address = Some(map.next_value()?),
+                "weight" => weight = Some(map.next_value()?),
+                other => return Err(de::Error::unknown_field(other, &["address", "weight"])),
+            }
+        }
+        let address = address.ok_or_else(|| de::Error::missing_field("address"))?;
+        Ok(BackendEntry { address, weight })
+    }
+}

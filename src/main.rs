@@ -1,0 +1,131 @@
+//! The `steelyard` binary: parse the command line, set up logging and the runtime, run.
+
+mod cli;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use cli::{Cli, Command, LogFormat};
+use steelyard::{Config, Server};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    match &cli.command {
+        Some(Command::Check) => check(&cli),
+        Some(Command::Demo { listen, origins }) => {
+            let runtime = match build_runtime(None) {
+                Ok(rt) => rt,
+                Err(code) => return code,
+            };
+            match runtime.block_on(steelyard::demo::run(*listen, usize::from(*origins), shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("steelyard demo: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        None => run(&cli),
+    }
+}
+
+fn check(cli: &Cli) -> ExitCode {
+    let Some(path) = &cli.config else {
+        eprintln!("steelyard check: give the file to check with --config FILE");
+        return ExitCode::from(2);
+    };
+    match Config::load(path) {
+        Ok(config) => {
+            println!("{}: OK: {}", path.display(), config.summary());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: &Cli) -> ExitCode {
+    let config = match cli.run_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("steelyard: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match build_runtime(config.workers) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let result = runtime.block_on(async {
+        let server = Server::bind(config)?;
+        server.run(shutdown_signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("steelyard: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn build_runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all().thread_name("steelyard-worker");
+    if let Some(n) = workers {
+        builder.worker_threads(n);
+    }
+    builder.build().map_err(|e| {
+        eprintln!("steelyard: cannot start the async runtime: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+fn init_logging(cli: &Cli) {
+    let filter = match &cli.log_level {
+        Some(level) => EnvFilter::try_new(level),
+        None => EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new("info")),
+    }
+    .unwrap_or_else(|e| {
+        eprintln!("steelyard: invalid log filter ({e}); using \"info\"");
+        EnvFilter::new("info")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("received SIGINT"),
+        _ = term => tracing::info!("received SIGTERM"),
+    }
+}

@@ -1,0 +1,56 @@
+//! The response body type: a streamed upstream body or a short local one.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use crate::upstream::InFlight;
+
+/// A response body, streamed frame by frame; never buffered whole.
+#[derive(Debug)]
+pub enum ProxyBody {
+    /// A backend's body; the request counts as in flight on that backend until it ends.
+    Upstream {
+        /// The body as hyper receives it.
+        body: Incoming,
+        /// Dropped with the body.
+        in_flight: InFlight,
+    },
+    /// A body Steelyard wrote itself (errors).
+    Local(Option<Bytes>),
+}
+
+impl ProxyBody {
+    /// A small local body.
+    pub fn local(text: &'static str) -> ProxyBody {
+        ProxyBody::Local(Some(Bytes::from_static(text.as_bytes())))
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
+            ProxyBody::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Upstream { body, .. } => body.is_end_stream(),
+            ProxyBody::Local(data) => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Upstream { body, .. } => body.size_hint(),
+            ProxyBody::Local(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The hot path: route, pick a backend, rewrite the request, forward it, stream the response.
+
+use std::error::Error as _;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::header::{HeaderValue, HOST};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::{Request, Response, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy;
+
+use super::headers::{add_forwarding, strip_hop_by_hop};
+use super::{ProxyBody, ProxyError, Router};
+
+/// What the hot path knows about the client connection, computed once per connection.
+#[derive(Debug)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The client's IP, pre-rendered for `X-Forwarded-For`.
+    pub client_ip: HeaderValue,
+}
+
+impl ConnInfo {
+    /// Info for a connection from `peer`.
+    pub fn new(peer: SocketAddr) -> ConnInfo {
+        let ip = peer.ip().to_canonical();
+        let client_ip = HeaderValue::try_from(ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        ConnInfo { peer, client_ip }
+    }
+}
+
+/// Proxies one request. Never fails: every error becomes a response from [`ProxyError`].
+pub async fn forward(req: Request<Incoming>, router: &ArcSwap<Router>, conn: &ConnInfo) -> Response<ProxyBody> {
+    // HTTP/2 requests carry the host in the URI rather than a Host header.
+    let host = match req.headers().get(HOST) {
+        Some(h) => Some(h.clone()),
+        None => req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
+    let pool = {
+        let router = router.load();
+        let host_str = host.as_ref().and_then(|h| h.to_str().ok());
+        match router.route(host_str, req.uri().path()) {
+            Some(pool) => Arc::clone(pool),
+            None => return ProxyError::NoRoute.response(),
+        }
+    };
+    let Some(backend) = pool.pick() else {
+        return ProxyError::NoBackend.response();
+    };
+
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    add_forwarding(&mut parts.headers, parts.version, &conn.client_ip, host.as_ref());
+    parts.uri = upstream_uri(backend.authority(), &parts.uri);
+    parts.version = Version::HTTP_11;
+    let upstream_req = Request::from_parts(parts, body);
+
+    let in_flight = backend.start_request();
+    let sent = tokio::time::timeout(pool.timeouts().response_header, pool.client().request(upstream_req)).await;
+    let failure = match sent {
+        Ok(Ok(mut res)) => {
+            strip_hop_by_hop(res.headers_mut());
+            return res.map(|body| ProxyBody::Upstream { body, in_flight });
+        }
+        Ok(Err(e)) => (classify(&e), error_chain(&e)),
+        Err(_) => (ProxyError::ResponseHeaderTimeout, "no response headers within the response_header timeout".into()),
+    };
+    backend.record_failure();
+    tracing::warn!(
+        backend = %backend.address(),
+        pool = pool.name(),
+        client = %conn.peer,
+        status = failure.0.status().as_u16(),
+        error = %failure.1,
+        "backend request failed"
+    );
+    failure.0.response()
+}
+
+/// The request's URI pointed at `backend`, keeping path and query.
+fn upstream_uri(backend: &Authority, uri: &Uri) -> Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(backend.clone());
+    parts.path_and_query = Some(uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
+    Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
+}
+
+/// Connect timeouts are 504; every other upstream failure (refused, reset, broken response) 502.
+fn classify(e: &legacy::Error) -> ProxyError {
+    let mut source = e.source();
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return ProxyError::ConnectTimeout;
+            }
+        }
+        source = err.source();
+    }
+    ProxyError::BadGateway
+}
+
+/// `outer: inner: innermost`, for one log line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(err) = source {
+        let _ = write!(out, ": {err}");
+        source = err.source();
+    }
+    out
+}

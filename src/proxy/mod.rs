@@ -1,0 +1,11 @@
+//! The request path: route, pick a backend, rewrite, forward, stream back.
+
+pub mod body;
+pub mod error;
+pub mod forward;
+pub mod headers;
+pub mod router;
+
+pub use body::ProxyBody;
+pub use error::ProxyError;
+pub use router::Router;

@@ -1,0 +1,110 @@
+//! Accepting client connections and serving HTTP/1.1 and HTTP/2 (prior knowledge) on them.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+use super::StartError;
+use crate::proxy::forward::{forward, ConnInfo};
+use crate::proxy::Router;
+
+/// The HTTP server settings shared by every connection.
+pub type HttpBuilder = auto::Builder<TokioExecutor>;
+
+/// How long a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Binds a listening socket with `SO_REUSEADDR` (fast restarts) and a deep accept backlog.
+pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, StartError> {
+    let err = |source| StartError::Bind { addr, source };
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
+    socket.set_reuse_address(true).map_err(err)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true).map_err(err)?;
+    }
+    socket.bind(&addr.into()).map_err(err)?;
+    socket.listen(4096).map_err(err)?;
+    socket.set_nonblocking(true).map_err(err)?;
+    Ok(socket.into())
+}
+
+/// The HTTP/1.1 + HTTP/2 server configuration.
+pub fn http_builder() -> HttpBuilder {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    builder
+}
+
+/// Accepts connections until `stop` turns true; each connection is served on its own task.
+pub async fn accept_loop(
+    listener: TcpListener,
+    router: Arc<ArcSwap<Router>>,
+    http: Arc<HttpBuilder>,
+    mut stop: watch::Receiver<bool>,
+    active: mpsc::Sender<()>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    tokio::spawn(serve(stream, peer, Arc::clone(&router), Arc::clone(&http), stop.clone(), active.clone()));
+                }
+                Err(e) => {
+                    // Typically EMFILE: back off briefly rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            () = stopped(&mut stop) => break,
+        }
+    }
+}
+
+/// Serves one client connection; on shutdown, finishes the in-flight request and closes.
+async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: Arc<ArcSwap<Router>>,
+    http: Arc<HttpBuilder>,
+    mut stop: watch::Receiver<bool>,
+    _active: mpsc::Sender<()>,
+) {
+    let _ = stream.set_nodelay(true);
+    let info = Arc::new(ConnInfo::new(peer));
+    let service = service_fn(move |req| {
+        let router = Arc::clone(&router);
+        let info = Arc::clone(&info);
+        async move { Ok::<_, Infallible>(forward(req, &router, &info).await) }
+    });
+    let conn = http.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = stopped(&mut stop) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
+    }
+}
+
+/// Completes when shutdown starts (or the server is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
