@@ -22,7 +22,9 @@ pub async fn spawn_origin(name: String) -> std::io::Result<SocketAddr> {
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let name = name.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req: Request<Incoming>| {
@@ -62,7 +64,12 @@ pub async fn run(listen: SocketAddr, origins: usize, shutdown: impl Future<Outpu
         let address = spawn_origin(format!("origin-{i}")).await?;
         backends.push(BackendConfig { address, weight: 1 });
     }
-    let server = Server::bind(Config::quick(listen, backends.clone(), Algorithm::RoundRobin, Timeouts::default()))?;
+    let server = Server::bind(Config::quick(
+        listen,
+        backends.clone(),
+        Algorithm::RoundRobin,
+        Timeouts::default(),
+    ))?;
     let addr = server.local_addrs()[0];
     println!("Steelyard demo: a balancer in front of {origins} origins, all on loopback.\n");
     println!("  balancer  http://{addr}/");

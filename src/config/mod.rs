@@ -250,7 +250,9 @@ pub fn parse_backend_address(s: &str) -> Result<SocketAddr, String> {
     let rest = if let Some(rest) = s.strip_prefix("http://") {
         rest
     } else if s.starts_with("https://") {
-        return Err(format!("invalid backend address {s:?}: TLS to backends is not supported yet; use http://"));
+        return Err(format!(
+            "invalid backend address {s:?}: TLS to backends is not supported yet; use http://"
+        ));
     } else if s.contains("://") {
         return Err(format!("invalid backend address {s:?}: only http:// is supported"));
     } else {
@@ -258,7 +260,9 @@ pub fn parse_backend_address(s: &str) -> Result<SocketAddr, String> {
     };
     let hostport = rest.strip_suffix('/').unwrap_or(rest);
     if hostport.contains('/') {
-        return Err(format!("invalid backend address {s:?}: a backend is host:port, without a path"));
+        return Err(format!(
+            "invalid backend address {s:?}: a backend is host:port, without a path"
+        ));
     }
     resolve(hostport).map_err(|why| format!("invalid backend address {s:?}: {why}"))
 }
@@ -349,13 +353,17 @@ impl Config {
 
     fn validate(raw: FileConfig, check: &mut Checker) -> Config {
         let drain_timeout = check.duration("server.drain_timeout", &raw.server.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
-        let workers = raw.server.workers.as_ref().and_then(|w| match usize::try_from(*w.get_ref()) {
-            Ok(n) if (1..=1024).contains(&n) => Some(n),
-            _ => {
-                check.error(w.span(), "server.workers: must be from 1 to 1024");
-                None
-            }
-        });
+        let workers = raw
+            .server
+            .workers
+            .as_ref()
+            .and_then(|w| match usize::try_from(*w.get_ref()) {
+                Ok(n) if (1..=1024).contains(&n) => Some(n),
+                _ => {
+                    check.error(w.span(), "server.workers: must be from 1 to 1024");
+                    None
+                }
+            });
 
         let pool_names: Vec<&String> = raw.pools.keys().collect();
         let pools: Vec<PoolConfig> = raw
@@ -380,10 +388,16 @@ impl Config {
                 }
             };
             if listen.port() != 0 && !listen_addrs.insert(listen) {
-                check.error(l.listen.span(), format!("listeners[{i}].listen: duplicate listener address {listen}"));
+                check.error(
+                    l.listen.span(),
+                    format!("listeners[{i}].listen: duplicate listener address {listen}"),
+                );
             }
             if l.routes.is_empty() {
-                check.error(l_span.clone(), format!("listeners[{i}]: no [[listeners.routes]]; add one with pool = \"NAME\""));
+                check.error(
+                    l_span.clone(),
+                    format!("listeners[{i}]: no [[listeners.routes]]; add one with pool = \"NAME\""),
+                );
             }
             let mut seen = HashSet::new();
             let mut routes = Vec::new();
@@ -401,7 +415,10 @@ impl Config {
                     None => Some("/".to_owned()),
                     Some(p) if p.get_ref().starts_with('/') => Some(p.get_ref().clone()),
                     Some(p) => {
-                        check.error(p.span(), format!("{key}.path_prefix: {:?} must start with '/'", p.get_ref()));
+                        check.error(
+                            p.span(),
+                            format!("{key}.path_prefix: {:?} must start with '/'", p.get_ref()),
+                        );
                         None
                     }
                 };
@@ -410,15 +427,28 @@ impl Config {
                     let known = if pool_names.is_empty() {
                         "no pools are defined".to_owned()
                     } else {
-                        format!("defined pools: {}", pool_names.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "))
+                        format!(
+                            "defined pools: {}",
+                            pool_names.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                        )
                     };
-                    check.error(r.pool.span(), format!("{key}.pool: no pool named {:?} ({known})", r.pool.get_ref()));
+                    check.error(
+                        r.pool.span(),
+                        format!("{key}.pool: no pool named {:?} ({known})", r.pool.get_ref()),
+                    );
                 }
                 if let (Some(host), Some(path_prefix), Some(pool)) = (host, path_prefix, pool) {
                     if !seen.insert((host.clone(), path_prefix.clone())) {
-                        check.error(r_span, format!("{key}: duplicate route (same host and path_prefix as an earlier route)"));
+                        check.error(
+                            r_span,
+                            format!("{key}: duplicate route (same host and path_prefix as an earlier route)"),
+                        );
                     }
-                    routes.push(RouteConfig { host, path_prefix, pool });
+                    routes.push(RouteConfig {
+                        host,
+                        path_prefix,
+                        pool,
+                    });
                 }
             }
             listeners.push(ListenerConfig {
@@ -497,13 +527,20 @@ fn validate_pool(name: &str, section: &Spanned<PoolSection>, check: &mut Checker
         Some(a) => Algorithm::from_name(a.get_ref()).unwrap_or_else(|| {
             check.error(
                 a.span(),
-                format!("{key}.algorithm: unknown algorithm {:?} (expected one of: {})", a.get_ref(), Algorithm::names()),
+                format!(
+                    "{key}.algorithm: unknown algorithm {:?} (expected one of: {})",
+                    a.get_ref(),
+                    Algorithm::names()
+                ),
             );
             Algorithm::RoundRobin
         }),
     };
     if p.backends.get_ref().is_empty() {
-        check.error(p.backends.span(), format!("{key}.backends: a pool needs at least one backend"));
+        check.error(
+            p.backends.span(),
+            format!("{key}.backends: a pool needs at least one backend"),
+        );
     }
     let mut backends: Vec<BackendConfig> = Vec::new();
     for (i, entry) in p.backends.get_ref().iter().enumerate() {
@@ -527,7 +564,11 @@ fn validate_pool(name: &str, section: &Spanned<PoolSection>, check: &mut Checker
 fn validate_backend(key: &str, entry: &Spanned<BackendEntry>, check: &mut Checker) -> Option<BackendConfig> {
     let e = entry.get_ref();
     // A bare string has an empty span of its own; use the entry's.
-    let addr_span = if e.address.span().is_empty() { entry.span() } else { e.address.span() };
+    let addr_span = if e.address.span().is_empty() {
+        entry.span()
+    } else {
+        e.address.span()
+    };
     let address = parse_backend_address(e.address.get_ref())
         .map_err(|msg| check.error(addr_span, format!("{key}.address: {msg}")))
         .ok();
@@ -536,7 +577,10 @@ fn validate_backend(key: &str, entry: &Spanned<BackendEntry>, check: &mut Checke
         Some(w) => match u32::try_from(*w.get_ref()) {
             Ok(n) if (1..=MAX_WEIGHT).contains(&n) => Some(n),
             _ => {
-                check.error(w.span(), format!("{key}.weight: must be from 1 to {MAX_WEIGHT}, got {}", w.get_ref()));
+                check.error(
+                    w.span(),
+                    format!("{key}.weight: must be from 1 to {MAX_WEIGHT}, got {}", w.get_ref()),
+                );
                 None
             }
         },
@@ -559,11 +603,18 @@ fn validate_timeouts(key: &str, t: &TimeoutsSection, check: &mut Checker) -> Tim
     };
     for (name, value, span) in [
         ("connect", timeouts.connect, t.connect.as_ref().map(|s| s.span())),
-        ("response_header", timeouts.response_header, t.response_header.as_ref().map(|s| s.span())),
+        (
+            "response_header",
+            timeouts.response_header,
+            t.response_header.as_ref().map(|s| s.span()),
+        ),
         ("idle", timeouts.idle, t.idle.as_ref().map(|s| s.span())),
     ] {
         if value.is_zero() {
-            check.error(span.unwrap_or(0..0), format!("{key}.timeouts.{name}: must be greater than zero"));
+            check.error(
+                span.unwrap_or(0..0),
+                format!("{key}.timeouts.{name}: must be greater than zero"),
+            );
         }
     }
     timeouts
@@ -666,8 +717,14 @@ timeouts = { connect = "soon" }
 
     #[test]
     fn hosts() {
-        assert_eq!(parse_host("API.example.com"), Ok(HostMatch::Exact("api.example.com".into())));
-        assert_eq!(parse_host("*.Example.com"), Ok(HostMatch::Suffix(".example.com".into())));
+        assert_eq!(
+            parse_host("API.example.com"),
+            Ok(HostMatch::Exact("api.example.com".into()))
+        );
+        assert_eq!(
+            parse_host("*.Example.com"),
+            Ok(HostMatch::Suffix(".example.com".into()))
+        );
         assert_eq!(parse_host("*"), Ok(HostMatch::Any));
         assert!(parse_host("a.*.com").is_err());
     }

@@ -38,7 +38,10 @@ pub async fn forward(req: Request<Incoming>, router: &ArcSwap<Router>, conn: &Co
     // HTTP/2 requests carry the host in the URI rather than a Host header.
     let host = match req.headers().get(HOST) {
         Some(h) => Some(h.clone()),
-        None => req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        None => req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
     let pool = {
         let router = router.load();
@@ -67,7 +70,10 @@ pub async fn forward(req: Request<Incoming>, router: &ArcSwap<Router>, conn: &Co
             return res.map(|body| ProxyBody::Upstream { body, in_flight });
         }
         Ok(Err(e)) => (classify(&e), error_chain(&e)),
-        Err(_) => (ProxyError::ResponseHeaderTimeout, "no response headers within the response_header timeout".into()),
+        Err(_) => (
+            ProxyError::ResponseHeaderTimeout,
+            "no response headers within the response_header timeout".into(),
+        ),
     };
     backend.record_failure();
     tracing::warn!(
@@ -86,7 +92,11 @@ fn upstream_uri(backend: &Authority, uri: &Uri) -> Uri {
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(Scheme::HTTP);
     parts.authority = Some(backend.clone());
-    parts.path_and_query = Some(uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
+    parts.path_and_query = Some(
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
     Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
 }
 

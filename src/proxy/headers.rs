@@ -32,7 +32,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
         headers.remove(CONNECTION);
     }
-    for name in [&KEEP_ALIVE, &PROXY_CONNECTION, &TE, &TRAILER, &TRANSFER_ENCODING, &UPGRADE] {
+    for name in [
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &TE,
+        &TRAILER,
+        &TRANSFER_ENCODING,
+        &UPGRADE,
+    ] {
         if headers.contains_key(name) {
             headers.remove(name);
         }
@@ -113,7 +120,12 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
         h.insert(VIA, HeaderValue::from_static("1.1 edge"));
         let host = HeaderValue::from_static("app.test");
-        add_forwarding(&mut h, Version::HTTP_2, &HeaderValue::from_static("127.0.0.1"), Some(&host));
+        add_forwarding(
+            &mut h,
+            Version::HTTP_2,
+            &HeaderValue::from_static("127.0.0.1"),
+            Some(&host),
+        );
         assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "app.test");

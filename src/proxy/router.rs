@@ -98,7 +98,11 @@ impl Router {
 /// `example.com:8080` → `example.com`, `[::1]:80` → `[::1]`.
 fn strip_port(host: &str) -> &str {
     match host.rfind(':') {
-        Some(i) if !host[i + 1..].is_empty() && host[i + 1..].bytes().all(|b| b.is_ascii_digit()) && !host[..i].ends_with(':') => {
+        Some(i)
+            if !host[i + 1..].is_empty()
+                && host[i + 1..].bytes().all(|b| b.is_ascii_digit())
+                && !host[..i].ends_with(':') =>
+        {
             &host[..i]
         }
         _ => host,

@@ -62,7 +62,8 @@ impl Server {
         let http = Arc::new(listener::http_builder());
         for (config, socket) in self.listeners {
             let addr = socket.local_addr().unwrap_or(config.listen);
-            let socket = tokio::net::TcpListener::from_std(socket).map_err(|source| StartError::Bind { addr, source })?;
+            let socket =
+                tokio::net::TcpListener::from_std(socket).map_err(|source| StartError::Bind { addr, source })?;
             let router = Router::new(&config, &pools);
             tracing::info!(listener = %config.name, "listening on http://{addr}, routing {}", router.describe());
             let router = Arc::new(ArcSwap::from_pointee(router));

@@ -21,8 +21,8 @@ pub struct Backend {
 impl Backend {
     /// A backend at `address` with relative `weight`.
     pub fn new(address: SocketAddr, weight: u32) -> Backend {
-        let authority = Authority::try_from(address.to_string())
-            .unwrap_or_else(|_| Authority::from_static("invalid.invalid"));
+        let authority =
+            Authority::try_from(address.to_string()).unwrap_or_else(|_| Authority::from_static("invalid.invalid"));
         Backend {
             address,
             weight,

@@ -1,0 +1,342 @@
+#!/usr/bin/env bash
+# End-to-end comparison of Steelyard against nginx and HAProxy on loopback.
+#
+#   bash bench/compare.sh            # defaults: ~6 min on a 2-core box (release build cached)
+#   DURATION=3 ROUNDS=1 bash bench/compare.sh   # quick smoke run
+#
+# Scenarios (see bench/README.md for what every figure means):
+#   1. one worker each, balancer pinned to CPU 0, origins + wrk pinned to CPU 1:
+#      req/s, CPU µs per request, p50/p99, errors, peak RSS; medians of ROUNDS
+#      interleaved rounds (direct nginx haproxy steelyard, direct nginx ...).
+#   2. memory per idle keep-alive client connection (IDLE_CONNS connections).
+#   3. all cores, nothing pinned except the origins: req/s and CPU µs per request.
+#
+# Everything listens on 127.0.0.1 only, on ports chosen free at run time. Every
+# process started is recorded and killed by PID on exit, including Ctrl-C.
+set -euo pipefail
+
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+DURATION="${DURATION:-10}"     # seconds per measured wrk run
+WARMUP="${WARMUP:-2}"          # seconds of unmeasured load before each measured run
+CONNS="${CONNS:-50}"           # wrk connections
+THREADS="${THREADS:-1}"        # wrk threads for the pinned scenario (wrk gets one core)
+ROUNDS="${ROUNDS:-3}"          # interleaved rounds; the table shows medians
+IDLE_CONNS="${IDLE_CONNS:-5000}"
+NPROC="$(nproc)"
+ALL_THREADS="${ALL_THREADS:-$NPROC}"   # wrk threads for the all-cores scenario
+LB_CPU="${LB_CPU:-0}"          # core for the balancer under test
+LOAD_CPU="${LOAD_CPU:-1}"      # core for origins, wrk and the idle-connection client
+RESULTS_DIR="$BENCH_DIR/results"
+
+BALANCERS=(nginx haproxy steelyard)
+declare -A LB_PID=() LB_PORT=()
+
+# ---------------------------------------------------------------- origins ---
+
+# One nginx, two server blocks (one port each), returning a fixed 6-byte body.
+# One worker pinned to LOAD_CPU: it does far less work per request than a
+# proxy, so it is not the bottleneck. keepalive_requests is raised so that no
+# side closes a keep-alive connection during a run (nginx's default is 1000),
+# which would add reconnects to every balancer's figures.
+start_origins() {
+    local dir="$WORK/origins"
+    mkdir -p "$dir"
+    cat >"$dir/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+user root;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+worker_rlimit_nofile 65536;
+events { worker_connections 16384; }
+http {
+    access_log off;
+    default_type text/plain;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    client_body_temp_path $dir/body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    server { listen 127.0.0.1:$ORIGIN_A; location / { return 200 "hello\n"; } }
+    server { listen 127.0.0.1:$ORIGIN_B; location / { return 200 "hello\n"; } }
+}
+EOF
+    start_bg origins taskset -c "$LOAD_CPU" nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf"
+    wait_for_port "$ORIGIN_A" "$LAST_PID" origins
+    wait_for_port "$ORIGIN_B" "$LAST_PID" origins
+}
+
+# -------------------------------------------------------------- balancers ---
+
+# start_balancer NAME PORT WORKERS PIN
+#   WORKERS: worker processes/threads ("auto"/nproc for the all-cores scenario)
+#   PIN: a CPU list for taskset, or "" for unpinned
+start_balancer() {
+    local name=$1 port=$2 workers=$3 pin=$4 dir="$WORK/$1-$2"
+    local -a launch=()
+    [[ -n "$pin" ]] && launch=(taskset -c "$pin")
+    mkdir -p "$dir"
+    case "$name" in
+        nginx)
+            # Upstream keep-alive needs all three: keepalive in the upstream,
+            # HTTP/1.1 and an empty Connection header.
+            cat >"$dir/nginx.conf" <<EOF
+worker_processes $workers;
+daemon off;
+user root;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+worker_rlimit_nofile $(ulimit -n);
+events { worker_connections $(($(ulimit -n) - 100)); }
+http {
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    client_body_temp_path $dir/body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    upstream origins {
+        server 127.0.0.1:$ORIGIN_A;
+        server 127.0.0.1:$ORIGIN_B;
+        keepalive 64;
+        keepalive_requests 100000000;
+    }
+    server {
+        listen 127.0.0.1:$port;
+        location / {
+            proxy_pass http://origins;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+            launch+=(nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf")
+            ;;
+        haproxy)
+            [[ "$workers" == auto ]] && workers="$NPROC"
+            # maxconn: the idle-connection scenario needs IDLE_CONNS client
+            # connections; HAProxy reserves about two descriptors per conn.
+            cat >"$dir/haproxy.cfg" <<EOF
+global
+    nbthread $workers
+    maxconn $(( ($(ulimit -n) - 200) / 2 ))
+
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    maxconn $(( ($(ulimit -n) - 200) / 2 ))
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+    timeout http-keep-alive 300s
+    timeout http-request 30s
+
+frontend fe
+    bind 127.0.0.1:$port
+    default_backend origins
+
+backend origins
+    balance roundrobin
+    server a 127.0.0.1:$ORIGIN_A
+    server b 127.0.0.1:$ORIGIN_B
+EOF
+            launch+=(haproxy -db -f "$dir/haproxy.cfg")
+            ;;
+        steelyard)
+            [[ "$workers" == auto ]] && workers="$NPROC"
+            launch+=("$STEELYARD_BIN" --listen "127.0.0.1:$port"
+                --backend "127.0.0.1:$ORIGIN_A" --backend "127.0.0.1:$ORIGIN_B"
+                --workers "$workers" --log-level warn)
+            ;;
+        *) die "unknown balancer $name" ;;
+    esac
+    start_bg "$name-$port" "${launch[@]}"
+    LB_PID[$name]=$LAST_PID
+    LB_PORT[$name]=$port
+    wait_for_port "$port" "$LAST_PID" "$name-$port"
+    # One request through it proves the whole path works before measuring.
+    curl -fsS --max-time 5 "http://127.0.0.1:$port/" >/dev/null ||
+        die "$name on port $port does not proxy to the origins (see $WORK/$name-$port.log)"
+}
+
+stop_balancers() {
+    local name
+    for name in "${BALANCERS[@]}"; do
+        stop_pid "${LB_PID[$name]}"
+    done
+}
+
+# ------------------------------------------------------------ measurement ---
+
+# measure_rps SCENARIO NAME ROUND PORT WRK_PIN WRK_THREADS
+# Appends "name round requests rps p50 p99 errors cpu_us_per_req" to $WORK/SCENARIO.tsv.
+# NAME "direct" means wrk straight at origin A; it has no balancer CPU figure.
+measure_rps() {
+    local scenario=$1 name=$2 round=$3 port=$4 pin=$5 threads=$6
+    local -a wrk=(wrk)
+    [[ -n "$pin" ]] && wrk=(taskset -c "$pin" wrk)
+    local url="http://127.0.0.1:$port/" out="$WORK/$scenario-$name-$round.wrk"
+    local pid="${LB_PID[$name]:-}" before after requests rps p50 p99 errors cpu="-"
+
+    # Warm up: fills the upstream keep-alive pools and the caches.
+    "${wrk[@]}" -t"$threads" -c"$CONNS" -d"${WARMUP}s" "$url" >/dev/null
+    [[ "$name" != direct ]] && before="$(cpu_ticks "$pid")"
+    "${wrk[@]}" -t"$threads" -c"$CONNS" -d"${DURATION}s" --latency "$url" >"$out"
+    [[ "$name" != direct ]] && after="$(cpu_ticks "$pid")"
+    read -r requests rps p50 p99 errors < <(python3 "$BENCH_DIR/report.py" parse-wrk "$out")
+    if [[ "$name" != direct ]]; then
+        # ticks -> µs: 1e6 / CLK_TCK per tick.
+        cpu="$(awk -v d=$((after - before)) -v hz="$CLK_TCK" -v n="$requests" \
+            'BEGIN { printf "%.3f", d * 1e6 / hz / n }')"
+    fi
+    printf '%s %s %s %s %s %s %s %s\n' "$name" "$round" "$requests" "$rps" "$p50" "$p99" \
+        "$errors" "$cpu" >>"$WORK/$scenario.tsv"
+    log "  $scenario round $round $name: $rps req/s, p99 ${p99} ms, cpu ${cpu} µs/req, errors $errors"
+}
+
+# Scenario 1: pinned, one worker each, interleaved rounds.
+run_pinned() {
+    local round name ports
+    log "scenario 1: one worker, balancer on CPU $LB_CPU, origins + wrk on CPU $LOAD_CPU"
+    read -ra ports <<<"$(free_ports 3)"
+    start_balancer nginx "${ports[0]}" 1 "$LB_CPU"
+    start_balancer haproxy "${ports[1]}" 1 "$LB_CPU"
+    start_balancer steelyard "${ports[2]}" 1 "$LB_CPU"
+    for ((round = 1; round <= ROUNDS; round++)); do
+        measure_rps pinned direct "$round" "$ORIGIN_A" "$LOAD_CPU" "$THREADS"
+        for name in "${BALANCERS[@]}"; do
+            measure_rps pinned "$name" "$round" "${LB_PORT[$name]}" "$LOAD_CPU" "$THREADS"
+        done
+    done
+    for name in "${BALANCERS[@]}"; do
+        echo "$name $(status_kb VmHWM "${LB_PID[$name]}")" >>"$WORK/pinned-rss.tsv"
+    done
+}
+
+# Scenario 2, on the same pinned balancers: RSS growth per idle keep-alive
+# client connection. The client (bench/idle_conns.py) runs on LOAD_CPU, serves
+# one request per connection, prints "ready", then idles until its stdin closes.
+run_idle() {
+    local name pid before after i fifo="$WORK/idle.fifo" client
+    log "scenario 2: $IDLE_CONNS idle keep-alive connections per balancer"
+    for name in "${BALANCERS[@]}"; do
+        pid="${LB_PID[$name]}"
+        rm -f "$fifo"
+        mkfifo "$fifo"
+        sleep 1
+        before="$(status_kb VmRSS "$pid")"
+        start_bg "idle-$name" taskset -c "$LOAD_CPU" \
+            python3 "$BENCH_DIR/idle_conns.py" "${LB_PORT[$name]}" "$IDLE_CONNS" <"$fifo"
+        client=$LAST_PID
+        exec 7>"$fifo"   # the client's stdin stays open while we hold fd 7
+        for ((i = 0; i < 600; i++)); do
+            grep -q '^ready' "$WORK/idle-$name.log" 2>/dev/null && break
+            kill -0 "$client" 2>/dev/null ||
+                { cat "$WORK/idle-$name.log" >&2; die "idle client for $name failed"; }
+            sleep 0.1
+        done
+        grep -q '^ready' "$WORK/idle-$name.log" || die "idle client for $name never got ready"
+        sleep 1   # let the balancer settle (freed request buffers, pooled upstream conns)
+        after="$(status_kb VmRSS "$pid")"
+        exec 7>&-        # closing stdin makes the client close everything and exit
+        wait "$client" 2>/dev/null || true
+        echo "$name $IDLE_CONNS $before $after" >>"$WORK/idle.tsv"
+        log "  $name: RSS $before kB -> $after kB"
+    done
+}
+
+# Scenario 3: all cores, balancer and wrk unpinned (origins stay on LOAD_CPU).
+run_all_cores() {
+    local round name ports
+    log "scenario 3: all $NPROC cores, balancer and wrk unpinned"
+    stop_balancers
+    read -ra ports <<<"$(free_ports 3)"
+    start_balancer nginx "${ports[0]}" auto ""
+    start_balancer haproxy "${ports[1]}" "$NPROC" ""
+    start_balancer steelyard "${ports[2]}" "$NPROC" ""
+    for ((round = 1; round <= ROUNDS; round++)); do
+        for name in "${BALANCERS[@]}"; do
+            measure_rps allcores "$name" "$round" "${LB_PORT[$name]}" "" "$ALL_THREADS"
+        done
+    done
+}
+
+# ----------------------------------------------------------------- report ---
+
+machine_description() {
+    local commit dirty=""
+    commit="$(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    if [[ -n "$(git -C "$REPO_DIR" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]]; then
+        dirty=" (with uncommitted changes in src/)"
+    fi
+    echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "- cores: $NPROC; CPU: $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+    echo "- kernel: $(uname -sr)"
+    echo "- nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //')"
+    echo "- HAProxy: $(haproxy -v | awk 'NR == 1 { print $3 }')"
+    echo "- wrk: $(wrk -v 2>&1 | awk 'NR == 1 { print $2 }')"
+    echo "- steelyard: $commit$dirty"
+    echo "- settings: DURATION=${DURATION}s WARMUP=${WARMUP}s CONNS=$CONNS THREADS=$THREADS" \
+        "ROUNDS=$ROUNDS IDLE_CONNS=$IDLE_CONNS ALL_THREADS=$ALL_THREADS"
+}
+
+write_report() {
+    local report="$WORK/report.md"
+    {
+        echo "## Steelyard vs nginx vs HAProxy"
+        echo
+        machine_description
+        echo
+        echo "### 1. One worker, balancer pinned to CPU $LB_CPU (origins and wrk on CPU $LOAD_CPU)"
+        echo
+        echo "Median of $ROUNDS interleaved rounds of wrk -t$THREADS -c$CONNS -d${DURATION}s;" \
+            "\"direct\" is wrk straight at one origin. Errors are summed over rounds."
+        echo
+        python3 "$BENCH_DIR/report.py" throughput "$WORK/pinned.tsv" "$WORK/pinned-rss.tsv"
+        echo
+        echo "### 2. Memory per idle keep-alive client connection"
+        echo
+        python3 "$BENCH_DIR/report.py" idle "$WORK/idle.tsv"
+        echo
+        echo "### 3. All $NPROC cores, balancer and wrk unpinned (noisy on small machines)"
+        echo
+        echo "Median of $ROUNDS interleaved rounds of wrk -t$ALL_THREADS -c$CONNS -d${DURATION}s."
+        echo
+        python3 "$BENCH_DIR/report.py" throughput "$WORK/allcores.tsv"
+    } >"$report"
+    mkdir -p "$RESULTS_DIR"
+    cp "$report" "$RESULTS_DIR/latest.md"
+    cat "$report"
+    log "wrote $RESULTS_DIR/latest.md"
+}
+
+# ------------------------------------------------------------------- main ---
+
+main() {
+    ((NPROC >= 2)) || die "needs at least 2 cores (balancer on one, load on another)"
+    ensure_packages nginx:nginx haproxy:haproxy wrk:wrk curl:curl taskset:util-linux \
+        python3:python3 pgrep:procps
+    build_steelyard
+    raise_nofile
+    (($(ulimit -n) >= IDLE_CONNS + 1000)) ||
+        die "open-file limit $(ulimit -n) is too low for IDLE_CONNS=$IDLE_CONNS"
+    CLK_TCK="$(getconf CLK_TCK)"
+    bench_init
+    log "work dir $WORK"
+    read -r ORIGIN_A ORIGIN_B <<<"$(free_ports 2)"
+    start_origins
+    run_pinned
+    run_idle
+    run_all_cores
+    write_report
+}
+
+main "$@"

@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""Helpers for compare.sh: parse wrk output and print markdown tables.
+
+  report.py parse-wrk FILE
+      prints "requests rps p50_ms p99_ms errors" from a `wrk --latency` run
+  report.py throughput TSV [RSS_TSV]
+      TSV rows: name round requests rps p50_ms p99_ms errors cpu_us_per_req
+      RSS_TSV rows: name peak_rss_kb
+      prints one markdown table, medians over rounds, ratios against nginx
+  report.py idle TSV
+      TSV rows: name conns rss_before_kb rss_after_kb
+"""
+import re
+import statistics
+import sys
+
+UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0, "h": 3600000.0}
+
+
+def to_ms(text: str) -> float:
+    m = re.fullmatch(r"([0-9.]+)(us|ms|s|m|h)", text)
+    if not m:
+        raise ValueError(f"unparseable wrk latency {text!r}")
+    return float(m.group(1)) * UNITS_MS[m.group(2)]
+
+
+def parse_wrk(path: str) -> None:
+    text = open(path, encoding="utf-8", errors="replace").read()
+    requests = int(re.search(r"^\s*(\d+) requests in", text, re.M).group(1))
+    rps = float(re.search(r"^Requests/sec:\s*([0-9.]+)", text, re.M).group(1))
+    p50 = to_ms(re.search(r"^\s*50%\s+(\S+)", text, re.M).group(1))
+    p99 = to_ms(re.search(r"^\s*99%\s+(\S+)", text, re.M).group(1))
+    errors = 0
+    m = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", text)
+    if m:
+        errors += int(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    if m:
+        errors += sum(int(g) for g in m.groups())
+    print(requests, f"{rps:.1f}", f"{p50:.3f}", f"{p99:.3f}", errors)
+
+
+def fmt(v, digits=1):
+    return "–" if v is None else f"{v:,.{digits}f}"
+
+
+def ratio(v, base):
+    if v is None or not base:
+        return "–"
+    return f"{v / base:.2f}"
+
+
+def read_rows(path):
+    with open(path, encoding="utf-8") as f:
+        return [line.split() for line in f if line.strip()]
+
+
+def throughput(path: str, rss_path: str | None) -> None:
+    by_name: dict[str, list[list[str]]] = {}
+    for row in read_rows(path):
+        by_name.setdefault(row[0], []).append(row)
+    rss = {}
+    if rss_path:
+        rss = {r[0]: int(r[1]) for r in read_rows(rss_path)}
+
+    def med(rows, col):
+        vals = [float(r[col]) for r in rows if r[col] != "-"]
+        return statistics.median(vals) if vals else None
+
+    summary = {}
+    for name, rows in by_name.items():
+        summary[name] = {
+            "rounds": len(rows),
+            "rps": med(rows, 3),
+            "p50": med(rows, 4),
+            "p99": med(rows, 5),
+            "errors": sum(int(r[6]) for r in rows),
+            "cpu": med(rows, 7),
+        }
+    base = summary.get("nginx", {})
+    cols = ["balancer", "req/s", "req/s vs nginx", "CPU µs/req", "CPU/req vs nginx",
+            "p50 ms", "p99 ms", "errors"]
+    if rss:
+        cols.append("peak RSS MiB")
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "|".join(["---"] + ["---:"] * (len(cols) - 1)) + "|")
+    for name, s in summary.items():
+        cells = [
+            name,
+            fmt(s["rps"], 0),
+            ratio(s["rps"], base.get("rps")),
+            fmt(s["cpu"], 2),
+            ratio(s["cpu"], base.get("cpu")),
+            fmt(s["p50"], 3),
+            fmt(s["p99"], 3),
+            str(s["errors"]),
+        ]
+        if rss:
+            cells.append(fmt(rss[name] / 1024, 1) if name in rss else "–")
+        print("| " + " | ".join(cells) + " |")
+
+
+def idle(path: str) -> None:
+    print("| balancer | idle conns | RSS before MiB | RSS after MiB | bytes per idle conn |")
+    print("|---|---:|---:|---:|---:|")
+    for name, conns, before, after in read_rows(path):
+        per_conn = (int(after) - int(before)) * 1024 / int(conns)
+        print(f"| {name} | {int(conns):,} | {int(before) / 1024:.1f} | {int(after) / 1024:.1f} "
+              f"| {per_conn:,.0f} |")
+
+
+def main() -> None:
+    cmd, *args = sys.argv[1:]
+    if cmd == "parse-wrk":
+        parse_wrk(args[0])
+    elif cmd == "throughput":
+        throughput(args[0], args[1] if len(args) > 1 else None)
+    elif cmd == "idle":
+        idle(args[0])
+    else:
+        sys.exit(f"unknown command {cmd}")
+
+
+if __name__ == "__main__":
+    main()

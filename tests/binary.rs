@@ -1,0 +1,391 @@
+//! The compiled `steelyard` binary, end to end: quick mode, check, demo, signals, memory.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use futures_util::stream;
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_steelyard");
+
+/// A running `steelyard` process whose output lines are collected as they arrive.
+struct Process {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Process {
+    fn start(args: &[&str]) -> Process {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start steelyard");
+        let (tx, lines) = mpsc::channel();
+        for out in [
+            Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().expect("stderr")),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Process {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for an output line containing `needle` and returns it.
+    fn wait_for_line(&mut self, needle: &str) -> String {
+        if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
+            return l.clone();
+        }
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line containing {needle:?}; output so far:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// The address from the "listening on http://ADDR" log line.
+    fn listening_addr(&mut self) -> SocketAddr {
+        let line = self.wait_for_line("listening on http://");
+        let rest = &line[line.find("http://").expect("url") + 7..];
+        rest.split(|c: char| c == ',' || c == '/' || c.is_whitespace())
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("cannot parse address from {line:?}"))
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    }
+
+    /// Waits for exit; returns the exit code.
+    fn wait(&mut self) -> i32 {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.code().expect("exited normally");
+            }
+            assert!(Instant::now() < deadline, "steelyard did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Drains the lines that arrived so far.
+    fn collect(&mut self) -> Vec<String> {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        self.seen.clone()
+    }
+
+    /// Peak resident memory, in KiB.
+    fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM")
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("run steelyard")
+}
+
+fn temp_file(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("steelyard-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write temp file");
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_mode_from_flags_balances_by_weight() {
+    let (a, b, c) = (
+        spawn_origin("a").await,
+        spawn_origin("b").await,
+        spawn_origin("c").await,
+    );
+    let (a_url, b_arg, c_arg) = (
+        a.addr.to_string(),
+        format!("http://{}", b.addr),
+        format!("{},weight=3", c.addr),
+    );
+    let mut p = Process::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        &a_url,
+        "--backend",
+        &b_arg,
+        "--backend",
+        &c_arg,
+    ]);
+    let addr = p.listening_addr();
+    let client = client();
+    let mut seen = String::new();
+    for _ in 0..10 {
+        seen.push_str(&get(&client, &format!("http://{addr}/")).await.1);
+    }
+    // Smooth weighted round robin over weights 1, 1, 3.
+    assert_eq!(seen, "cacbccacbc");
+    p.signal("-TERM");
+    assert_eq!(p.wait(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_file_run_and_startup_line() {
+    let (a, b) = (spawn_origin("a").await, spawn_origin("b").await);
+    let file = temp_file(
+        "run.toml",
+        &format!(
+            "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nroutes = [{{ pool = \"app\" }}]\n[pools.app]\nbackends = [\"{}\", \"{}\"]\n",
+            a.addr, b.addr
+        ),
+    );
+    let mut p = Process::start(&["-c", file.to_str().expect("path"), "--log-format", "json"]);
+    let line = p.wait_for_line("listening on");
+    let json_start = line.trim_start();
+    assert!(
+        json_start.starts_with('{') && json_start.ends_with('}'),
+        "JSON log line: {line}"
+    );
+    assert!(
+        line.contains(&a.addr.to_string()) && line.contains(&b.addr.to_string()),
+        "{line}"
+    );
+    let addr = p.listening_addr();
+    let (status, body) = get(&client(), &format!("http://{addr}/")).await;
+    assert_eq!((status.as_u16(), body.as_str()), (200, "a"));
+    p.signal("-INT");
+    assert_eq!(p.wait(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let origin = spawn_origin("a").await;
+    let mut p = Process::start(&["--listen", "127.0.0.1:0", "--backend", &origin.addr.to_string()]);
+    let addr = p.listening_addr();
+    let in_flight = tokio::spawn(async move { get(&client(), &format!("http://{addr}/slow?ms=600")).await });
+    eventually("the origin to receive the request", || async { origin.requests() == 1 }).await;
+    p.signal("-TERM");
+    let (status, body) = in_flight.await.expect("client");
+    assert_eq!((status.as_u16(), body.as_str()), (200, "a"));
+    assert_eq!(p.wait(), 0);
+    let out = p.collect().join("\n");
+    assert!(out.contains("received SIGTERM") && out.contains("drained"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_backend_is_logged_once_with_its_address() {
+    let dead = closed_port();
+    let mut p = Process::start(&["--listen", "127.0.0.1:0", "--backend", &dead.to_string()]);
+    let addr = p.listening_addr();
+    let (status, body) = get(&client(), &format!("http://{addr}/")).await;
+    assert_eq!(status, 502);
+    assert!(!body.contains(&dead.to_string()), "the client is not told internals");
+    p.wait_for_line("backend request failed");
+    p.signal("-TERM");
+    p.wait();
+    let failures: Vec<String> = p
+        .collect()
+        .into_iter()
+        .filter(|l| l.contains("backend request failed"))
+        .collect();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(failures[0].contains(&dead.to_string()), "{}", failures[0]);
+}
+
+#[test]
+fn check_accepts_the_example_config() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/steelyard.example.toml");
+    let out = run(&["check", "--config", example]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(": OK: "), "{stdout}");
+    assert_eq!(stdout.lines().count(), 1);
+}
+
+#[test]
+fn check_reports_every_problem_with_file_line_column() {
+    let file = temp_file(
+        "bad.toml",
+        r#"[[listeners]]
+listen = "127.0.0.1:7001"
+routes = [{ pool = "missing" }]
+
+[[listeners]]
+listen = "127.0.0.1:7001"
+routes = [{ pool = "web" }]
+
+[pools.web]
+backends = ["not an address", { address = "127.0.0.1:8081", weight = 0 }]
+"#,
+    );
+    let path = file.to_str().expect("path");
+    let out = run(&["check", "-c", path]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 4, "{stderr}");
+    let expect = [
+        (3, 20, "listeners[0].routes[0].pool: no pool named \"missing\""),
+        (6, 10, "listeners[1].listen: duplicate listener address"),
+        (10, 13, "pools.web.backends[0].address: invalid backend address"),
+        (10, 70, "pools.web.backends[1].weight: must be from 1 to 256"),
+    ];
+    for (line, (l, c, msg)) in lines.iter().zip(expect) {
+        let prefix = format!("{path}:{l}:{c}: {msg}");
+        assert!(line.starts_with(&prefix), "{line:?} should start with {prefix:?}");
+    }
+}
+
+#[test]
+fn check_reports_unknown_keys() {
+    let file = temp_file("typo.toml", "[[listeners]]\nlisten = \"127.0.0.1:0\"\nrouts = []\n");
+    let path = file.to_str().expect("path");
+    let out = run(&["check", "--config", path]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!("{path}:3:1: unknown field `routs`")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn help_documents_every_flag() {
+    let out = run(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--config",
+        "--listen",
+        "--backend",
+        "--algorithm",
+        "--connect-timeout",
+        "--response-header-timeout",
+        "--idle-timeout",
+        "--drain-timeout",
+        "--workers",
+        "--log-format",
+        "--log-level",
+        "check",
+        "demo",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
+    }
+}
+
+#[test]
+fn bad_flags_fail_clearly() {
+    let out = run(&["--listen", "127.0.0.1:0", "--backend", "127.0.0.1:1,weight=0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("weight must be a number from 1 to 256"));
+    let out = run(&["--listen", "127.0.0.1:0"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least one --backend"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serves_three_named_origins_in_turn() {
+    let mut p = Process::start(&["demo", "--listen", "127.0.0.1:0"]);
+    let line = p.wait_for_line("balancer  http://");
+    let url = line.trim().trim_start_matches("balancer").trim().to_owned();
+    p.wait_for_line("Ctrl-C");
+    let client = client();
+    let mut names = Vec::new();
+    for _ in 0..6 {
+        let (status, body) = get(&client, &url).await;
+        assert_eq!(status, 200);
+        names.push(body.split_whitespace().nth(2).expect("origin name").to_owned());
+    }
+    assert_eq!(
+        names,
+        ["origin-1", "origin-2", "origin-3", "origin-1", "origin-2", "origin-3"]
+    );
+    p.signal("-INT");
+    assert_eq!(p.wait(), 0);
+}
+
+/// Streams 1 GiB up and 1 GiB down through the binary; its peak RSS must stay small.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gigabyte_bodies_stream_in_flat_memory() {
+    const GIB: u64 = 1 << 30;
+    const CHUNK: u64 = 256 * 1024;
+    let origin = spawn_origin("a").await;
+    let mut p = Process::start(&["--listen", "127.0.0.1:0", "--backend", &origin.addr.to_string()]);
+    let addr = p.listening_addr();
+    let client = client();
+    let before = p.peak_rss_kib();
+
+    let chunk = pattern_chunk(0, CHUNK as usize);
+    let chunks = (0..GIB / CHUNK).map(move |_| Ok::<_, std::io::Error>(chunk.clone()));
+    let res = client
+        .post(format!("http://{addr}/upload"))
+        .body(reqwest::Body::wrap_stream(stream::iter(chunks)))
+        .send()
+        .await
+        .expect("upload");
+    let answer = res.text().await.expect("body");
+    assert!(answer.starts_with(&format!("{GIB} ")), "{answer}");
+
+    let mut res = client
+        .get(format!("http://{addr}/download?bytes={GIB}"))
+        .send()
+        .await
+        .expect("download");
+    let mut n = 0u64;
+    while let Some(chunk) = res.chunk().await.expect("chunk") {
+        n += chunk.len() as u64;
+    }
+    assert_eq!(n, GIB);
+
+    let after = p.peak_rss_kib();
+    eprintln!("steelyard peak RSS: {before} KiB at start, {after} KiB after 1 GiB up + 1 GiB down");
+    assert!(after < 64 * 1024, "peak RSS {after} KiB: bodies are being buffered");
+}

@@ -1,0 +1,382 @@
+//! Test harness: real origins and a real Steelyard on 127.0.0.1:0, real HTTP clients.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::stream;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use steelyard::{Config, Server};
+
+/// How long any wait in a test may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// What an origin has seen.
+#[derive(Debug, Default)]
+pub struct OriginStats {
+    /// Requests received.
+    pub requests: AtomicUsize,
+    /// TCP connections accepted.
+    pub connections: AtomicUsize,
+    /// Headers of the last request received.
+    pub last_headers: Mutex<Option<HeaderMap>>,
+}
+
+/// A small HTTP origin that says who it is.
+///
+/// Paths: `/echo` streams the request body back; `/upload` reads the body and answers
+/// `"<bytes> <checksum>"`; `/download?bytes=N` streams N bytes (chunked); `/slow?ms=N` answers
+/// after N ms; `/hop` answers with hop-by-hop headers; anything else answers with the name.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub stats: Arc<OriginStats>,
+}
+
+impl Origin {
+    pub fn requests(&self) -> usize {
+        self.stats.requests.load(Ordering::SeqCst)
+    }
+    pub fn connections(&self) -> usize {
+        self.stats.connections.load(Ordering::SeqCst)
+    }
+    pub fn last_headers(&self) -> HeaderMap {
+        self.stats
+            .last_headers
+            .lock()
+            .expect("lock")
+            .clone()
+            .expect("origin saw a request")
+    }
+}
+
+type OriginBody = BoxBody<Bytes, Infallible>;
+
+fn full(b: impl Into<Bytes>) -> OriginBody {
+    Full::new(b.into()).boxed()
+}
+
+/// A checksum cheap enough for gigabytes: FNV-1a over the bytes.
+pub fn checksum(mut h: u64, data: &[u8]) -> u64 {
+    for &b in data {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+pub const CHECKSUM_SEED: u64 = 0xcbf29ce484222325;
+
+/// The byte at offset `i` of every generated download or upload.
+pub fn pattern_byte(i: u64) -> u8 {
+    (i % 251) as u8
+}
+
+/// A chunk of the test pattern starting at `offset`.
+pub fn pattern_chunk(offset: u64, len: usize) -> Bytes {
+    (0..len as u64)
+        .map(|i| pattern_byte(offset + i))
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+fn query_u64(req: &Request<Incoming>, key: &str) -> Option<u64> {
+    req.uri()
+        .query()?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+async fn origin_handler(name: String, stats: Arc<OriginStats>, req: Request<Incoming>) -> Response<OriginBody> {
+    stats.requests.fetch_add(1, Ordering::SeqCst);
+    *stats.last_headers.lock().expect("lock") = Some(req.headers().clone());
+    let path = req.uri().path().to_owned();
+    let mut res = match path.as_str() {
+        "/echo" => {
+            let body = req.into_body().map_err(|_| unreachable_infallible()).boxed();
+            Response::new(body)
+        }
+        "/upload" => {
+            let mut body = req.into_body();
+            let (mut n, mut sum) = (0u64, CHECKSUM_SEED);
+            while let Some(frame) = body.frame().await {
+                let Ok(frame) = frame else { break };
+                if let Ok(data) = frame.into_data() {
+                    sum = checksum(sum, &data);
+                    n += data.len() as u64;
+                }
+            }
+            Response::new(full(format!("{n} {sum}")))
+        }
+        "/download" => {
+            let total = query_u64(&req, "bytes").unwrap_or(0);
+            const CHUNK: u64 = 64 * 1024;
+            let chunks = stream::iter((0..total.div_ceil(CHUNK)).map(move |i| {
+                let start = i * CHUNK;
+                let len = CHUNK.min(total - start) as usize;
+                Ok::<_, Infallible>(Frame::data(pattern_chunk(start, len)))
+            }));
+            Response::new(StreamBody::new(chunks).boxed())
+        }
+        "/slow" => {
+            tokio::time::sleep(Duration::from_millis(query_u64(&req, "ms").unwrap_or(100))).await;
+            Response::new(full(name.clone()))
+        }
+        "/hop" => {
+            let mut res = Response::new(full(name.clone()));
+            let h = res.headers_mut();
+            h.insert("connection", "x-hop-named".parse().expect("value"));
+            h.insert("x-hop-named", "1".parse().expect("value"));
+            h.insert("keep-alive", "timeout=5".parse().expect("value"));
+            h.insert("proxy-connection", "keep-alive".parse().expect("value"));
+            h.insert("trailer", "x-checksum".parse().expect("value"));
+            h.insert("x-end-to-end", "kept".parse().expect("value"));
+            res
+        }
+        _ => Response::new(full(name.clone())),
+    };
+    res.headers_mut().insert("x-origin", name.parse().expect("value"));
+    res
+}
+
+fn unreachable_infallible() -> Infallible {
+    panic!("request body failed while echoing")
+}
+
+/// Starts an origin named `name` on 127.0.0.1:0, serving HTTP/1.1 with keep-alive.
+pub async fn spawn_origin(name: &str) -> Origin {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
+    let addr = listener.local_addr().expect("origin addr");
+    let stats = Arc::new(OriginStats::default());
+    let origin = Origin {
+        name: name.to_owned(),
+        addr,
+        stats: Arc::clone(&stats),
+    };
+    let name = name.to_owned();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            stats.connections.fetch_add(1, Ordering::SeqCst);
+            let (name, stats) = (name.clone(), Arc::clone(&stats));
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let (name, stats) = (name.clone(), Arc::clone(&stats));
+                    async move { Ok::<_, Infallible>(origin_handler(name, stats, req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    origin
+}
+
+/// An origin that accepts connections and reads requests but never answers.
+pub async fn spawn_hanging_origin() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await;
+            held.push(stream);
+        }
+    });
+    addr
+}
+
+/// An origin that reads a request and then resets the connection without answering.
+pub async fn spawn_resetting_origin() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await;
+            let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+            drop(stream);
+        }
+    });
+    addr
+}
+
+/// A loopback address where nothing listens (connections are refused).
+pub fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// A loopback address whose accept queue is full, so new connections hang in SYN_SENT:
+/// the way to make a connect time out without leaving loopback. Keep the returned guard alive.
+pub fn blackhole_port() -> (SocketAddr, Vec<std::net::TcpStream>, socket2::Socket) {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    socket.listen(0).expect("listen");
+    let addr = socket.local_addr().expect("addr").as_socket().expect("inet");
+    // Fill the (tiny) accept queue; later connection attempts get no SYN-ACK.
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(s) => fillers.push(s),
+            Err(_) => break,
+        }
+    }
+    (addr, fillers, socket)
+}
+
+/// A Steelyard server running in this process.
+pub struct Steelyard {
+    pub addr: SocketAddr,
+    pub addrs: Vec<SocketAddr>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Steelyard {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Starts the graceful shutdown; returns the task that finishes when draining is done.
+    pub fn begin_shutdown(&mut self) -> JoinHandle<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.take().expect("running")
+    }
+
+    pub async fn shutdown(mut self) {
+        let task = self.begin_shutdown();
+        tokio::time::timeout(DEADLINE, task)
+            .await
+            .expect("drains in time")
+            .expect("task");
+    }
+}
+
+impl Drop for Steelyard {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Starts Steelyard in-process with `config` (listeners should use port 0).
+pub async fn spawn_steelyard(config: Config) -> Steelyard {
+    let server = Server::bind(config).expect("bind steelyard");
+    let addrs = server.local_addrs();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        server
+            .run(async move {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("steelyard runs");
+    });
+    Steelyard {
+        addr: addrs[0],
+        addrs,
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+/// A validated config from TOML text; panics with the errors when invalid.
+pub fn config(toml: &str) -> Config {
+    Config::from_toml(toml, "test.toml").unwrap_or_else(|e| panic!("invalid test config:\n{e}"))
+}
+
+/// TOML for one listener on port 0 and one pool over `backends` with `pool_extra` lines.
+pub fn one_pool_toml(backends: &[SocketAddr], pool_extra: &str) -> String {
+    let list: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
+    format!(
+        "[[listeners]]\nlisten = \"127.0.0.1:0\"\nroutes = [{{ pool = \"main\" }}]\n\n[pools.main]\nbackends = [{}]\n{pool_extra}\n",
+        list.join(", ")
+    )
+}
+
+/// A reqwest client that never uses a proxy from the environment.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().expect("client")
+}
+
+/// GETs `url` and returns status and body text.
+pub async fn get(client: &reqwest::Client, url: &str) -> (StatusCode, String) {
+    let res = client.get(url).send().await.expect("request");
+    let status = res.status();
+    (status, res.text().await.expect("body"))
+}
+
+/// Sends raw bytes on a new connection and reads until the server closes it.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut out))
+        .await
+        .expect("server closes the connection")
+        .expect("read");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Header names of a raw HTTP response, lowercased.
+pub fn raw_header_map(response: &str) -> HashMap<String, String> {
+    response
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or("")
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect()
+}
+
+/// Polls `cond` until it holds, failing the test after [`DEADLINE`].
+pub async fn eventually<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !cond().await {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// An HTTP/2 prior-knowledge client.
+pub fn h2_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client")
+}
