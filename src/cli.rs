@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use steelyard::config::{self, Algorithm, BackendConfig, Config, Timeouts, MAX_WEIGHT};
+use steelyard::upstream::HashKey;
 
 /// Steelyard: a fast HTTP load balancer and reverse proxy.
 ///
@@ -28,9 +29,15 @@ pub struct Cli {
     #[arg(short, long = "backend", value_name = "BACKEND", value_parser = parse_backend)]
     pub backends: Vec<BackendConfig>,
 
-    /// Quick mode: load-balancing algorithm.
+    /// Load-balancing algorithm: round_robin, least_connections, least_request, peak_ewma,
+    /// random, maglev or ring_hash.
     #[arg(long, value_name = "NAME", default_value = "round_robin", value_parser = parse_algorithm)]
     pub algorithm: Algorithm,
+
+    /// Quick mode: what maglev and ring_hash hash: client_ip (default), header:NAME,
+    /// cookie:NAME, path or query:NAME.
+    #[arg(long, value_name = "KEY", value_parser = parse_hash_key)]
+    pub hash_key: Option<HashKey>,
 
     /// Quick mode: time allowed to connect to a backend (e.g. "2s").
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -97,6 +104,7 @@ impl Cli {
             || self.connect_timeout.is_some()
             || self.response_header_timeout.is_some()
             || self.idle_timeout.is_some()
+            || self.hash_key.is_some()
     }
 
     /// The config to run: the file, quick mode, or the classic demo setup.
@@ -111,6 +119,7 @@ impl Cli {
             None if !self.has_quick_flags() => {
                 let mut c = Config::original_demo();
                 c.pools[0].algorithm = self.algorithm;
+                c.pools[0].hash_key = self.algorithm.hashes().then_some(HashKey::ClientIp);
                 c
             }
             None => {
@@ -124,7 +133,14 @@ impl Cli {
                     response_header: self.response_header_timeout.unwrap_or(defaults.response_header),
                     idle: self.idle_timeout.unwrap_or(defaults.idle),
                 };
-                Config::quick(listen, self.backends.clone(), self.algorithm, timeouts)
+                let mut config = Config::quick(listen, self.backends.clone(), self.algorithm, timeouts);
+                if let Some(key) = &self.hash_key {
+                    if !self.algorithm.hashes() {
+                        return Err("--hash-key applies only to --algorithm maglev or ring_hash".into());
+                    }
+                    config.pools[0].hash_key = Some(key.clone());
+                }
+                config
             }
         };
         if let Some(d) = self.drain_timeout {
@@ -139,6 +155,10 @@ impl Cli {
 
 fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     config::parse_listen_address(s)
+}
+
+fn parse_hash_key(s: &str) -> Result<HashKey, String> {
+    HashKey::parse(s)
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

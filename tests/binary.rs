@@ -307,6 +307,7 @@ fn help_documents_every_flag() {
         "--listen",
         "--backend",
         "--algorithm",
+        "--hash-key",
         "--connect-timeout",
         "--response-header-timeout",
         "--idle-timeout",
@@ -388,4 +389,69 @@ async fn gigabyte_bodies_stream_in_flat_memory() {
     let after = p.peak_rss_kib();
     eprintln!("steelyard peak RSS: {before} KiB at start, {after} KiB after 1 GiB up + 1 GiB down");
     assert!(after < 64 * 1024, "peak RSS {after} KiB: bodies are being buffered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_algorithm_is_selectable_from_the_command_line() {
+    let (a, b) = (spawn_origin("a").await, spawn_origin("b").await);
+    let (a, b) = (a.addr.to_string(), b.addr.to_string());
+    let client = client();
+    for name in [
+        "round_robin",
+        "least_connections",
+        "least_request",
+        "peak_ewma",
+        "random",
+        "maglev",
+        "ring_hash",
+    ] {
+        let mut p = Process::start(&["--listen", "127.0.0.1:0", "-b", &a, "-b", &b, "--algorithm", name]);
+        let line = p.wait_for_line("listening on");
+        assert!(line.contains(&format!("({name})")), "{line}");
+        let addr = p.listening_addr();
+        for _ in 0..4 {
+            assert_eq!(get(&client, &format!("http://{addr}/")).await.0, 200, "{name}");
+        }
+    }
+    let out = run(&["--listen", "127.0.0.1:0", "-b", &a, "--algorithm", "fastest"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected one of: round_robin, least_connections"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_hash_keys_to_the_same_backends() {
+    let mut origins = Vec::new();
+    for i in 0..4 {
+        origins.push(spawn_origin(&format!("o{i}")).await.addr.to_string());
+    }
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--algorithm",
+        "maglev",
+        "--hash-key",
+        "header:x-user-id",
+    ];
+    for o in &origins {
+        args.extend(["-b", o.as_str()]);
+    }
+    let (mut p1, mut p2) = (Process::start(&args), Process::start(&args));
+    let (addr1, addr2) = (p1.listening_addr(), p2.listening_addr());
+    let client = client();
+    let mut used = std::collections::HashSet::new();
+    for k in 0..60 {
+        let mut answers = Vec::new();
+        for addr in [addr1, addr2] {
+            let res = client
+                .get(format!("http://{addr}/"))
+                .header("x-user-id", format!("user-{k}"))
+                .send()
+                .await
+                .expect("request");
+            answers.push(res.text().await.expect("body"));
+        }
+        assert_eq!(answers[0], answers[1], "user-{k}");
+        used.insert(answers[0].clone());
+    }
+    assert_eq!(used.len(), 4, "keys spread over every backend");
 }

@@ -72,6 +72,35 @@ pub struct PoolSection {
     /// Upstream timeouts.
     #[serde(default)]
     pub timeouts: TimeoutsSection,
+    /// What `maglev` and `ring_hash` hash: `client_ip`, `header:NAME`, `cookie:NAME`, `path`,
+    /// `query:NAME`.
+    pub hash_key: Option<Spanned<String>>,
+    /// Maglev lookup table size (a prime).
+    pub maglev_table_size: Option<Spanned<i64>>,
+    /// `peak_ewma` settings.
+    pub peak_ewma: Option<PeakEwmaSection>,
+    /// Sticky sessions by cookie.
+    pub sticky: Option<Spanned<StickySection>>,
+}
+
+/// `peak_ewma = { decay, default_rtt }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeakEwmaSection {
+    /// Time over which a latency estimate decays toward new samples.
+    pub decay: Option<Spanned<String>>,
+    /// Latency assumed for a backend with no sample yet.
+    pub default_rtt: Option<Spanned<String>>,
+}
+
+/// `sticky = { cookie, ttl }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StickySection {
+    /// Name of the cookie naming the backend.
+    pub cookie: Spanned<String>,
+    /// Cookie lifetime (`Max-Age`); absent means a session cookie.
+    pub ttl: Option<Spanned<String>>,
 }
 
 /// `timeouts = { connect, response_header, idle }`, each a duration like `"2s"`.

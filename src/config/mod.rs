@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use crate::upstream::hash_key::HashKey;
+use crate::upstream::select::SelectOptions;
 use file::{BackendEntry, FileConfig, PoolSection, TimeoutsSection};
 
 /// Largest accepted backend weight (HAProxy's limit too); keeps the weighted schedule small.
@@ -84,11 +86,36 @@ pub enum HostMatch {
 pub enum Algorithm {
     /// Smooth weighted round robin (nginx's).
     RoundRobin,
+    /// Fewest in-flight requests relative to weight, ties by rotation.
+    LeastConnections,
+    /// Power of two random choices on in-flight requests.
+    LeastRequest,
+    /// Power of two choices on peak-EWMA latency x (in-flight + 1).
+    PeakEwma,
+    /// Weighted random.
+    Random,
+    /// Maglev consistent hashing.
+    Maglev,
+    /// Ketama-style consistent hash ring.
+    RingHash,
 }
 
 impl Algorithm {
     /// Every algorithm with its config name.
-    pub const ALL: &'static [(&'static str, Algorithm)] = &[("round_robin", Algorithm::RoundRobin)];
+    pub const ALL: &'static [(&'static str, Algorithm)] = &[
+        ("round_robin", Algorithm::RoundRobin),
+        ("least_connections", Algorithm::LeastConnections),
+        ("least_request", Algorithm::LeastRequest),
+        ("peak_ewma", Algorithm::PeakEwma),
+        ("random", Algorithm::Random),
+        ("maglev", Algorithm::Maglev),
+        ("ring_hash", Algorithm::RingHash),
+    ];
+
+    /// True for the algorithms that hash a request key.
+    pub fn hashes(self) -> bool {
+        matches!(self, Algorithm::Maglev | Algorithm::RingHash)
+    }
 
     /// The algorithm named `name` in the config, if there is one.
     pub fn from_name(name: &str) -> Option<Algorithm> {
@@ -120,7 +147,27 @@ pub struct PoolConfig {
     pub backends: Vec<BackendConfig>,
     /// Upstream timeouts.
     pub timeouts: Timeouts,
+    /// What hashing algorithms hash (`None` for the others).
+    pub hash_key: Option<HashKey>,
+    /// Algorithm settings beyond the name.
+    pub select: SelectOptions,
+    /// Peak-EWMA decay window.
+    pub ewma_decay: Duration,
+    /// Sticky sessions, if on.
+    pub sticky: Option<StickyConfig>,
 }
+
+/// Sticky sessions: a cookie naming the backend a client was sent to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickyConfig {
+    /// The cookie's name.
+    pub cookie: String,
+    /// Its `Max-Age`; `None` makes it a session cookie.
+    pub ttl: Option<Duration>,
+}
+
+/// Default peak-EWMA decay window.
+pub const DEFAULT_EWMA_DECAY: Duration = Duration::from_secs(10);
 
 /// One backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -469,6 +516,7 @@ impl Config {
 
     /// Builds quick mode's config: one listener, one catch-all route, one pool named `default`.
     pub fn quick(listen: SocketAddr, backends: Vec<BackendConfig>, algorithm: Algorithm, timeouts: Timeouts) -> Config {
+        let hash_key = algorithm.hashes().then_some(HashKey::ClientIp);
         Config {
             source: None,
             listeners: vec![ListenerConfig {
@@ -485,6 +533,10 @@ impl Config {
                 algorithm,
                 backends,
                 timeouts,
+                hash_key,
+                select: SelectOptions::default(),
+                ewma_decay: DEFAULT_EWMA_DECAY,
+                sticky: None,
             }],
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             workers: None,
@@ -553,12 +605,92 @@ fn validate_pool(name: &str, section: &Spanned<PoolSection>, check: &mut Checker
             }
         }
     }
+    let hash_key = match &p.hash_key {
+        Some(k) if !algorithm.hashes() => {
+            check.error(
+                k.span(),
+                format!("{key}.hash_key: only maglev and ring_hash hash a key; remove it or change the algorithm"),
+            );
+            None
+        }
+        Some(k) => HashKey::parse(k.get_ref())
+            .map_err(|msg| check.error(k.span(), format!("{key}.hash_key: {msg}")))
+            .ok(),
+        None => algorithm.hashes().then_some(HashKey::ClientIp),
+    };
+    let mut select = SelectOptions::default();
+    if let Some(size) = &p.maglev_table_size {
+        let n = *size.get_ref();
+        if algorithm != Algorithm::Maglev {
+            check.error(
+                size.span(),
+                format!("{key}.maglev_table_size: only applies to algorithm = \"maglev\""),
+            );
+        } else if !(101..=16_777_259).contains(&n) || !is_prime(n as u64) {
+            check.error(
+                size.span(),
+                format!("{key}.maglev_table_size: must be a prime from 101 to 16777259 (default 65537), got {n}"),
+            );
+        } else if (n as usize) < backends.len() {
+            check.error(
+                size.span(),
+                format!("{key}.maglev_table_size: smaller than the number of backends"),
+            );
+        } else {
+            select.maglev_table_size = n as usize;
+        }
+    }
+    let mut ewma_decay = DEFAULT_EWMA_DECAY;
+    if let Some(ewma) = &p.peak_ewma {
+        ewma_decay = check.duration(&format!("{key}.peak_ewma.decay"), &ewma.decay, DEFAULT_EWMA_DECAY);
+        select.ewma_default_rtt = check.duration(
+            &format!("{key}.peak_ewma.default_rtt"),
+            &ewma.default_rtt,
+            select.ewma_default_rtt,
+        );
+        if ewma_decay.is_zero() {
+            check.error(
+                ewma.decay.as_ref().map_or(0..0, |d| d.span()),
+                format!("{key}.peak_ewma.decay: must be greater than zero"),
+            );
+        }
+    }
+    let sticky = p.sticky.as_ref().and_then(|s| {
+        let s = s.get_ref();
+        let name = s.cookie.get_ref();
+        let valid = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !valid {
+            check.error(
+                s.cookie.span(),
+                format!("{key}.sticky.cookie: {name:?} is not a valid cookie name"),
+            );
+        }
+        let ttl = s
+            .ttl
+            .as_ref()
+            .map(|t| check.duration(&format!("{key}.sticky.ttl"), &Some(t.clone()), Duration::ZERO));
+        valid.then(|| StickyConfig {
+            cookie: name.clone(),
+            ttl,
+        })
+    });
     PoolConfig {
         name: name.to_owned(),
         algorithm,
         backends,
         timeouts: validate_timeouts(&key, &p.timeouts, check),
+        hash_key,
+        select,
+        ewma_decay,
+        sticky,
     }
+}
+
+fn is_prime(n: u64) -> bool {
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
 }
 
 fn validate_backend(key: &str, entry: &Spanned<BackendEntry>, check: &mut Checker) -> Option<BackendConfig> {

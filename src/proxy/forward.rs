@@ -4,9 +4,10 @@ use std::error::Error as _;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use http::header::{HeaderValue, HOST};
+use http::header::{HeaderValue, HOST, SET_COOKIE};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
@@ -14,6 +15,7 @@ use hyper_util::client::legacy;
 
 use super::headers::{add_forwarding, strip_hop_by_hop};
 use super::{ProxyBody, ProxyError, Router};
+use crate::upstream::RequestView;
 
 /// What the hot path knows about the client connection, computed once per connection.
 #[derive(Debug)]
@@ -51,11 +53,17 @@ pub async fn forward(req: Request<Incoming>, router: &ArcSwap<Router>, conn: &Co
             None => return ProxyError::NoRoute.response(),
         }
     };
-    let Some(backend) = pool.pick() else {
+    let (mut parts, body) = req.into_parts();
+    let view = RequestView {
+        client_ip: conn.peer.ip(),
+        headers: &parts.headers,
+        uri: &parts.uri,
+    };
+    let Some(picked) = pool.pick(&view, &[]) else {
         return ProxyError::NoBackend.response();
     };
+    let (backend, set_cookie) = (picked.backend, picked.set_cookie);
 
-    let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     add_forwarding(&mut parts.headers, parts.version, &conn.client_ip, host.as_ref());
     parts.uri = upstream_uri(backend.authority(), &parts.uri);
@@ -63,10 +71,15 @@ pub async fn forward(req: Request<Incoming>, router: &ArcSwap<Router>, conn: &Co
     let upstream_req = Request::from_parts(parts, body);
 
     let in_flight = backend.start_request();
+    let started = Instant::now();
     let sent = tokio::time::timeout(pool.timeouts().response_header, pool.client().request(upstream_req)).await;
     let failure = match sent {
         Ok(Ok(mut res)) => {
+            backend.observe_latency(started.elapsed(), pool.ewma_decay());
             strip_hop_by_hop(res.headers_mut());
+            if let Some(cookie) = set_cookie {
+                res.headers_mut().append(SET_COOKIE, cookie.clone());
+            }
             return res.map(|body| ProxyBody::Upstream { body, in_flight });
         }
         Ok(Err(e)) => (classify(&e), error_chain(&e)),

@@ -112,20 +112,14 @@ fn strip_port(host: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, PoolConfig, RouteConfig, Timeouts};
+    use crate::config::{Config, RouteConfig};
 
     fn router(routes: &[(HostMatch, &str, usize)]) -> Router {
         let pools: Vec<Arc<Pool>> = (0..4)
             .map(|i| {
-                Arc::new(Pool::new(&PoolConfig {
-                    name: format!("p{i}"),
-                    algorithm: crate::config::Algorithm::RoundRobin,
-                    backends: vec![crate::config::BackendConfig {
-                        address: ([127, 0, 0, 1], 1).into(),
-                        weight: 1,
-                    }],
-                    timeouts: Timeouts::default(),
-                }))
+                let mut config = Config::original_demo().pools.remove(0);
+                config.name = format!("p{i}");
+                Arc::new(Pool::new(&config))
             })
             .collect();
         let mut listener = Config::original_demo().listeners.remove(0);

@@ -2,7 +2,8 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use http::uri::Authority;
 
@@ -16,6 +17,17 @@ pub struct Backend {
     in_flight: AtomicUsize,
     requests: AtomicU64,
     failures: AtomicU64,
+    /// Peak-EWMA of response-header latency in nanoseconds, as `f64` bits; 0 = no sample yet.
+    latency_ewma: AtomicU64,
+    /// When `latency_ewma` was last updated, in nanoseconds since [`clock_nanos`]'s epoch.
+    latency_updated: AtomicU64,
+}
+
+/// Nanoseconds since the first call in this process: a cheap monotonic clock for atomics.
+pub fn clock_nanos() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl Backend {
@@ -30,6 +42,8 @@ impl Backend {
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            latency_ewma: AtomicU64::new(0),
+            latency_updated: AtomicU64::new(0),
         }
     }
 
@@ -68,6 +82,37 @@ impl Backend {
         self.failures.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Peak-EWMA latency in nanoseconds, or `None` before the first response.
+    pub fn latency_ewma_nanos(&self) -> Option<f64> {
+        let v = f64::from_bits(self.latency_ewma.load(Ordering::Relaxed));
+        (v > 0.0).then_some(v)
+    }
+
+    /// Folds one response latency into the peak-EWMA: a sample above the estimate replaces it
+    /// at once (the "peak"), a lower one pulls it down with weight `1 - e^(-elapsed/decay)`, so
+    /// a backend that turns slow is avoided immediately and forgiven over about `decay`.
+    ///
+    /// Two racing updates may lose one sample; the estimate stays sound, which is all a
+    /// load-balancing heuristic needs, and no lock is taken.
+    pub fn observe_latency(&self, rtt: Duration, decay: Duration) {
+        self.observe_latency_at(rtt, decay, clock_nanos());
+    }
+
+    /// [`Backend::observe_latency`] at a given [`clock_nanos`] time.
+    fn observe_latency_at(&self, rtt: Duration, decay: Duration, now: u64) {
+        let sample = (rtt.as_nanos() as f64).max(1.0);
+        let prev = f64::from_bits(self.latency_ewma.load(Ordering::Relaxed));
+        let next = if prev <= 0.0 || sample > prev {
+            sample
+        } else {
+            let elapsed = now.saturating_sub(self.latency_updated.load(Ordering::Relaxed)) as f64;
+            let keep = (-elapsed / decay.as_nanos().max(1) as f64).exp();
+            prev * keep + sample * (1.0 - keep)
+        };
+        self.latency_ewma.store(next.to_bits(), Ordering::Relaxed);
+        self.latency_updated.store(now, Ordering::Relaxed);
+    }
+
     /// Counts a request as started; it stays in flight until the returned guard drops.
     pub fn start_request(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -90,5 +135,27 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peak_ewma_jumps_up_and_decays_down() {
+        let b = Backend::new(([127, 0, 0, 1], 1).into(), 1);
+        let decay = Duration::from_secs(10);
+        assert_eq!(b.latency_ewma_nanos(), None);
+        let t0 = 1_000_000_000;
+        b.observe_latency_at(Duration::from_millis(10), decay, t0);
+        assert_eq!(b.latency_ewma_nanos(), Some(10e6));
+        b.observe_latency_at(Duration::from_millis(100), decay, t0);
+        assert_eq!(b.latency_ewma_nanos(), Some(100e6), "a peak is taken at once");
+        // One decay period later the old estimate keeps weight 1/e.
+        b.observe_latency_at(Duration::from_millis(10), decay, t0 + 10_000_000_000);
+        let v = b.latency_ewma_nanos().expect("estimate");
+        let expected = 100e6 / std::f64::consts::E + 10e6 * (1.0 - 1.0 / std::f64::consts::E);
+        assert!((v - expected).abs() / expected < 0.01, "{v} vs {expected}");
     }
 }

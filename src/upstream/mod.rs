@@ -1,8 +1,12 @@
 //! Backends, pools of backends, and the algorithms that choose among them.
 
 pub mod backend;
+pub mod hash;
+pub mod hash_key;
 pub mod pool;
 pub mod select;
+pub mod sticky;
 
 pub use backend::{Backend, InFlight};
-pub use pool::Pool;
+pub use hash_key::{HashKey, RequestView};
+pub use pool::{Picked, Pool};

@@ -1,14 +1,17 @@
 //! A pool: named backends, the selector over them, and the upstream connection pool.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use http::header::HeaderValue;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::select::{self, Select};
-use super::Backend;
+use super::select::{self, PickContext, Select};
+use super::sticky::Sticky;
+use super::{Backend, HashKey, RequestView};
 use crate::config::{Algorithm, PoolConfig, Timeouts};
 
 /// HTTP client with pooled keep-alive connections to the pool's backends.
@@ -21,8 +24,22 @@ pub struct Pool {
     algorithm: Algorithm,
     backends: Vec<Arc<Backend>>,
     selector: Box<dyn Select>,
+    hash_key: Option<HashKey>,
+    sticky: Option<Sticky>,
     timeouts: Timeouts,
+    ewma_decay: Duration,
     client: UpstreamClient,
+}
+
+/// The outcome of a pick.
+#[derive(Debug)]
+pub struct Picked<'a> {
+    /// Index of the backend in the pool.
+    pub index: usize,
+    /// The backend.
+    pub backend: &'a Arc<Backend>,
+    /// A sticky-session cookie to set on the response, when the client had none for it.
+    pub set_cookie: Option<&'a HeaderValue>,
 }
 
 impl Pool {
@@ -46,9 +63,12 @@ impl Pool {
         Pool {
             name: config.name.clone(),
             algorithm: config.algorithm,
-            selector: select::build(config.algorithm, &backends),
+            selector: select::build(config.algorithm, &backends, &config.select),
+            sticky: config.sticky.as_ref().map(|s| Sticky::new(s, &backends)),
             backends,
+            hash_key: config.hash_key.clone(),
             timeouts: config.timeouts,
+            ewma_decay: config.ewma_decay,
             client,
         }
     }
@@ -73,13 +93,38 @@ impl Pool {
         &self.timeouts
     }
 
+    /// The peak-EWMA decay window for latency observations.
+    pub fn ewma_decay(&self) -> Duration {
+        self.ewma_decay
+    }
+
     /// The client holding pooled connections to its backends.
     pub fn client(&self) -> &UpstreamClient {
         &self.client
     }
 
-    /// Chooses the backend for the next request.
-    pub fn pick(&self) -> Option<&Arc<Backend>> {
-        self.selector.pick(&self.backends).and_then(|i| self.backends.get(i))
+    /// Chooses the backend for `req`, never one of `exclude` (indices of backends already
+    /// tried). A valid sticky cookie wins over the algorithm; otherwise the algorithm picks
+    /// and, in a sticky pool, the response must set the returned cookie.
+    pub fn pick(&self, req: &RequestView, exclude: &[usize]) -> Option<Picked<'_>> {
+        let ctx = PickContext {
+            hash: self.hash_key.as_ref().and_then(|k| k.hash(req)),
+            exclude,
+        };
+        if let Some(sticky) = &self.sticky {
+            if let Some(index) = sticky.requested(req.headers).filter(|&i| ctx.allows(i)) {
+                return Some(Picked {
+                    index,
+                    backend: &self.backends[index],
+                    set_cookie: None,
+                });
+            }
+        }
+        let index = self.selector.pick(&self.backends, &ctx)?;
+        Some(Picked {
+            index,
+            backend: self.backends.get(index)?,
+            set_cookie: self.sticky.as_ref().and_then(|s| s.set_cookie(index)),
+        })
     }
 }

@@ -104,8 +104,16 @@ fn query_u64(req: &Request<Incoming>, key: &str) -> Option<u64> {
         .and_then(|(_, v)| v.parse().ok())
 }
 
-async fn origin_handler(name: String, stats: Arc<OriginStats>, req: Request<Incoming>) -> Response<OriginBody> {
+async fn origin_handler(
+    name: String,
+    stats: Arc<OriginStats>,
+    delay: Duration,
+    req: Request<Incoming>,
+) -> Response<OriginBody> {
     stats.requests.fetch_add(1, Ordering::SeqCst);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     *stats.last_headers.lock().expect("lock") = Some(req.headers().clone());
     let path = req.uri().path().to_owned();
     let mut res = match path.as_str() {
@@ -162,6 +170,11 @@ fn unreachable_infallible() -> Infallible {
 
 /// Starts an origin named `name` on 127.0.0.1:0, serving HTTP/1.1 with keep-alive.
 pub async fn spawn_origin(name: &str) -> Origin {
+    spawn_origin_delayed(name, Duration::ZERO).await
+}
+
+/// Like [`spawn_origin`], but every response waits `delay` first: a slow backend.
+pub async fn spawn_origin_delayed(name: &str, delay: Duration) -> Origin {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
     let addr = listener.local_addr().expect("origin addr");
     let stats = Arc::new(OriginStats::default());
@@ -181,7 +194,7 @@ pub async fn spawn_origin(name: &str) -> Origin {
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
                     let (name, stats) = (name.clone(), Arc::clone(&stats));
-                    async move { Ok::<_, Infallible>(origin_handler(name, stats, req).await) }
+                    async move { Ok::<_, Infallible>(origin_handler(name, stats, delay, req).await) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)

@@ -1,29 +1,176 @@
 //! Load-balancing algorithms: one file each, all behind [`Select`].
 //!
-//! A selector is built from a pool's backend list off the hot path and then only read: picking
-//! touches atomics, never a lock.
+//! A selector is built for a fixed list of backends off the hot path and then only read:
+//! picking touches atomics and a thread-local random generator, never a lock.
 
+mod least_connections;
+mod least_request;
+mod maglev;
+mod peak_ewma;
+mod random;
+mod ring_hash;
 mod round_robin;
 
 use std::fmt::Debug;
 use std::sync::Arc;
+use std::time::Duration;
 
-pub use round_robin::RoundRobin;
+pub use least_connections::LeastConnections;
+pub use least_request::LeastRequest;
+pub use maglev::Maglev;
+pub use peak_ewma::PeakEwma;
+pub use random::WeightedRandom;
+pub use ring_hash::RingHash;
+pub use round_robin::{smooth_weighted_cycle, RoundRobin};
 
 use super::Backend;
 use crate::config::Algorithm;
 
+/// What a selector may consider besides the backends' own load figures.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PickContext<'a> {
+    /// The hash of the request's hash key, for maglev and ring_hash; `None` when the request
+    /// lacks the key (those algorithms then pick at random).
+    pub hash: Option<u64>,
+    /// Indices of backends not to pick, e.g. those a retry already tried.
+    pub exclude: &'a [usize],
+}
+
+impl PickContext<'_> {
+    /// True when `index` may be picked.
+    pub fn allows(&self, index: usize) -> bool {
+        !self.exclude.contains(&index)
+    }
+}
+
 /// Chooses a backend for a request.
 pub trait Select: Send + Sync + Debug {
-    /// The index into `backends` of the chosen one; `None` only when `backends` is empty.
+    /// The index into `backends` of the chosen one, never one in `ctx.exclude`; `None` when
+    /// every backend is excluded (or there are none).
     ///
-    /// `backends` is the same list, in the same order, that the selector was built for.
-    fn pick(&self, backends: &[Arc<Backend>]) -> Option<usize>;
+    /// `backends` is the list, in the order, that the selector was built for.
+    fn pick(&self, backends: &[Arc<Backend>], ctx: &PickContext) -> Option<usize>;
+}
+
+/// Algorithm settings beyond the name, from the pool's config.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SelectOptions {
+    /// Maglev lookup table size (a prime).
+    pub maglev_table_size: usize,
+    /// Peak-EWMA: the assumed latency of a backend with no sample yet.
+    pub ewma_default_rtt: Duration,
+}
+
+impl Default for SelectOptions {
+    fn default() -> Self {
+        SelectOptions {
+            maglev_table_size: maglev::DEFAULT_TABLE_SIZE,
+            ewma_default_rtt: Duration::from_millis(30),
+        }
+    }
 }
 
 /// Builds the selector for `algorithm` over `backends`.
-pub fn build(algorithm: Algorithm, backends: &[Arc<Backend>]) -> Box<dyn Select> {
+pub fn build(algorithm: Algorithm, backends: &[Arc<Backend>], options: &SelectOptions) -> Box<dyn Select> {
     match algorithm {
         Algorithm::RoundRobin => Box::new(RoundRobin::new(backends)),
+        Algorithm::LeastConnections => Box::new(LeastConnections::new()),
+        Algorithm::LeastRequest => Box::new(LeastRequest::new()),
+        Algorithm::PeakEwma => Box::new(PeakEwma::new(options.ewma_default_rtt)),
+        Algorithm::Random => Box::new(WeightedRandom::new(backends)),
+        Algorithm::Maglev => Box::new(Maglev::new(backends, options.maglev_table_size)),
+        Algorithm::RingHash => Box::new(RingHash::new(backends)),
+    }
+}
+
+/// A uniformly random allowed index, trying random draws first and then a scan from a random
+/// start; shared fallback of the randomised and hashing algorithms.
+fn random_allowed(n: usize, ctx: &PickContext) -> Option<usize> {
+    if n == 0 {
+        return None;
+    }
+    for _ in 0..4 {
+        let i = fastrand::usize(..n);
+        if ctx.allows(i) {
+            return Some(i);
+        }
+    }
+    let start = fastrand::usize(..n);
+    (0..n).map(|k| (start + k) % n).find(|&i| ctx.allows(i))
+}
+
+/// Two distinct random allowed indices (or one, when only one is allowed): the candidates of
+/// the power-of-two-choices algorithms.
+fn two_choices(n: usize, ctx: &PickContext) -> Option<(usize, usize)> {
+    let a = random_allowed(n, ctx)?;
+    if n == 1 {
+        return Some((a, a));
+    }
+    for _ in 0..4 {
+        // Uniform over the other n - 1 indices.
+        let b = (a + 1 + fastrand::usize(..n - 1)) % n;
+        if ctx.allows(b) {
+            return Some((a, b));
+        }
+    }
+    let b = (1..n).map(|k| (a + k) % n).find(|&i| ctx.allows(i)).unwrap_or(a);
+    Some((a, b))
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    /// Backends on 127.0.0.1:9000.. with the given weights.
+    pub fn backends(weights: &[u32]) -> Vec<Arc<Backend>> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| Arc::new(Backend::new(([127, 0, 0, 1], 9000 + i as u16).into(), w)))
+            .collect()
+    }
+
+    /// How often each index is picked in `n` picks with `ctx`.
+    pub fn histogram(s: &dyn Select, backends: &[Arc<Backend>], ctx: &PickContext, n: usize) -> Vec<usize> {
+        let mut counts = vec![0; backends.len()];
+        for _ in 0..n {
+            counts[s.pick(backends, ctx).expect("pick")] += 1;
+        }
+        counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::*;
+    use super::*;
+
+    #[test]
+    fn every_algorithm_honours_exclusions_and_runs_out() {
+        let backends = backends(&[1, 2, 3]);
+        for &(name, algorithm) in Algorithm::ALL {
+            let s = build(algorithm, &backends, &SelectOptions::default());
+            for hash in [None, Some(42)] {
+                for _ in 0..200 {
+                    let ctx = PickContext { hash, exclude: &[0, 2] };
+                    assert_eq!(s.pick(&backends, &ctx), Some(1), "{name}");
+                }
+                let ctx = PickContext {
+                    hash,
+                    exclude: &[0, 1, 2],
+                };
+                assert_eq!(s.pick(&backends, &ctx), None, "{name}");
+            }
+            assert_eq!(s.pick(&[], &PickContext::default()), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn two_choices_are_distinct() {
+        for _ in 0..1000 {
+            let (a, b) = two_choices(5, &PickContext::default()).expect("choices");
+            assert_ne!(a, b);
+        }
+        assert_eq!(two_choices(1, &PickContext::default()), Some((0, 0)));
     }
 }

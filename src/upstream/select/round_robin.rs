@@ -1,14 +1,14 @@
 //! Smooth weighted round robin, lock-free.
 //!
 //! nginx's algorithm spreads a heavy backend's turns out instead of bunching them (weights 5,1,1
-//! give `a a b a c a a`, not `a a a a a b c`). nginx updates per-backend counters under a lock on
-//! every pick; here the whole cycle (sum of weights / their gcd picks) is computed once when the
+//! give `a a b a c a a`, not `a a a a a b c`). nginx updates per-backend scores under a lock on
+//! every pick; here one whole cycle (sum of weights / their gcd picks) is computed when the
 //! selector is built, and a pick is one atomic increment indexing into it.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use super::Select;
+use super::{PickContext, Select};
 use crate::upstream::Backend;
 
 /// Smooth weighted round robin over a precomputed cycle.
@@ -30,12 +30,19 @@ impl RoundRobin {
 }
 
 impl Select for RoundRobin {
-    fn pick(&self, backends: &[Arc<Backend>]) -> Option<usize> {
+    fn pick(&self, backends: &[Arc<Backend>], ctx: &PickContext) -> Option<usize> {
         if self.cycle.is_empty() || backends.is_empty() {
             return None;
         }
-        let turn = self.next.fetch_add(1, Ordering::Relaxed) % self.cycle.len();
-        Some(self.cycle[turn] as usize)
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        let first = self.cycle[turn % self.cycle.len()] as usize;
+        if ctx.allows(first) {
+            return Some(first);
+        }
+        // Excluded: take the next turns of the cycle, without advancing the shared counter.
+        (1..self.cycle.len())
+            .map(|k| self.cycle[(turn + k) % self.cycle.len()] as usize)
+            .find(|&i| ctx.allows(i))
     }
 }
 
@@ -72,6 +79,7 @@ pub fn smooth_weighted_cycle(weights: &[u32]) -> Vec<u32> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_support::backends;
     use super::*;
 
     fn letters(cycle: &[u32]) -> String {
@@ -100,31 +108,37 @@ mod tests {
 
     #[test]
     fn picks_repeat_the_cycle() {
-        let backends: Vec<Arc<Backend>> = [5, 1, 1]
-            .iter()
-            .enumerate()
-            .map(|(i, &w)| Arc::new(Backend::new(([127, 0, 0, 1], 9000 + i as u16).into(), w)))
-            .collect();
+        let backends = backends(&[5, 1, 1]);
         let rr = RoundRobin::new(&backends);
-        let picks: Vec<u32> = (0..14).map(|_| rr.pick(&backends).expect("pick") as u32).collect();
+        let picks: Vec<u32> = (0..14)
+            .map(|_| rr.pick(&backends, &PickContext::default()).expect("pick") as u32)
+            .collect();
         assert_eq!(letters(&picks), "aabacaaaabacaa");
     }
 
     #[test]
+    fn exclusion_takes_the_next_turn() {
+        let backends = backends(&[1, 1, 1]);
+        let rr = RoundRobin::new(&backends);
+        let ctx = PickContext {
+            hash: None,
+            exclude: &[1],
+        };
+        let picks: Vec<u32> = (0..6).map(|_| rr.pick(&backends, &ctx).expect("pick") as u32).collect();
+        assert_eq!(letters(&picks), "accacc");
+    }
+
+    #[test]
     fn concurrent_picks_are_exactly_fair() {
-        let backends: Vec<Arc<Backend>> = (0..3)
-            .map(|i| Arc::new(Backend::new(([127, 0, 0, 1], 9000 + i).into(), 1)))
-            .collect();
-        let rr = Arc::new(RoundRobin::new(&backends));
+        let backends = backends(&[1, 1, 1]);
+        let rr = RoundRobin::new(&backends);
         let counts: Vec<[usize; 3]> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..4)
                 .map(|_| {
-                    let rr = Arc::clone(&rr);
-                    let backends = &backends;
-                    s.spawn(move || {
+                    s.spawn(|| {
                         let mut c = [0usize; 3];
                         for _ in 0..30_000 {
-                            c[rr.pick(backends).expect("pick")] += 1;
+                            c[rr.pick(&backends, &PickContext::default()).expect("pick")] += 1;
                         }
                         c
                     })

@@ -1,0 +1,125 @@
+//! What a hashing pool hashes: the client IP, a header, a cookie, the path or a query parameter.
+
+use std::net::IpAddr;
+
+use http::header::{HeaderName, COOKIE};
+use http::{HeaderMap, Uri};
+
+use super::hash::hash64;
+
+/// The part of a request that hashing algorithms (maglev, ring_hash) hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// The client's IP address.
+    ClientIp,
+    /// The value of a request header.
+    Header(HeaderName),
+    /// The value of a cookie.
+    Cookie(String),
+    /// The path, without the query.
+    Path,
+    /// The raw value of a query parameter.
+    Query(String),
+}
+
+/// The parts of a request a load-balancing decision may look at.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'a> {
+    /// The client's IP.
+    pub client_ip: IpAddr,
+    /// Request headers.
+    pub headers: &'a HeaderMap,
+    /// Request URI.
+    pub uri: &'a Uri,
+}
+
+impl HashKey {
+    /// Parses `client_ip`, `header:NAME`, `cookie:NAME`, `path` or `query:NAME`.
+    pub fn parse(s: &str) -> Result<HashKey, String> {
+        let expected = "expected client_ip, header:NAME, cookie:NAME, path or query:NAME";
+        match s.split_once(':') {
+            None if s == "client_ip" => Ok(HashKey::ClientIp),
+            None if s == "path" => Ok(HashKey::Path),
+            Some(("header", name)) => HeaderName::from_bytes(name.trim().as_bytes())
+                .map(HashKey::Header)
+                .map_err(|_| format!("invalid hash_key {s:?}: {name:?} is not a header name")),
+            Some(("cookie", name)) if !name.trim().is_empty() => Ok(HashKey::Cookie(name.trim().to_owned())),
+            Some(("query", name)) if !name.trim().is_empty() => Ok(HashKey::Query(name.trim().to_owned())),
+            _ => Err(format!("invalid hash_key {s:?} ({expected})")),
+        }
+    }
+
+    /// The hash of this key in `req`, or `None` when the request lacks it.
+    pub fn hash(&self, req: &RequestView) -> Option<u64> {
+        match self {
+            HashKey::ClientIp => Some(match req.client_ip.to_canonical() {
+                IpAddr::V4(ip) => hash64(&ip.octets()),
+                IpAddr::V6(ip) => hash64(&ip.octets()),
+            }),
+            HashKey::Header(name) => req.headers.get(name).map(|v| hash64(v.as_bytes())),
+            HashKey::Cookie(name) => cookie(req.headers, name).map(|v| hash64(v.as_bytes())),
+            HashKey::Path => Some(hash64(req.uri.path().as_bytes())),
+            HashKey::Query(name) => query_param(req.uri, name).map(|v| hash64(v.as_bytes())),
+        }
+    }
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"'))
+}
+
+/// The raw (not percent-decoded) value of query parameter `name`.
+fn query_param<'u>(uri: &'u Uri, name: &str) -> Option<&'u str> {
+    uri.query()?
+        .split('&')
+        .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> RequestView<'a> {
+        RequestView {
+            client_ip: "10.0.0.1".parse().expect("ip"),
+            headers,
+            uri,
+        }
+    }
+
+    #[test]
+    fn extracts_each_kind_of_key() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-user", "u1".parse().expect("value"));
+        headers.insert(COOKIE, "a=1; session=\"abc\"; b=2".parse().expect("value"));
+        let uri: Uri = "/p/q?x=1&user=bob&y".parse().expect("uri");
+        let req = view(&headers, &uri);
+        let h = |k: &str| HashKey::parse(k).expect("key").hash(&req);
+        assert_eq!(h("header:X-User"), Some(hash64(b"u1")));
+        assert_eq!(h("cookie:session"), Some(hash64(b"abc")));
+        assert_eq!(h("query:user"), Some(hash64(b"bob")));
+        assert_eq!(h("query:y"), Some(hash64(b"")));
+        assert_eq!(h("path"), Some(hash64(b"/p/q")));
+        assert_eq!(h("client_ip"), Some(hash64(&[10, 0, 0, 1])));
+        assert_eq!(h("header:x-missing"), None);
+        assert_eq!(h("cookie:nope"), None);
+        assert_eq!(h("query:nope"), None);
+    }
+
+    #[test]
+    fn rejects_bad_keys() {
+        for bad in ["", "ip", "header:", "cookie:", "query:", "header:bad name"] {
+            assert!(HashKey::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Ring hash: ketama-style consistent hashing (nginx `hash ... consistent`, Envoy `RING_HASH`).
+//!
+//! Every backend places 160 points per unit of weight on a 64-bit ring, at hashes of its
+//! address and the point's number; a key goes to the first point at or after its own hash.
+//! Removing a backend moves only the keys that were on its points: about 1/N of them.
+
+use std::sync::Arc;
+
+use super::{random_allowed, PickContext, Select};
+use crate::upstream::hash::hash64;
+use crate::upstream::Backend;
+
+/// Ring points per unit of weight (ketama's 160).
+pub const POINTS_PER_WEIGHT: usize = 160;
+/// Upper bound on ring points, so thousands of heavy backends stay in memory; weights are
+/// scaled down together beyond it.
+const MAX_POINTS: usize = 1 << 22;
+
+/// A sorted hash ring.
+#[derive(Debug)]
+pub struct RingHash {
+    /// Point hashes, ascending.
+    points: Vec<u64>,
+    /// `owners[i]` is the backend index of `points[i]`.
+    owners: Vec<u32>,
+}
+
+impl RingHash {
+    /// Builds the ring for `backends`.
+    pub fn new(backends: &[Arc<Backend>]) -> RingHash {
+        let total_weight: usize = backends.iter().map(|b| b.weight().max(1) as usize).sum();
+        let scale = if total_weight * POINTS_PER_WEIGHT > MAX_POINTS {
+            MAX_POINTS as f64 / (total_weight * POINTS_PER_WEIGHT) as f64
+        } else {
+            1.0
+        };
+        let mut ring: Vec<(u64, u32)> = Vec::new();
+        for (i, b) in backends.iter().enumerate() {
+            let count = ((b.weight().max(1) as usize * POINTS_PER_WEIGHT) as f64 * scale).max(1.0) as usize;
+            let address = b.address().to_string();
+            for point in 0..count {
+                ring.push((hash64(format!("{address}-{point}").as_bytes()), i as u32));
+            }
+        }
+        ring.sort_unstable();
+        let (points, owners) = ring.into_iter().unzip();
+        RingHash { points, owners }
+    }
+}
+
+impl Select for RingHash {
+    fn pick(&self, backends: &[Arc<Backend>], ctx: &PickContext) -> Option<usize> {
+        if self.points.is_empty() || backends.is_empty() {
+            return None;
+        }
+        let Some(hash) = ctx.hash else {
+            return random_allowed(backends.len(), ctx);
+        };
+        let start = self.points.partition_point(|&p| p < hash);
+        // Walk clockwise past excluded backends (a retry's stable second choice).
+        (0..self.points.len())
+            .map(|k| self.owners[(start + k) % self.points.len()] as usize)
+            .find(|&i| ctx.allows(i))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::backends;
+    use super::*;
+
+    fn owners(backends: &[Arc<Backend>], keys: u64) -> Vec<std::net::SocketAddr> {
+        let ring = RingHash::new(backends);
+        (0..keys)
+            .map(|k| {
+                let ctx = PickContext {
+                    hash: Some(hash64(format!("user-{k}").as_bytes())),
+                    exclude: &[],
+                };
+                backends[ring.pick(backends, &ctx).expect("pick")].address()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn removing_one_of_ten_moves_only_its_keys() {
+        let all = backends(&[1; 10]);
+        let before = owners(&all, 20_000);
+        let removed = all[6].address();
+        let rest: Vec<_> = all.iter().filter(|b| b.address() != removed).cloned().collect();
+        let after = owners(&rest, 20_000);
+        let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count() as f64 / 20_000.0;
+        assert!(before.iter().zip(&after).all(|(a, b)| a == b || *a == removed));
+        // 160 points per backend balance keys to within a few percent of 1/N.
+        assert!((0.07..=0.13).contains(&moved), "moved {moved}");
+    }
+
+    #[test]
+    fn heavier_backends_own_more_keys() {
+        let backends = backends(&[1, 3]);
+        let owners = owners(&backends, 20_000);
+        let heavy = owners.iter().filter(|a| **a == backends[1].address()).count() as f64 / 20_000.0;
+        assert!((heavy - 0.75).abs() < 0.06, "heavy share {heavy}");
+    }
+}
