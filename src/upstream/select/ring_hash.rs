@@ -23,6 +23,10 @@ pub struct RingHash {
     points: Vec<u64>,
     /// `owners[i]` is the backend index of `points[i]`.
     owners: Vec<u32>,
+    /// `buckets[p]` is the first point whose top `bucket_bits` bits are >= `p`, so a lookup
+    /// binary-searches one small bucket instead of the whole ring (which misses cache).
+    buckets: Vec<u32>,
+    bucket_bits: u32,
 }
 
 impl RingHash {
@@ -43,8 +47,32 @@ impl RingHash {
             }
         }
         ring.sort_unstable();
-        let (points, owners) = ring.into_iter().unzip();
-        RingHash { points, owners }
+        let (points, owners): (Vec<u64>, Vec<u32>) = ring.into_iter().unzip();
+        // About one point per bucket.
+        let bucket_bits = points.len().max(2).next_power_of_two().trailing_zeros().clamp(1, 20);
+        let buckets = (0..=(1u64 << bucket_bits))
+            .map(|p| {
+                let start = if p == 1 << bucket_bits {
+                    u64::MAX
+                } else {
+                    p << (64 - bucket_bits)
+                };
+                points.partition_point(|&h| h < start) as u32
+            })
+            .collect();
+        RingHash {
+            points,
+            owners,
+            buckets,
+            bucket_bits,
+        }
+    }
+
+    /// Index of the first point at or after `hash` (may be `points.len()`: wrap to 0).
+    fn first_at_or_after(&self, hash: u64) -> usize {
+        let bucket = (hash >> (64 - self.bucket_bits)) as usize;
+        let (lo, hi) = (self.buckets[bucket] as usize, self.buckets[bucket + 1] as usize);
+        lo + self.points[lo..hi].partition_point(|&p| p < hash)
     }
 }
 
@@ -56,7 +84,7 @@ impl Select for RingHash {
         let Some(hash) = ctx.hash else {
             return random_allowed(backends.len(), ctx);
         };
-        let start = self.points.partition_point(|&p| p < hash);
+        let start = self.first_at_or_after(hash);
         // Walk clockwise past excluded backends (a retry's stable second choice).
         (0..self.points.len())
             .map(|k| self.owners[(start + k) % self.points.len()] as usize)
@@ -93,6 +121,18 @@ mod tests {
         assert!(before.iter().zip(&after).all(|(a, b)| a == b || *a == removed));
         // 160 points per backend balance keys to within a few percent of 1/N.
         assert!((0.07..=0.13).contains(&moved), "moved {moved}");
+    }
+
+    #[test]
+    fn bucketed_lookup_matches_a_full_binary_search() {
+        let ring = RingHash::new(&backends(&[1, 2, 3, 1]));
+        for k in 0..50_000u64 {
+            let h = crate::upstream::hash::mix(k);
+            assert_eq!(ring.first_at_or_after(h), ring.points.partition_point(|&p| p < h));
+        }
+        for h in [0, 1, u64::MAX, ring.points[0], ring.points[ring.points.len() - 1]] {
+            assert_eq!(ring.first_at_or_after(h), ring.points.partition_point(|&p| p < h));
+        }
     }
 
     #[test]
