@@ -15,7 +15,7 @@
 # process started is recorded and killed by PID on exit, including Ctrl-C.
 set -euo pipefail
 
-# shellcheck source=bench/lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 DURATION="${DURATION:-10}"     # seconds per measured wrk run
@@ -222,23 +222,20 @@ run_pinned() {
 }
 
 # Scenario 2, on the same pinned balancers: RSS growth per idle keep-alive
-# client connection. The client (bench/idle_conns.py) runs on LOAD_CPU, serves
-# one request per connection, prints "ready", then idles until its stdin closes.
+# client connection. The client (bench/idle_conns.py) runs on LOAD_CPU, makes
+# one request per connection, prints "ready", then idles until SIGTERM.
 run_idle() {
-    local name pid before after i fifo="$WORK/idle.fifo" client
+    local name pid before after i client
     log "scenario 2: $IDLE_CONNS idle keep-alive connections per balancer"
     for name in "${BALANCERS[@]}"; do
         pid="${LB_PID[$name]}"
-        rm -f "$fifo"
-        mkfifo "$fifo"
         sleep 1
         before="$(status_kb VmRSS "$pid")"
         start_bg "idle-$name" taskset -c "$LOAD_CPU" \
-            python3 "$BENCH_DIR/idle_conns.py" "${LB_PORT[$name]}" "$IDLE_CONNS" <"$fifo"
+            python3 "$BENCH_DIR/idle_conns.py" "${LB_PORT[$name]}" "$IDLE_CONNS"
         client=$LAST_PID
-        exec 7>"$fifo"   # the client's stdin stays open while we hold fd 7
         for ((i = 0; i < 600; i++)); do
-            grep -q '^ready' "$WORK/idle-$name.log" 2>/dev/null && break
+            grep -qs '^ready' "$WORK/idle-$name.log" && break
             kill -0 "$client" 2>/dev/null ||
                 { cat "$WORK/idle-$name.log" >&2; die "idle client for $name failed"; }
             sleep 0.1
@@ -246,8 +243,7 @@ run_idle() {
         grep -q '^ready' "$WORK/idle-$name.log" || die "idle client for $name never got ready"
         sleep 1   # let the balancer settle (freed request buffers, pooled upstream conns)
         after="$(status_kb VmRSS "$pid")"
-        exec 7>&-        # closing stdin makes the client close everything and exit
-        wait "$client" 2>/dev/null || true
+        stop_pid "$client"   # SIGTERM: the client exits and its connections close
         echo "$name $IDLE_CONNS $before $after" >>"$WORK/idle.tsv"
         log "  $name: RSS $before kB -> $after kB"
     done

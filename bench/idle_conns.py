@@ -6,7 +6,7 @@ response (so the balancer has really served a request on it and holds
 whatever per-connection state it keeps), then the connection is left idle.
 
 Prints "ready N" on stdout once every connection is established and served,
-then waits until stdin is closed (or SIGTERM) and exits, closing everything.
+then idles until SIGTERM or SIGINT, and exits (the kernel closes the sockets).
 
 usage: idle_conns.py PORT N
 """
@@ -65,10 +65,9 @@ def main() -> None:
                     del pending[s]
                     sel.unregister(s)
     print(f"ready {len(conns)}", flush=True)
-    # Stay idle until the caller closes our stdin.
-    sys.stdin.read()
-    for s in conns:
-        s.close()
+    # Stay idle (holding every socket open) until the caller sends SIGTERM.
+    while True:
+        signal.pause()
 
 
 if __name__ == "__main__":
