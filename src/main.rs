@@ -76,9 +76,13 @@ fn run(cli: &Cli) -> ExitCode {
 }
 
 fn build_runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime, ExitCode> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    let mut builder = if workers == Some(1) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     builder.enable_all().thread_name("steelyard-worker");
-    if let Some(n) = workers {
+    if let Some(n) = workers.filter(|&n| n > 1) {
         builder.worker_threads(n);
     }
     builder.build().map_err(|e| {

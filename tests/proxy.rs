@@ -376,3 +376,82 @@ async fn drain_timeout_bounds_shutdown() {
         "took {took:?}"
     );
 }
+
+#[tokio::test]
+async fn a_backend_closing_its_connections_costs_no_request() {
+    let origin = spawn_origin("a").await;
+    let sy = spawn_steelyard(config(&one_pool_toml(&[origin.addr], ""))).await;
+    let client = client();
+    for i in 0..40 {
+        let path = if i % 2 == 0 { "/close" } else { "/" };
+        assert_eq!(
+            get(&client, &sy.url(path)).await,
+            (reqwest::StatusCode::OK, "a".to_owned()),
+            "request {i}"
+        );
+    }
+    assert_eq!(origin.requests(), 40);
+}
+
+#[tokio::test]
+async fn empty_responses_return_their_connection_to_the_pool() {
+    let origin = spawn_origin("a").await;
+    let sy = spawn_steelyard(config(&one_pool_toml(&[origin.addr], ""))).await;
+    let client = client();
+    for _ in 0..30 {
+        let res = client.get(sy.url("/empty")).send().await.expect("request");
+        assert_eq!(res.status(), 204);
+        let res = client.head(sy.url("/")).send().await.expect("request");
+        assert_eq!(res.status(), 200);
+    }
+    assert_eq!(origin.requests(), 60);
+    assert!(
+        origin.connections() <= 3,
+        "{} connections for 60 requests",
+        origin.connections()
+    );
+}
+
+#[tokio::test]
+async fn idle_upstream_connections_close_after_the_idle_timeout() {
+    let origin = spawn_origin("a").await;
+    let sy = spawn_steelyard(config(&one_pool_toml(
+        &[origin.addr],
+        "timeouts = { idle = \"300ms\" }",
+    )))
+    .await;
+    let started = Instant::now();
+    assert_eq!(get(&client(), &sy.url("/")).await.0, 200);
+    eventually("the response's connection to be pooled", || async {
+        origin.open_connections() == 1
+    })
+    .await;
+    eventually("the idle connection to be closed", || async {
+        origin.open_connections() == 0
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "closed before the idle timeout"
+    );
+}
+
+#[tokio::test]
+async fn an_abandoned_download_does_not_poison_the_pool() {
+    let origin = spawn_origin("a").await;
+    let sy = spawn_steelyard(config(&one_pool_toml(&[origin.addr], ""))).await;
+    let client = client();
+    for _ in 0..5 {
+        let mut res = client
+            .get(sy.url("/download?bytes=50000000"))
+            .send()
+            .await
+            .expect("download");
+        assert!(res.chunk().await.expect("chunk").is_some());
+        drop(res); // hang up mid-body
+        assert_eq!(
+            get(&client, &sy.url("/")).await,
+            (reqwest::StatusCode::OK, "a".to_owned())
+        );
+    }
+}

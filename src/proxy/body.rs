@@ -6,6 +6,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use crate::upstream::connection::PooledConnection;
 use crate::upstream::InFlight;
 
 /// A response body, streamed frame by frame; never buffered whole.
@@ -17,12 +18,29 @@ pub enum ProxyBody {
         body: Incoming,
         /// Dropped with the body.
         in_flight: InFlight,
+        /// The connection it arrives on, given back to its pool once the body has ended.
+        connection: Option<PooledConnection>,
     },
     /// A body Steelyard wrote itself (errors).
     Local(Option<Bytes>),
 }
 
 impl ProxyBody {
+    /// A backend's body arriving on `connection`; an empty body frees the connection at once.
+    pub fn upstream(body: Incoming, in_flight: InFlight, connection: PooledConnection) -> ProxyBody {
+        let connection = if body.is_end_stream() {
+            connection.release();
+            None
+        } else {
+            Some(connection)
+        };
+        ProxyBody::Upstream {
+            body,
+            in_flight,
+            connection,
+        }
+    }
+
     /// A small local body.
     pub fn local(text: &'static str) -> ProxyBody {
         ProxyBody::Local(Some(Bytes::from_static(text.as_bytes())))
@@ -35,7 +53,17 @@ impl Body for ProxyBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            ProxyBody::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
+            ProxyBody::Upstream { body, connection, .. } => {
+                let frame = Pin::new(&mut *body).poll_frame(cx);
+                match &frame {
+                    Poll::Ready(None) => release(connection),
+                    Poll::Ready(Some(Ok(_))) if body.is_end_stream() => release(connection),
+                    // An error leaves the connection unusable: drop (close) it.
+                    Poll::Ready(Some(Err(_))) => *connection = None,
+                    _ => {}
+                }
+                frame
+            }
             ProxyBody::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         }
     }
@@ -52,5 +80,11 @@ impl Body for ProxyBody {
             ProxyBody::Upstream { body, .. } => body.size_hint(),
             ProxyBody::Local(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
         }
+    }
+}
+
+fn release(connection: &mut Option<PooledConnection>) {
+    if let Some(c) = connection.take() {
+        c.release();
     }
 }

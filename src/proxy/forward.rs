@@ -1,6 +1,5 @@
 //! The hot path: route, pick a backend, rewrite the request, forward it, stream the response.
 
-use std::error::Error as _;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,13 +7,13 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use http::header::{HeaderValue, HOST, SET_COOKIE};
-use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy;
 
 use super::headers::{add_forwarding, strip_hop_by_hop};
 use super::{ProxyBody, ProxyError, Router};
+use crate::upstream::connection::UpstreamError;
 use crate::upstream::RequestView;
 
 /// What the hot path knows about the client connection, computed once per connection.
@@ -66,21 +65,35 @@ pub async fn forward(req: Request<Incoming>, router: &ArcSwap<Router>, conn: &Co
 
     strip_hop_by_hop(&mut parts.headers);
     add_forwarding(&mut parts.headers, parts.version, &conn.client_ip, host.as_ref());
-    parts.uri = upstream_uri(backend.authority(), &parts.uri);
+    parts.uri = origin_form(std::mem::take(&mut parts.uri));
+    if !parts.headers.contains_key(HOST) {
+        // An HTTP/1.0 client sent no host at all: name the backend, as nginx does.
+        if let Ok(h) = HeaderValue::from_str(backend.authority().as_str()) {
+            parts.headers.insert(HOST, h);
+        }
+    }
     parts.version = Version::HTTP_11;
     let upstream_req = Request::from_parts(parts, body);
 
     let in_flight = backend.start_request();
     let started = Instant::now();
-    let sent = tokio::time::timeout(pool.timeouts().response_header, pool.client().request(upstream_req)).await;
+    let Some(connections) = pool.connections(picked.index) else {
+        return ProxyError::NoBackend.response();
+    };
+    let exchange = async {
+        let mut connection = connections.checkout().await?;
+        let res = connection.send(upstream_req).await?;
+        Ok::<_, UpstreamError>((res, connection))
+    };
+    let sent = tokio::time::timeout(pool.timeouts().response_header, exchange).await;
     let failure = match sent {
-        Ok(Ok(mut res)) => {
+        Ok(Ok((mut res, connection))) => {
             backend.observe_latency(started.elapsed(), pool.ewma_decay());
             strip_hop_by_hop(res.headers_mut());
             if let Some(cookie) = set_cookie {
                 res.headers_mut().append(SET_COOKIE, cookie.clone());
             }
-            return res.map(|body| ProxyBody::Upstream { body, in_flight });
+            return res.map(|body| ProxyBody::upstream(body, in_flight, connection));
         }
         Ok(Err(e)) => (classify(&e), error_chain(&e)),
         Err(_) => (
@@ -100,31 +113,25 @@ pub async fn forward(req: Request<Incoming>, router: &ArcSwap<Router>, conn: &Co
     failure.0.response()
 }
 
-/// The request's URI pointed at `backend`, keeping path and query.
-fn upstream_uri(backend: &Authority, uri: &Uri) -> Uri {
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(backend.clone());
-    parts.path_and_query = Some(
+/// The origin-form request target (`/path?query`) that HTTP/1.1 sends to a backend, whatever
+/// form the client used (HTTP/2 and absolute-form requests carry scheme and authority).
+fn origin_form(uri: Uri) -> Uri {
+    if uri.scheme().is_none() && uri.authority().is_none() {
+        return uri;
+    }
+    Uri::from(
         uri.path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    );
-    Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
+    )
 }
 
 /// Connect timeouts are 504; every other upstream failure (refused, reset, broken response) 502.
-fn classify(e: &legacy::Error) -> ProxyError {
-    let mut source = e.source();
-    while let Some(err) = source {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return ProxyError::ConnectTimeout;
-            }
-        }
-        source = err.source();
+fn classify(e: &UpstreamError) -> ProxyError {
+    match e {
+        UpstreamError::ConnectTimeout(_) => ProxyError::ConnectTimeout,
+        UpstreamError::Connect(_) | UpstreamError::Http(_) => ProxyError::BadGateway,
     }
-    ProxyError::BadGateway
 }
 
 /// `outer: inner: innermost`, for one log line.

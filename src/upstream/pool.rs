@@ -1,21 +1,15 @@
 //! A pool: named backends, the selector over them, and the upstream connection pool.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use http::header::HeaderValue;
-use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::connection::ConnectionPool;
 use super::select::{self, PickContext, Select};
 use super::sticky::Sticky;
 use super::{Backend, HashKey, RequestView};
 use crate::config::{Algorithm, PoolConfig, Timeouts};
-
-/// HTTP client with pooled keep-alive connections to the pool's backends.
-pub type UpstreamClient = Client<HttpConnector, Incoming>;
 
 /// A named group of backends and how to choose among them. Immutable once built.
 #[derive(Debug)]
@@ -28,7 +22,8 @@ pub struct Pool {
     sticky: Option<Sticky>,
     timeouts: Timeouts,
     ewma_decay: Duration,
-    client: UpstreamClient,
+    /// `connections[i]` holds the idle keep-alive connections to `backends[i]`.
+    connections: Vec<Arc<ConnectionPool>>,
 }
 
 /// The outcome of a pick.
@@ -50,16 +45,17 @@ impl Pool {
             .iter()
             .map(|b| Arc::new(Backend::new(b.address, b.weight)))
             .collect();
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.timeouts.connect));
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.timeouts.idle)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .retry_canceled_requests(false)
-            .build(connector);
+        let connections: Vec<Arc<ConnectionPool>> = backends
+            .iter()
+            .map(|b| {
+                Arc::new(ConnectionPool::new(
+                    b.address(),
+                    config.timeouts.connect,
+                    config.timeouts.idle,
+                ))
+            })
+            .collect();
+        spawn_idle_sweeper(&connections, config.timeouts.idle);
         Pool {
             name: config.name.clone(),
             algorithm: config.algorithm,
@@ -69,7 +65,7 @@ impl Pool {
             hash_key: config.hash_key.clone(),
             timeouts: config.timeouts,
             ewma_decay: config.ewma_decay,
-            client,
+            connections,
         }
     }
 
@@ -98,9 +94,9 @@ impl Pool {
         self.ewma_decay
     }
 
-    /// The client holding pooled connections to its backends.
-    pub fn client(&self) -> &UpstreamClient {
-        &self.client
+    /// The keep-alive connections to backend `index`.
+    pub fn connections(&self, index: usize) -> Option<&Arc<ConnectionPool>> {
+        self.connections.get(index)
     }
 
     /// Chooses the backend for `req`, never one of `exclude` (indices of backends already
@@ -127,4 +123,27 @@ impl Pool {
             set_cookie: self.sticky.as_ref().and_then(|s| s.set_cookie(index)),
         })
     }
+}
+
+/// Closes idle connections past their idle timeout, about twice per timeout, until the pool is
+/// dropped.
+fn spawn_idle_sweeper(connections: &[Arc<ConnectionPool>], idle: Duration) {
+    let weak: Vec<Weak<ConnectionPool>> = connections.iter().map(Arc::downgrade).collect();
+    let period = (idle / 2).max(Duration::from_millis(100));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let mut alive = false;
+            for pool in weak.iter().filter_map(Weak::upgrade) {
+                pool.sweep();
+                alive = true;
+            }
+            if !alive {
+                return;
+            }
+        }
+    });
 }

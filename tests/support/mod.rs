@@ -33,6 +33,8 @@ pub struct OriginStats {
     pub requests: AtomicUsize,
     /// TCP connections accepted.
     pub connections: AtomicUsize,
+    /// TCP connections open now.
+    pub open_connections: AtomicUsize,
     /// Headers of the last request received.
     pub last_headers: Mutex<Option<HeaderMap>>,
 }
@@ -41,7 +43,8 @@ pub struct OriginStats {
 ///
 /// Paths: `/echo` streams the request body back; `/upload` reads the body and answers
 /// `"<bytes> <checksum>"`; `/download?bytes=N` streams N bytes (chunked); `/slow?ms=N` answers
-/// after N ms; `/hop` answers with hop-by-hop headers; anything else answers with the name.
+/// after N ms; `/hop` answers with hop-by-hop headers; `/close` answers and closes the
+/// connection; `/empty` answers 204; anything else answers with the name.
 #[derive(Debug, Clone)]
 pub struct Origin {
     pub name: String,
@@ -55,6 +58,9 @@ impl Origin {
     }
     pub fn connections(&self) -> usize {
         self.stats.connections.load(Ordering::SeqCst)
+    }
+    pub fn open_connections(&self) -> usize {
+        self.stats.open_connections.load(Ordering::SeqCst)
     }
     pub fn last_headers(&self) -> HeaderMap {
         self.stats
@@ -147,6 +153,16 @@ async fn origin_handler(
             tokio::time::sleep(Duration::from_millis(query_u64(&req, "ms").unwrap_or(100))).await;
             Response::new(full(name.clone()))
         }
+        "/close" => {
+            let mut res = Response::new(full(name.clone()));
+            res.headers_mut().insert("connection", "close".parse().expect("value"));
+            res
+        }
+        "/empty" => {
+            let mut res = Response::new(full(Bytes::new()));
+            *res.status_mut() = StatusCode::NO_CONTENT;
+            res
+        }
         "/hop" => {
             let mut res = Response::new(full(name.clone()));
             let h = res.headers_mut();
@@ -190,8 +206,10 @@ pub async fn spawn_origin_delayed(name: &str, delay: Duration) -> Origin {
                 return;
             };
             stats.connections.fetch_add(1, Ordering::SeqCst);
+            stats.open_connections.fetch_add(1, Ordering::SeqCst);
             let (name, stats) = (name.clone(), Arc::clone(&stats));
             tokio::spawn(async move {
+                let conn_stats = Arc::clone(&stats);
                 let service = service_fn(move |req| {
                     let (name, stats) = (name.clone(), Arc::clone(&stats));
                     async move { Ok::<_, Infallible>(origin_handler(name, stats, delay, req).await) }
@@ -199,6 +217,7 @@ pub async fn spawn_origin_delayed(name: &str, delay: Duration) -> Origin {
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
+                conn_stats.open_connections.fetch_sub(1, Ordering::SeqCst);
             });
         }
     });

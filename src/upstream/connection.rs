@@ -1,0 +1,165 @@
+//! Pooled HTTP/1.1 keep-alive connections to one backend.
+//!
+//! Idle connections wait in a lock-free queue. A request takes one (or opens a new one), and
+//! gives it back when the response body has been read to the end; a connection whose response
+//! was abandoned half-way is closed instead, since it cannot carry another request. Idle
+//! connections older than the idle timeout are closed by a periodic sweep and skipped at
+//! checkout.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_queue::ArrayQueue;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::backend::clock_nanos;
+
+/// Most idle connections kept per backend; beyond it, released connections are closed.
+pub const MAX_IDLE_PER_BACKEND: usize = 512;
+
+/// Why no response came back from the backend.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The TCP connection could not be opened (refused, unreachable...).
+    #[error("connect failed: {0}")]
+    Connect(std::io::Error),
+    /// The TCP connection did not open within the connect timeout.
+    #[error("connect timed out after {0:?}")]
+    ConnectTimeout(Duration),
+    /// The HTTP exchange failed (reset, closed early, malformed response...).
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
+}
+
+/// The idle connections to one backend.
+#[derive(Debug)]
+pub struct ConnectionPool {
+    address: SocketAddr,
+    connect_timeout: Duration,
+    idle_timeout_nanos: u64,
+    idle: ArrayQueue<Idle>,
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: SendRequest<Incoming>,
+    since: u64,
+}
+
+/// A connection checked out for one request.
+#[derive(Debug)]
+pub struct PooledConnection {
+    sender: SendRequest<Incoming>,
+    home: Arc<ConnectionPool>,
+    reused: bool,
+}
+
+impl ConnectionPool {
+    /// An empty pool for the backend at `address`.
+    pub fn new(address: SocketAddr, connect_timeout: Duration, idle_timeout: Duration) -> ConnectionPool {
+        ConnectionPool {
+            address,
+            connect_timeout,
+            idle_timeout_nanos: u64::try_from(idle_timeout.as_nanos()).unwrap_or(u64::MAX),
+            idle: ArrayQueue::new(MAX_IDLE_PER_BACKEND),
+        }
+    }
+
+    /// Connections waiting for a request.
+    pub fn idle_count(&self) -> usize {
+        self.idle.len()
+    }
+
+    fn expired(&self, idle: &Idle, now: u64) -> bool {
+        now.saturating_sub(idle.since) > self.idle_timeout_nanos
+    }
+
+    /// A ready connection: an idle one if any is usable, else a new one.
+    pub async fn checkout(self: &Arc<Self>) -> Result<PooledConnection, UpstreamError> {
+        let now = clock_nanos();
+        while let Some(idle) = self.idle.pop() {
+            if idle.sender.is_closed() || self.expired(&idle, now) {
+                continue;
+            }
+            let mut sender = idle.sender;
+            // Ready almost always; a connection whose previous response just ended may need a
+            // moment for its task to notice, and one the backend closed fails here.
+            if !sender.is_ready() && sender.ready().await.is_err() {
+                continue;
+            }
+            return Ok(PooledConnection {
+                sender,
+                home: Arc::clone(self),
+                reused: true,
+            });
+        }
+        self.connect().await
+    }
+
+    /// Opens a new connection and spawns the task that drives it.
+    pub async fn connect(self: &Arc<Self>) -> Result<PooledConnection, UpstreamError> {
+        let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.address)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(UpstreamError::Connect(e)),
+            Err(_) => return Err(UpstreamError::ConnectTimeout(self.connect_timeout)),
+        };
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = http1::Builder::new().handshake(TokioIo::new(stream)).await?;
+        let address = self.address;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(backend = %address, error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(PooledConnection {
+            sender,
+            home: Arc::clone(self),
+            reused: false,
+        })
+    }
+
+    /// Closes idle connections that have outlived the idle timeout.
+    pub fn sweep(&self) {
+        let now = clock_nanos();
+        for _ in 0..self.idle.len() {
+            let Some(idle) = self.idle.pop() else { break };
+            if !idle.sender.is_closed() && !self.expired(&idle, now) {
+                let _ = self.idle.push(idle);
+            }
+        }
+    }
+}
+
+impl PooledConnection {
+    /// Sends `req`. If a reused connection turns out closed before the request went out,
+    /// the request is sent once more on a new connection: nothing reached the backend yet.
+    pub async fn send(&mut self, req: Request<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
+        match self.sender.try_send_request(req).await {
+            Ok(res) => Ok(res),
+            Err(mut e) => match e.take_message() {
+                Some(req) if self.reused => {
+                    *self = self.home.connect().await?;
+                    Ok(self.sender.send_request(req).await?)
+                }
+                _ => Err(UpstreamError::Http(e.into_error())),
+            },
+        }
+    }
+
+    /// Returns the connection to its pool for the next request. Call only once the response
+    /// body has been read to its end.
+    pub fn release(self) {
+        if self.sender.is_closed() {
+            return;
+        }
+        let _ = self.home.idle.push(Idle {
+            sender: self.sender,
+            since: clock_nanos(),
+        });
+    }
+}
