@@ -20,26 +20,25 @@ static PROTO_HTTP: HeaderValue = HeaderValue::from_static("http");
 /// Removes hop-by-hop headers: `Connection`, every header it names, and the fixed list.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-            .collect();
+        // Usually just "keep-alive" or "close", which name no other header: no allocation then.
+        let mut named: Vec<HeaderName> = Vec::new();
+        for value in headers.get_all(CONNECTION) {
+            for token in value.as_bytes().split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.is_empty() || token.eq_ignore_ascii_case(b"keep-alive") || token.eq_ignore_ascii_case(b"close") {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token) {
+                    named.push(name);
+                }
+            }
+        }
         for name in named {
             headers.remove(name);
         }
         headers.remove(CONNECTION);
     }
-    for name in [
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &TE,
-        &TRAILER,
-        &TRANSFER_ENCODING,
-        &UPGRADE,
-    ] {
+    for name in [&KEEP_ALIVE, &PROXY_CONNECTION, &TE, &TRAILER, &TRANSFER_ENCODING, &UPGRADE] {
         if headers.contains_key(name) {
             headers.remove(name);
         }
