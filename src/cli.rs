@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use steelyard::config::{self, Algorithm, BackendConfig, Config, Timeouts, MAX_WEIGHT};
+use steelyard::config::{
+    self, Algorithm, BackendConfig, CheckKind, Config, HealthCheckConfig, StatusSet, Timeouts, MAX_WEIGHT,
+};
 use steelyard::upstream::HashKey;
 
 /// Steelyard: a fast HTTP load balancer and reverse proxy.
@@ -50,6 +52,14 @@ pub struct Cli {
     /// Quick mode: how long an unused upstream connection stays pooled (e.g. "60s").
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub idle_timeout: Option<Duration>,
+
+    /// Quick mode: time for a whole request until response headers, retries included.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub request_timeout: Option<Duration>,
+
+    /// Quick mode: probe every backend with GET PATH (every 5s; 2 passes up, 3 failures down).
+    #[arg(long, value_name = "PATH")]
+    pub health_check: Option<String>,
 
     /// On SIGINT/SIGTERM, how long in-flight requests get to finish (overrides the config file).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -105,6 +115,8 @@ impl Cli {
             || self.response_header_timeout.is_some()
             || self.idle_timeout.is_some()
             || self.hash_key.is_some()
+            || self.request_timeout.is_some()
+            || self.health_check.is_some()
     }
 
     /// The config to run: the file, quick mode, or the classic demo setup.
@@ -132,6 +144,7 @@ impl Cli {
                     connect: self.connect_timeout.unwrap_or(defaults.connect),
                     response_header: self.response_header_timeout.unwrap_or(defaults.response_header),
                     idle: self.idle_timeout.unwrap_or(defaults.idle),
+                    request: self.request_timeout,
                 };
                 let mut config = Config::quick(listen, self.backends.clone(), self.algorithm, timeouts);
                 if let Some(key) = &self.hash_key {
@@ -139,6 +152,25 @@ impl Cli {
                         return Err("--hash-key applies only to --algorithm maglev or ring_hash".into());
                     }
                     config.pools[0].hash_key = Some(key.clone());
+                }
+                if let Some(path) = &self.health_check {
+                    if !path.starts_with('/') {
+                        return Err(format!("--health-check {path:?}: the path must start with '/'"));
+                    }
+                    config.pools[0].health_check = Some(HealthCheckConfig {
+                        kind: CheckKind::Http {
+                            method: http::Method::GET,
+                            path: path.clone(),
+                            host: None,
+                            expect_status: StatusSet::default(),
+                            expect_body: None,
+                        },
+                        interval: Duration::from_secs(5),
+                        timeout: Duration::from_secs(2),
+                        healthy_threshold: 2,
+                        unhealthy_threshold: 3,
+                        start_unhealthy: false,
+                    });
                 }
                 config
             }

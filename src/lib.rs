@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod demo;
+pub mod health;
 pub mod proxy;
 pub mod server;
 pub mod upstream;

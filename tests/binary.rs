@@ -311,6 +311,8 @@ fn help_documents_every_flag() {
         "--connect-timeout",
         "--response-header-timeout",
         "--idle-timeout",
+        "--request-timeout",
+        "--health-check",
         "--drain-timeout",
         "--workers",
         "--log-format",

@@ -47,6 +47,8 @@ pub struct ListenerSection {
     /// `[[listeners.routes]]`: which pool gets which request.
     #[serde(default)]
     pub routes: Vec<Spanned<RouteSection>>,
+    /// Most client connections open at once; more are answered 503 and closed.
+    pub max_client_connections: Option<Spanned<i64>>,
 }
 
 /// One `[[listeners.routes]]` table.
@@ -81,6 +83,86 @@ pub struct PoolSection {
     pub peak_ewma: Option<PeakEwmaSection>,
     /// Sticky sessions by cookie.
     pub sticky: Option<Spanned<StickySection>>,
+    /// `[pools.NAME.health_check]`: active probes.
+    pub health_check: Option<Spanned<HealthCheckSection>>,
+    /// Outlier detection from real traffic.
+    pub passive: Option<Spanned<PassiveSection>>,
+    /// Percentage of healthy backends below which the pool routes to all of them.
+    pub panic_threshold: Option<Spanned<i64>>,
+    /// Retry policy.
+    pub retries: Option<Spanned<RetriesSection>>,
+    /// Most concurrent requests per backend; the rest wait in a queue.
+    pub max_connections: Option<Spanned<i64>>,
+    /// How long a request may wait for a backend under `max_connections`.
+    pub queue_timeout: Option<Spanned<String>>,
+}
+
+/// `[pools.NAME.health_check]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSection {
+    /// `http` or `tcp`.
+    pub kind: Option<Spanned<String>>,
+    /// HTTP: request path.
+    pub path: Option<Spanned<String>>,
+    /// HTTP: `GET` or `HEAD`.
+    pub method: Option<Spanned<String>>,
+    /// HTTP: `Host` header to send.
+    pub host: Option<Spanned<String>>,
+    /// HTTP: accepted statuses, `"200-399"`, `"200"` or `[200, 204]`.
+    pub expect_status: Option<Spanned<StatusSpec>>,
+    /// HTTP: a substring the body must contain.
+    pub expect_body: Option<Spanned<String>>,
+    /// Time between probes.
+    pub interval: Option<Spanned<String>>,
+    /// Time a probe may take.
+    pub timeout: Option<Spanned<String>>,
+    /// Passing probes in a row to become healthy.
+    pub healthy_threshold: Option<Spanned<i64>>,
+    /// Failing probes in a row to become unhealthy.
+    pub unhealthy_threshold: Option<Spanned<i64>>,
+    /// Start backends unhealthy until they pass.
+    pub start_unhealthy: Option<bool>,
+}
+
+/// Accepted statuses as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StatusSpec {
+    /// `"200-399"` or `"200"`.
+    Text(String),
+    /// `[200, 204]`.
+    Codes(Vec<i64>),
+    /// `200`.
+    Code(i64),
+}
+
+/// `passive = { ... }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveSection {
+    /// Failures in a row that eject a backend.
+    pub consecutive_failures: Option<Spanned<i64>>,
+    /// Ejection time, multiplied by the number of ejections so far.
+    pub base_ejection_time: Option<Spanned<String>>,
+    /// Most backends ejected at once, as a percentage.
+    pub max_ejection_percent: Option<Spanned<i64>>,
+    /// Count 5xx responses as failures.
+    pub eject_on_5xx: Option<bool>,
+}
+
+/// `retries = { ... }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetriesSection {
+    /// Retries after the first attempt.
+    pub attempts: Option<Spanned<i64>>,
+    /// Conditions: `connect-failure`, `reset`, `timeout`, `5xx`, or a status like `"503"`.
+    pub on: Option<Vec<Spanned<String>>>,
+    /// Retries as a percentage of recent requests, at most.
+    pub budget_percent: Option<Spanned<i64>>,
+    /// Largest request body kept in memory so that it can be sent again.
+    pub buffer_body_bytes: Option<Spanned<i64>>,
 }
 
 /// `peak_ewma = { decay, default_rtt }`.
@@ -113,6 +195,8 @@ pub struct TimeoutsSection {
     pub response_header: Option<Spanned<String>>,
     /// How long an unused pooled upstream connection is kept open.
     pub idle: Option<Spanned<String>>,
+    /// Time allowed for the whole request until response headers, retries included.
+    pub request: Option<Spanned<String>>,
 }
 
 /// A backend as written: a bare address string or a table with a weight.

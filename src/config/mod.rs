@@ -6,6 +6,7 @@
 //! ([`Config::quick`]) builds the same model from command-line flags.
 
 pub mod file;
+pub mod resilience;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -15,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::Spanned;
+
+pub use resilience::{CheckKind, HealthCheckConfig, PassiveConfig, RetryConfig, StatusSet};
 
 use crate::upstream::hash_key::HashKey;
 use crate::upstream::select::SelectOptions;
@@ -56,6 +59,8 @@ pub struct ListenerConfig {
     pub listen: SocketAddr,
     /// Routes in the order written; the router sorts them by specificity.
     pub routes: Vec<RouteConfig>,
+    /// Most client connections open at once, if limited.
+    pub max_client_connections: Option<usize>,
 }
 
 /// One route: which requests go to which pool.
@@ -155,6 +160,18 @@ pub struct PoolConfig {
     pub ewma_decay: Duration,
     /// Sticky sessions, if on.
     pub sticky: Option<StickyConfig>,
+    /// Active health checks, if on.
+    pub health_check: Option<HealthCheckConfig>,
+    /// Outlier detection from real traffic.
+    pub passive: PassiveConfig,
+    /// Below this percentage of eligible backends the pool routes to all of them (0: never).
+    pub panic_threshold: u32,
+    /// Retry policy.
+    pub retries: RetryConfig,
+    /// Most concurrent requests per backend, if limited.
+    pub max_connections: Option<u32>,
+    /// How long a request may wait for a backend slot under `max_connections`.
+    pub queue_timeout: Duration,
 }
 
 /// Sticky sessions: a cookie naming the backend a client was sent to.
@@ -187,6 +204,9 @@ pub struct Timeouts {
     pub response_header: Duration,
     /// How long an unused pooled upstream connection stays open.
     pub idle: Duration,
+    /// Time for the whole request until response headers, retries included (504 when
+    /// exceeded); `None` means only the per-attempt timeouts apply.
+    pub request: Option<Duration>,
 }
 
 impl Default for Timeouts {
@@ -195,6 +215,7 @@ impl Default for Timeouts {
             connect: DEFAULT_CONNECT_TIMEOUT,
             response_header: DEFAULT_RESPONSE_HEADER_TIMEOUT,
             idle: DEFAULT_IDLE_TIMEOUT,
+            request: None,
         }
     }
 }
@@ -246,7 +267,7 @@ pub enum LoadError {
 }
 
 /// Collects located errors while validating one file.
-struct Checker<'a> {
+pub(crate) struct Checker<'a> {
     file: &'a str,
     text: &'a str,
     errors: Vec<ConfigError>,
@@ -498,10 +519,24 @@ impl Config {
                     });
                 }
             }
+            let max_client_connections =
+                l.max_client_connections
+                    .as_ref()
+                    .and_then(|m| match usize::try_from(*m.get_ref()) {
+                        Ok(n) if n >= 1 => Some(n),
+                        _ => {
+                            check.error(
+                                m.span(),
+                                format!("listeners[{i}].max_client_connections: must be at least 1"),
+                            );
+                            None
+                        }
+                    });
             listeners.push(ListenerConfig {
                 name: l.name.clone().unwrap_or_else(|| listen.to_string()),
                 listen,
                 routes,
+                max_client_connections,
             });
         }
 
@@ -527,6 +562,7 @@ impl Config {
                     path_prefix: "/".into(),
                     pool: 0,
                 }],
+                max_client_connections: None,
             }],
             pools: vec![PoolConfig {
                 name: "default".into(),
@@ -537,6 +573,12 @@ impl Config {
                 select: SelectOptions::default(),
                 ewma_decay: DEFAULT_EWMA_DECAY,
                 sticky: None,
+                health_check: None,
+                passive: PassiveConfig::default(),
+                panic_threshold: resilience::DEFAULT_PANIC_THRESHOLD,
+                retries: RetryConfig::default(),
+                max_connections: None,
+                queue_timeout: resilience::DEFAULT_QUEUE_TIMEOUT,
             }],
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             workers: None,
@@ -677,6 +719,13 @@ fn validate_pool(name: &str, section: &Spanned<PoolSection>, check: &mut Checker
             ttl,
         })
     });
+    let health_check = p
+        .health_check
+        .as_ref()
+        .map(|h| resilience::health_check(&key, h, check));
+    let passive = resilience::passive(&key, &p.passive, check);
+    let retries = resilience::retries(&key, &p.retries, check);
+    let (max_connections, queue_timeout, panic_threshold) = resilience::limits(&key, p, check);
     PoolConfig {
         name: name.to_owned(),
         algorithm,
@@ -686,6 +735,12 @@ fn validate_pool(name: &str, section: &Spanned<PoolSection>, check: &mut Checker
         select,
         ewma_decay,
         sticky,
+        health_check,
+        passive,
+        panic_threshold,
+        retries,
+        max_connections,
+        queue_timeout,
     }
 }
 
@@ -732,6 +787,13 @@ fn validate_timeouts(key: &str, t: &TimeoutsSection, check: &mut Checker) -> Tim
             DEFAULT_RESPONSE_HEADER_TIMEOUT,
         ),
         idle: check.duration(&format!("{key}.timeouts.idle"), &t.idle, DEFAULT_IDLE_TIMEOUT),
+        request: t.request.as_ref().map(|r| {
+            check.duration(
+                &format!("{key}.timeouts.request"),
+                &Some(r.clone()),
+                Duration::from_secs(1),
+            )
+        }),
     };
     for (name, value, span) in [
         ("connect", timeouts.connect, t.connect.as_ref().map(|s| s.span())),

@@ -5,6 +5,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::upstream::connection::PooledConnection;
 use crate::upstream::InFlight;
@@ -20,6 +21,8 @@ pub enum ProxyBody {
         in_flight: InFlight,
         /// The connection it arrives on, given back to its pool once the body has ended.
         connection: Option<PooledConnection>,
+        /// The backend slot it holds under `max_connections`, freed with the body.
+        slot: Option<OwnedSemaphorePermit>,
     },
     /// A body Steelyard wrote itself (errors).
     Local(Option<Bytes>),
@@ -27,7 +30,12 @@ pub enum ProxyBody {
 
 impl ProxyBody {
     /// A backend's body arriving on `connection`; an empty body frees the connection at once.
-    pub fn upstream(body: Incoming, in_flight: InFlight, connection: PooledConnection) -> ProxyBody {
+    pub fn upstream(
+        body: Incoming,
+        in_flight: InFlight,
+        connection: PooledConnection,
+        slot: Option<OwnedSemaphorePermit>,
+    ) -> ProxyBody {
         let connection = if body.is_end_stream() {
             connection.release();
             None
@@ -38,6 +46,7 @@ impl ProxyBody {
             body,
             in_flight,
             connection,
+            slot,
         }
     }
 

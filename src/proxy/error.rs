@@ -14,6 +14,15 @@ pub enum ProxyError {
     /// The pool has no backend to send to.
     #[error("no backend available")]
     NoBackend,
+    /// Every backend slot stayed taken (`max_connections`) for the whole queue timeout.
+    #[error("queue timeout")]
+    QueueTimeout,
+    /// The request body could not be read from the client.
+    #[error("bad request body")]
+    BadRequest,
+    /// The overall request timeout passed.
+    #[error("request timed out")]
+    RequestTimeout,
     /// The backend refused or dropped the connection, or broke the response.
     #[error("backend failed")]
     BadGateway,
@@ -30,9 +39,12 @@ impl ProxyError {
     pub fn status(self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoBackend | ProxyError::QueueTimeout => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::BadRequest => StatusCode::BAD_REQUEST,
             ProxyError::BadGateway => StatusCode::BAD_GATEWAY,
-            ProxyError::ConnectTimeout | ProxyError::ResponseHeaderTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::ConnectTimeout | ProxyError::ResponseHeaderTimeout | ProxyError::RequestTimeout => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
         }
     }
 
@@ -40,15 +52,18 @@ impl ProxyError {
     pub fn response(self) -> Response<ProxyBody> {
         let body = match self {
             ProxyError::NoRoute => "404 Not Found\n",
-            ProxyError::NoBackend => "503 Service Unavailable\n",
+            ProxyError::NoBackend | ProxyError::QueueTimeout => "503 Service Unavailable\n",
+            ProxyError::BadRequest => "400 Bad Request\n",
             ProxyError::BadGateway => "502 Bad Gateway\n",
-            ProxyError::ConnectTimeout | ProxyError::ResponseHeaderTimeout => "504 Gateway Timeout\n",
+            ProxyError::ConnectTimeout | ProxyError::ResponseHeaderTimeout | ProxyError::RequestTimeout => {
+                "504 Gateway Timeout\n"
+            }
         };
         let mut res = Response::new(ProxyBody::local(body));
         *res.status_mut() = self.status();
         res.headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-        if self == ProxyError::NoBackend {
+        if matches!(self, ProxyError::NoBackend | ProxyError::QueueTimeout) {
             res.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
         res

@@ -1,20 +1,25 @@
-//! The hot path: route, pick a backend, rewrite the request, forward it, stream the response.
+//! The hot path: route, pick a backend, rewrite the request, forward it (retrying where that
+//! is safe), stream the response.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use http::header::{HeaderValue, HOST, SET_COOKIE};
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_LENGTH, HOST, SET_COOKIE};
+use http::request::Parts;
 use http::uri::{PathAndQuery, Uri};
-use http::{Request, Response, Version};
-use hyper::body::Incoming;
+use http::{Method, Request, Response, Version};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Incoming};
+use tokio::time::Instant;
 
 use super::headers::{add_forwarding, strip_hop_by_hop};
 use super::{ProxyBody, ProxyError, Router};
-use crate::upstream::connection::UpstreamError;
-use crate::upstream::RequestView;
+use crate::config::RetryConfig;
+use crate::upstream::connection::{UpstreamBody, UpstreamError};
+use crate::upstream::{Pool, RequestView};
 
 /// What the hot path knows about the client connection, computed once per connection.
 #[derive(Debug)]
@@ -32,6 +37,18 @@ impl ConnInfo {
         let client_ip = HeaderValue::try_from(ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         ConnInfo { peer, client_ip }
     }
+}
+
+/// Most attempts of one request: the first plus at most 10 retries (the config's limit).
+const MAX_ATTEMPTS: usize = 11;
+
+/// The request body, kept so the request can be sent again when a retry is allowed after
+/// bytes went out, or streamed once otherwise.
+enum Payload {
+    /// Streamed: only a connect failure (nothing sent yet) can be retried.
+    Once(Option<Incoming>),
+    /// Empty or held in memory: any failure the policy names can be retried.
+    Replayable(Bytes),
 }
 
 /// Proxies one request. Never fails: every error becomes a response from [`ProxyError`].
@@ -53,64 +70,206 @@ pub async fn forward(req: Request<Incoming>, router: &ArcSwap<Router>, conn: &Co
         }
     };
     let (mut parts, body) = req.into_parts();
-    let view = RequestView {
-        client_ip: conn.peer.ip(),
-        headers: &parts.headers,
-        uri: &parts.uri,
-    };
-    let Some(picked) = pool.pick(&view, &[]) else {
-        return ProxyError::NoBackend.response();
-    };
-    let (backend, set_cookie) = (picked.backend, picked.set_cookie);
-
     strip_hop_by_hop(&mut parts.headers);
     add_forwarding(&mut parts.headers, parts.version, &conn.client_ip, host.as_ref());
     parts.uri = origin_form(std::mem::take(&mut parts.uri));
-    if !parts.headers.contains_key(HOST) {
-        // An HTTP/1.0 client sent no host at all: name the backend, as nginx does.
-        if let Ok(h) = HeaderValue::from_str(backend.authority().as_str()) {
-            parts.headers.insert(HOST, h);
-        }
-    }
     parts.version = Version::HTTP_11;
-    let upstream_req = Request::from_parts(parts, body);
 
-    let in_flight = backend.start_request();
-    let started = Instant::now();
-    let Some(connections) = pool.connections(picked.index) else {
-        return ProxyError::NoBackend.response();
+    let config = pool.config();
+    pool.retry_budget().deposit();
+    let deadline = config.timeouts.request.map(|d| Instant::now() + d);
+    let mut payload = match payload(&mut parts, body, &config.retries).await {
+        Ok(p) => p,
+        Err(e) => return e.response(),
     };
-    let exchange = async {
-        let mut connection = connections.checkout().await?;
-        let res = connection.send(upstream_req).await?;
-        Ok::<_, UpstreamError>((res, connection))
-    };
-    let sent = tokio::time::timeout(pool.timeouts().response_header, exchange).await;
-    let failure = match sent {
-        Ok(Ok((mut res, connection))) => {
-            backend.observe_latency(started.elapsed(), pool.ewma_decay());
-            strip_hop_by_hop(res.headers_mut());
-            if let Some(cookie) = set_cookie {
-                res.headers_mut().append(SET_COOKIE, cookie.clone());
-            }
-            return res.map(|body| ProxyBody::upstream(body, in_flight, connection));
+    let mut tried = [0usize; MAX_ATTEMPTS];
+    let mut attempts = 0usize;
+    let mut last_failure = ProxyError::NoBackend;
+    loop {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return timed_out(&pool, conn);
         }
-        Ok(Err(e)) => (classify(&e), error_chain(&e)),
-        Err(_) => (
-            ProxyError::ResponseHeaderTimeout,
-            "no response headers within the response_header timeout".into(),
+        let view = RequestView {
+            client_ip: conn.peer.ip(),
+            headers: &parts.headers,
+            uri: &parts.uri,
+        };
+        let Some(picked) = pool.pick(&view, &tried[..attempts]) else {
+            return last_failure.response();
+        };
+        let (index, member, set_cookie) = (picked.index, picked.member, picked.set_cookie);
+        tried[attempts] = index;
+        attempts += 1;
+        let may_retry = attempts <= config.retries.attempts as usize;
+        let backend = &member.backend;
+
+        let slot = match &member.slots {
+            None => None,
+            Some(slots) => match tokio::time::timeout(config.queue_timeout, Arc::clone(slots).acquire_owned()).await {
+                Ok(Ok(permit)) => Some(permit),
+                _ => {
+                    tracing::warn!(pool = pool.name(), backend = %backend.address(), "no backend slot within queue_timeout");
+                    return ProxyError::QueueTimeout.response();
+                }
+            },
+        };
+        let in_flight = backend.start_request();
+        let started = Instant::now();
+        let mut attempt_deadline = started + config.timeouts.response_header;
+        if let Some(d) = deadline {
+            attempt_deadline = attempt_deadline.min(d);
+        }
+
+        // Connecting sends nothing, so its failure can always be retried.
+        let mut connection = match tokio::time::timeout_at(attempt_deadline, member.connections.checkout()).await {
+            Ok(Ok(c)) => c,
+            outcome => {
+                let (failure, why) = match outcome {
+                    Ok(Err(e)) => (classify(&e), error_chain(&e)),
+                    _ => (
+                        ProxyError::ConnectTimeout,
+                        "no connection within the response_header timeout".into(),
+                    ),
+                };
+                pool.record_failure(index);
+                log_failure(&pool, conn, backend.address(), failure, &why);
+                last_failure = failure;
+                if may_retry && config.retries.on_connect_failure && pool.retry_budget().try_withdraw() {
+                    continue;
+                }
+                return failure.response();
+            }
+        };
+        let Some(upstream_req) = next_request(&mut parts, &mut payload, backend.authority().as_str()) else {
+            // The streamed body already went to a backend: it cannot be sent again.
+            return last_failure.response();
+        };
+        let replayable = matches!(payload, Payload::Replayable(_));
+        let sent = tokio::time::timeout_at(attempt_deadline, connection.send(upstream_req)).await;
+        let (failure, why, retry_wanted) = match sent {
+            Ok(Ok(mut res)) => {
+                let status = res.status().as_u16();
+                let is_5xx = status >= 500;
+                if is_5xx && config.passive.eject_on_5xx {
+                    pool.record_failure(index);
+                } else {
+                    backend.record_success();
+                }
+                if replayable
+                    && may_retry
+                    && config.retries.on_status.contains(status)
+                    && pool.retry_budget().try_withdraw()
+                {
+                    tracing::debug!(pool = pool.name(), backend = %backend.address(), status, "retrying on status");
+                    last_failure = ProxyError::BadGateway;
+                    continue;
+                }
+                backend.observe_latency(started.elapsed(), config.ewma_decay);
+                strip_hop_by_hop(res.headers_mut());
+                if let Some(cookie) = set_cookie {
+                    res.headers_mut().append(SET_COOKIE, cookie);
+                }
+                return res.map(|body| ProxyBody::upstream(body, in_flight, connection, slot));
+            }
+            Ok(Err(e)) => (classify(&e), error_chain(&e), config.retries.on_reset),
+            Err(_) => {
+                let overall = deadline.is_some_and(|d| attempt_deadline >= d);
+                if overall {
+                    pool.record_failure(index);
+                    return timed_out(&pool, conn);
+                }
+                (
+                    ProxyError::ResponseHeaderTimeout,
+                    "no response headers within the response_header timeout".into(),
+                    config.retries.on_timeout,
+                )
+            }
+        };
+        pool.record_failure(index);
+        log_failure(&pool, conn, backend.address(), failure, &why);
+        last_failure = failure;
+        if replayable && may_retry && retry_wanted && pool.retry_budget().try_withdraw() {
+            continue;
+        }
+        return failure.response();
+    }
+}
+
+/// Decides how the body travels: replayable (kept in memory) when the method is idempotent,
+/// the policy could retry after bytes went out, and the body is empty or small enough.
+async fn payload(parts: &mut Parts, body: Incoming, policy: &RetryConfig) -> Result<Payload, ProxyError> {
+    let after_send = policy.attempts > 0 && (policy.on_reset || policy.on_timeout || !policy.on_status.0.is_empty());
+    if !after_send || !is_idempotent(&parts.method) {
+        return Ok(Payload::Once(Some(body)));
+    }
+    if body.is_end_stream() {
+        return Ok(Payload::Replayable(Bytes::new()));
+    }
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n <= policy.buffer_body_bytes => match body.collect().await {
+            Ok(collected) => Ok(Payload::Replayable(collected.to_bytes())),
+            Err(_) => Err(ProxyError::BadRequest),
+        },
+        _ => Ok(Payload::Once(Some(body))),
+    }
+}
+
+/// RFC 9110 §9.2.2 idempotent methods: sending them twice does what sending once does.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// The request for the next attempt, or `None` when its streamed body was already sent.
+/// A streamed request is sent once, so its head is moved rather than copied.
+fn next_request(parts: &mut Parts, payload: &mut Payload, backend: &str) -> Option<Request<UpstreamBody>> {
+    let (body, headers, uri) = match payload {
+        Payload::Once(body) => (
+            UpstreamBody::Streaming(body.take()?),
+            std::mem::take(&mut parts.headers),
+            std::mem::take(&mut parts.uri),
+        ),
+        Payload::Replayable(bytes) => (
+            UpstreamBody::Buffered(Some(bytes.clone())),
+            parts.headers.clone(),
+            parts.uri.clone(),
         ),
     };
-    backend.record_failure();
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = headers;
+    if !req.headers().contains_key(HOST) {
+        // An HTTP/1.0 client sent no host at all: name the backend, as nginx does.
+        if let Ok(h) = HeaderValue::from_str(backend) {
+            req.headers_mut().insert(HOST, h);
+        }
+    }
+    Some(req)
+}
+
+fn timed_out(pool: &Pool, conn: &ConnInfo) -> Response<ProxyBody> {
+    tracing::warn!(pool = pool.name(), client = %conn.peer, "request timeout reached");
+    ProxyError::RequestTimeout.response()
+}
+
+fn log_failure(pool: &Pool, conn: &ConnInfo, backend: SocketAddr, failure: ProxyError, why: &str) {
     tracing::warn!(
-        backend = %backend.address(),
+        backend = %backend,
         pool = pool.name(),
         client = %conn.peer,
-        status = failure.0.status().as_u16(),
-        error = %failure.1,
+        status = failure.status().as_u16(),
+        error = %why,
         "backend request failed"
     );
-    failure.0.response()
 }
 
 /// The origin-form request target (`/path?query`) that HTTP/1.1 sends to a backend, whatever

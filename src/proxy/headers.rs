@@ -25,7 +25,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         for value in headers.get_all(CONNECTION) {
             for token in value.as_bytes().split(|&b| b == b',') {
                 let token = token.trim_ascii();
-                if token.is_empty() || token.eq_ignore_ascii_case(b"keep-alive") || token.eq_ignore_ascii_case(b"close") {
+                if token.is_empty() || token.eq_ignore_ascii_case(b"keep-alive") || token.eq_ignore_ascii_case(b"close")
+                {
                     continue;
                 }
                 if let Ok(name) = HeaderName::from_bytes(token) {
@@ -38,7 +39,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
         headers.remove(CONNECTION);
     }
-    for name in [&KEEP_ALIVE, &PROXY_CONNECTION, &TE, &TRAILER, &TRANSFER_ENCODING, &UPGRADE] {
+    for name in [
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &TE,
+        &TRAILER,
+        &TRANSFER_ENCODING,
+        &UPGRADE,
+    ] {
         if headers.contains_key(name) {
             headers.remove(name);
         }

@@ -81,7 +81,7 @@ impl Router {
                     let _ = write!(out, "*{s}");
                 }
             }
-            let backends: Vec<String> = r.pool.backends().iter().map(|b| b.address().to_string()).collect();
+            let backends: Vec<String> = r.pool.backends().map(|b| b.address().to_string()).collect();
             let _ = write!(
                 out,
                 "{} -> pool {} [{}] ({})",

@@ -56,6 +56,9 @@ impl Server {
     /// requests to finish, at most the configured drain timeout.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
         let pools: Vec<Arc<Pool>> = self.config.pools.iter().map(|p| Arc::new(Pool::new(p))).collect();
+        for pool in &pools {
+            pool.start();
+        }
         let (stop_tx, stop_rx) = watch::channel(false);
         // Every accept loop and connection holds a sender; when all are gone, draining is done.
         let (active_tx, mut active_rx) = mpsc::channel::<()>(1);

@@ -1,7 +1,7 @@
 //! One backend server and its live load figures.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,14 @@ pub struct Backend {
     latency_ewma: AtomicU64,
     /// When `latency_ewma` was last updated, in nanoseconds since [`clock_nanos`]'s epoch.
     latency_updated: AtomicU64,
+    /// Active health checks say it is down.
+    probed_down: AtomicBool,
+    /// Ejected by passive health until this [`clock_nanos`] time; 0 when not ejected.
+    ejected_until: AtomicU64,
+    /// Times it has been ejected (sets the length of the next ejection).
+    ejections: AtomicU32,
+    /// Failed requests in a row.
+    consecutive_failures: AtomicU32,
 }
 
 /// Nanoseconds since the first call in this process: a cheap monotonic clock for atomics.
@@ -44,6 +52,10 @@ impl Backend {
             failures: AtomicU64::new(0),
             latency_ewma: AtomicU64::new(0),
             latency_updated: AtomicU64::new(0),
+            probed_down: AtomicBool::new(false),
+            ejected_until: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
+            consecutive_failures: AtomicU32::new(0),
         }
     }
 
@@ -77,9 +89,60 @@ impl Backend {
         self.failures.load(Ordering::Relaxed)
     }
 
-    /// Records a failed request.
-    pub fn record_failure(&self) {
+    /// Records a failed request; returns how many failed in a row now.
+    pub fn record_failure(&self) -> u32 {
         self.failures.fetch_add(1, Ordering::Relaxed);
+        self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Records a successful request, ending any run of failures.
+    pub fn record_success(&self) {
+        // Read first: a healthy backend's counter is already 0, and skipping the write keeps
+        // its cache line shared between cores.
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// True when active health checks have marked it down.
+    pub fn is_probed_down(&self) -> bool {
+        self.probed_down.load(Ordering::Relaxed)
+    }
+
+    /// Marks it up or down as active health checks decide; returns the previous state.
+    pub fn set_probed_down(&self, down: bool) -> bool {
+        self.probed_down.swap(down, Ordering::Relaxed)
+    }
+
+    /// True while passive health keeps it ejected at [`clock_nanos`] time `now`.
+    pub fn is_ejected(&self, now: u64) -> bool {
+        self.ejected_until.load(Ordering::Relaxed) > now
+    }
+
+    /// When the current ejection ends, if it is ejected at `now`.
+    pub fn ejected_until(&self, now: u64) -> Option<u64> {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        (until > now).then_some(until)
+    }
+
+    /// Ejects it at `now` for `base` times the number of its ejections so far (capped at
+    /// `max_multiplier`), and starts a new count of failures. Returns the ejection length.
+    pub fn eject(&self, now: u64, base: Duration, max_multiplier: u32) -> Duration {
+        let n = self
+            .ejections
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1)
+            .min(max_multiplier);
+        let length = base.saturating_mul(n);
+        let until = now.saturating_add(u64::try_from(length.as_nanos()).unwrap_or(u64::MAX));
+        self.ejected_until.store(until, Ordering::Relaxed);
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        length
+    }
+
+    /// True when it may receive new requests at `now`: not probed down, not ejected.
+    pub fn is_eligible(&self, now: u64) -> bool {
+        !self.is_probed_down() && !self.is_ejected(now)
     }
 
     /// Peak-EWMA latency in nanoseconds, or `None` before the first response.
@@ -141,6 +204,20 @@ impl Drop for InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ejections_grow_with_each_one_up_to_the_cap() {
+        let b = Backend::new(([127, 0, 0, 1], 1).into(), 1);
+        let base = Duration::from_secs(30);
+        assert_eq!(b.eject(0, base, 3), Duration::from_secs(30));
+        assert!(b.is_ejected(29_999_999_999) && !b.is_ejected(30_000_000_000));
+        assert_eq!(b.eject(0, base, 3), Duration::from_secs(60));
+        assert_eq!(b.eject(0, base, 3), Duration::from_secs(90));
+        assert_eq!(b.eject(0, base, 3), Duration::from_secs(90));
+        assert_eq!(b.record_failure(), 1, "an ejection starts a new run of failures");
+        b.record_success();
+        assert_eq!(b.record_failure(), 1);
+    }
 
     #[test]
     fn peak_ewma_jumps_up_and_decays_down() {

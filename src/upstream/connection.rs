@@ -10,14 +10,56 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 use http::{Request, Response};
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::backend::clock_nanos;
+
+/// A request body on its way to a backend: the client's, streamed, or a copy kept in memory
+/// so that the request can be sent again on a retry.
+#[derive(Debug)]
+pub enum UpstreamBody {
+    /// Streamed from the client as it arrives.
+    Streaming(Incoming),
+    /// Held in memory (possibly empty).
+    Buffered(Option<Bytes>),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            UpstreamBody::Streaming(body) => Pin::new(body).poll_frame(cx),
+            UpstreamBody::Buffered(data) => {
+                Poll::Ready(data.take().filter(|d| !d.is_empty()).map(|d| Ok(Frame::data(d))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Streaming(body) => body.is_end_stream(),
+            UpstreamBody::Buffered(data) => data.as_ref().is_none_or(|d| d.is_empty()),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Streaming(body) => body.size_hint(),
+            UpstreamBody::Buffered(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+        }
+    }
+}
 
 /// Most idle connections kept per backend; beyond it, released connections are closed.
 pub const MAX_IDLE_PER_BACKEND: usize = 512;
@@ -47,14 +89,14 @@ pub struct ConnectionPool {
 
 #[derive(Debug)]
 struct Idle {
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<UpstreamBody>,
     since: u64,
 }
 
 /// A connection checked out for one request.
 #[derive(Debug)]
 pub struct PooledConnection {
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<UpstreamBody>,
     home: Arc<ConnectionPool>,
     reused: bool,
 }
@@ -138,7 +180,7 @@ impl ConnectionPool {
 impl PooledConnection {
     /// Sends `req`. If a reused connection turns out closed before the request went out,
     /// the request is sent once more on a new connection: nothing reached the backend yet.
-    pub async fn send(&mut self, req: Request<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
+    pub async fn send(&mut self, req: Request<UpstreamBody>) -> Result<Response<Incoming>, UpstreamError> {
         match self.sender.try_send_request(req).await {
             Ok(res) => Ok(res),
             Err(mut e) => match e.take_message() {

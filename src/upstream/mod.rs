@@ -5,9 +5,10 @@ pub mod connection;
 pub mod hash;
 pub mod hash_key;
 pub mod pool;
+pub mod retry_budget;
 pub mod select;
 pub mod sticky;
 
 pub use backend::{Backend, InFlight};
 pub use hash_key::{HashKey, RequestView};
-pub use pool::{Picked, Pool};
+pub use pool::{Member, Picked, Pool, Selection};

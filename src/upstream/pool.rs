@@ -1,134 +1,337 @@
-//! A pool: named backends, the selector over them, and the upstream connection pool.
+//! A pool: named backends, the selection over its eligible ones, and the upstream connections.
+//!
+//! The backends a request may go to (healthy, not ejected) form a [`Selection`], built off the
+//! hot path and swapped in whole whenever health changes; a request loads it once and picks.
+//! Algorithms therefore never see an unhealthy backend. When too few backends are eligible the
+//! pool panics (Envoy's term) and selects over all of them rather than crush the few left.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::header::HeaderValue;
+use tokio::sync::{Notify, Semaphore};
 
+use super::backend::clock_nanos;
 use super::connection::ConnectionPool;
-use super::select::{self, PickContext, Select};
+use super::retry_budget::RetryBudget;
+use super::select::{self, PickContext, Select, SelectOptions};
 use super::sticky::Sticky;
 use super::{Backend, HashKey, RequestView};
-use crate::config::{Algorithm, PoolConfig, Timeouts};
+use crate::config::{Algorithm, PoolConfig, StickyConfig};
 
-/// A named group of backends and how to choose among them. Immutable once built.
+/// One configured backend with what belongs to it in this pool.
 #[derive(Debug)]
-pub struct Pool {
-    name: String,
-    algorithm: Algorithm,
+pub struct Member {
+    /// The backend and its live figures.
+    pub backend: Arc<Backend>,
+    /// Its idle keep-alive connections.
+    pub connections: Arc<ConnectionPool>,
+    /// Slots under `max_connections`, if limited.
+    pub slots: Option<Arc<Semaphore>>,
+}
+
+/// The backends picks choose from right now, with the selector built for exactly them.
+#[derive(Debug)]
+pub struct Selection {
+    /// Indices into the pool's members, in selector order.
+    members: Vec<usize>,
     backends: Vec<Arc<Backend>>,
     selector: Box<dyn Select>,
-    hash_key: Option<HashKey>,
     sticky: Option<Sticky>,
-    timeouts: Timeouts,
-    ewma_decay: Duration,
-    /// `connections[i]` holds the idle keep-alive connections to `backends[i]`.
-    connections: Vec<Arc<ConnectionPool>>,
+    /// True when built over all members because too few were eligible.
+    panic: bool,
+}
+
+/// A named group of backends and how to choose among them.
+#[derive(Debug)]
+pub struct Pool {
+    config: PoolConfig,
+    members: Vec<Member>,
+    selection: ArcSwap<Selection>,
+    /// Signalled from the hot path when a backend was ejected (and on drop); the pool's
+    /// rebuilding task waits on it.
+    changed: Arc<Notify>,
+    retry_budget: RetryBudget,
+    in_panic: AtomicBool,
 }
 
 /// The outcome of a pick.
 #[derive(Debug)]
 pub struct Picked<'a> {
-    /// Index of the backend in the pool.
+    /// Index of the backend among the pool's members.
     pub index: usize,
-    /// The backend.
-    pub backend: &'a Arc<Backend>,
+    /// The member.
+    pub member: &'a Member,
     /// A sticky-session cookie to set on the response, when the client had none for it.
-    pub set_cookie: Option<&'a HeaderValue>,
+    pub set_cookie: Option<HeaderValue>,
+}
+
+impl Selection {
+    fn build(
+        members: &[Member],
+        chosen: Vec<usize>,
+        algorithm: Algorithm,
+        options: &SelectOptions,
+        sticky: Option<&StickyConfig>,
+        panic: bool,
+    ) -> Selection {
+        let backends: Vec<Arc<Backend>> = chosen.iter().map(|&i| Arc::clone(&members[i].backend)).collect();
+        Selection {
+            selector: select::build(algorithm, &backends, options),
+            sticky: sticky.map(|s| Sticky::new(s, &backends)),
+            members: chosen,
+            backends,
+            panic,
+        }
+    }
+
+    /// How many backends picks choose from.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// True when no backend can be picked.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
 }
 
 impl Pool {
-    /// Builds the pool, its selector and its upstream client. Must run inside a tokio runtime.
+    /// Builds the pool. Call [`Pool::start`] inside a tokio runtime to run its health checks.
     pub fn new(config: &PoolConfig) -> Pool {
-        let backends: Vec<Arc<Backend>> = config
+        let members: Vec<Member> = config
             .backends
             .iter()
-            .map(|b| Arc::new(Backend::new(b.address, b.weight)))
-            .collect();
-        let connections: Vec<Arc<ConnectionPool>> = backends
-            .iter()
             .map(|b| {
-                Arc::new(ConnectionPool::new(
-                    b.address(),
-                    config.timeouts.connect,
-                    config.timeouts.idle,
-                ))
+                let backend = Arc::new(Backend::new(b.address, b.weight));
+                if config.health_check.as_ref().is_some_and(|h| h.start_unhealthy) {
+                    backend.set_probed_down(true);
+                }
+                Member {
+                    connections: Arc::new(ConnectionPool::new(
+                        b.address,
+                        config.timeouts.connect,
+                        config.timeouts.idle,
+                    )),
+                    slots: config.max_connections.map(|n| Arc::new(Semaphore::new(n as usize))),
+                    backend,
+                }
             })
             .collect();
-        spawn_idle_sweeper(&connections, config.timeouts.idle);
-        Pool {
-            name: config.name.clone(),
-            algorithm: config.algorithm,
-            selector: select::build(config.algorithm, &backends, &config.select),
-            sticky: config.sticky.as_ref().map(|s| Sticky::new(s, &backends)),
-            backends,
-            hash_key: config.hash_key.clone(),
-            timeouts: config.timeouts,
-            ewma_decay: config.ewma_decay,
-            connections,
+        let empty = Selection::build(&[], Vec::new(), config.algorithm, &config.select, None, false);
+        let pool = Pool {
+            retry_budget: RetryBudget::new(config.retries.budget_percent),
+            config: config.clone(),
+            members,
+            selection: ArcSwap::from_pointee(empty),
+            changed: Arc::new(Notify::new()),
+            in_panic: AtomicBool::new(false),
+        };
+        pool.rebuild();
+        pool
+    }
+
+    /// Starts the pool's background work: active health checks, the task that rebuilds the
+    /// selection when backends are ejected or return, and the idle-connection sweeper. Each
+    /// ends by itself once the pool is dropped.
+    pub fn start(self: &Arc<Self>) {
+        if let Some(check) = &self.config.health_check {
+            for index in 0..self.members.len() {
+                crate::health::active::spawn(Arc::downgrade(self), index, check.clone());
+            }
         }
+        spawn_rebuilder(Arc::downgrade(self), Arc::clone(&self.changed));
+        spawn_idle_sweeper(&self.members, self.config.timeouts.idle);
+    }
+
+    /// The pool's validated config.
+    pub fn config(&self) -> &PoolConfig {
+        &self.config
     }
 
     /// The pool's name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.config.name
     }
 
     /// Its algorithm.
     pub fn algorithm(&self) -> Algorithm {
-        self.algorithm
+        self.config.algorithm
     }
 
-    /// All its backends, in config order.
-    pub fn backends(&self) -> &[Arc<Backend>] {
-        &self.backends
+    /// Every configured backend, eligible or not, in config order.
+    pub fn members(&self) -> &[Member] {
+        &self.members
     }
 
-    /// Its timeouts.
-    pub fn timeouts(&self) -> &Timeouts {
-        &self.timeouts
+    /// Every configured backend, in config order.
+    pub fn backends(&self) -> impl Iterator<Item = &Arc<Backend>> {
+        self.members.iter().map(|m| &m.backend)
     }
 
-    /// The peak-EWMA decay window for latency observations.
-    pub fn ewma_decay(&self) -> Duration {
-        self.ewma_decay
+    /// Its retry budget.
+    pub fn retry_budget(&self) -> &RetryBudget {
+        &self.retry_budget
     }
 
-    /// The keep-alive connections to backend `index`.
-    pub fn connections(&self, index: usize) -> Option<&Arc<ConnectionPool>> {
-        self.connections.get(index)
+    /// The current selection.
+    pub fn selection(&self) -> arc_swap::Guard<Arc<Selection>> {
+        self.selection.load()
     }
 
-    /// Chooses the backend for `req`, never one of `exclude` (indices of backends already
-    /// tried). A valid sticky cookie wins over the algorithm; otherwise the algorithm picks
-    /// and, in a sticky pool, the response must set the returned cookie.
-    pub fn pick(&self, req: &RequestView, exclude: &[usize]) -> Option<Picked<'_>> {
-        let ctx = PickContext {
-            hash: self.hash_key.as_ref().and_then(|k| k.hash(req)),
-            exclude,
-        };
-        if let Some(sticky) = &self.sticky {
-            if let Some(index) = sticky.requested(req.headers).filter(|&i| ctx.allows(i)) {
-                return Some(Picked {
-                    index,
-                    backend: &self.backends[index],
-                    set_cookie: None,
-                });
-            }
+    /// Rebuilds the selection from the members' current health. Off the hot path.
+    pub fn rebuild(&self) {
+        let now = clock_nanos();
+        let eligible: Vec<usize> = (0..self.members.len())
+            .filter(|&i| self.members[i].backend.is_eligible(now))
+            .collect();
+        let total = self.members.len();
+        let threshold = self.config.panic_threshold as usize;
+        let panic = total > 0 && eligible.len() * 100 < threshold * total;
+        let was_panic = self.in_panic.swap(panic, Ordering::Relaxed);
+        if panic && !was_panic {
+            tracing::warn!(
+                pool = self.name(),
+                eligible = eligible.len(),
+                total,
+                "panic mode: fewer than {threshold}% of backends are healthy; routing to all of them"
+            );
+        } else if !panic && was_panic {
+            tracing::info!(pool = self.name(), eligible = eligible.len(), total, "panic mode over");
         }
-        let index = self.selector.pick(&self.backends, &ctx)?;
+        let chosen = if panic { (0..total).collect() } else { eligible };
+        let selection = Selection::build(
+            &self.members,
+            chosen,
+            self.config.algorithm,
+            &self.config.select,
+            self.config.sticky.as_ref(),
+            panic,
+        );
+        self.selection.store(Arc::new(selection));
+    }
+
+    /// Asks the pool's task to rebuild the selection soon (callable from the hot path).
+    pub fn request_rebuild(&self) {
+        self.changed.notify_one();
+    }
+
+    /// Records a failure of member `index` for passive health; ejects it once it has failed
+    /// `consecutive_failures` times in a row, unless that would eject more than
+    /// `max_ejection_percent` of the pool.
+    pub fn record_failure(&self, index: usize) {
+        let Some(member) = self.members.get(index) else { return };
+        let failures = member.backend.record_failure();
+        let passive = &self.config.passive;
+        if passive.consecutive_failures == 0 || failures < passive.consecutive_failures {
+            return;
+        }
+        let now = clock_nanos();
+        if member.backend.is_ejected(now) {
+            return;
+        }
+        let ejected = self.members.iter().filter(|m| m.backend.is_ejected(now)).count();
+        if (ejected + 1) * 100 > passive.max_ejection_percent as usize * self.members.len() {
+            return;
+        }
+        let length = member.backend.eject(
+            now,
+            passive.base_ejection_time,
+            crate::config::resilience::MAX_EJECTION_MULTIPLIER,
+        );
+        tracing::warn!(
+            pool = self.name(),
+            backend = %member.backend.address(),
+            failures,
+            "backend ejected for {length:?} after {failures} failures in a row"
+        );
+        self.request_rebuild();
+    }
+
+    /// Chooses a backend for `req` from the current selection, never one of `exclude`
+    /// (member indices already tried). A valid sticky cookie wins over the algorithm;
+    /// otherwise the algorithm picks and, in a sticky pool, the response must set the
+    /// returned cookie.
+    pub fn pick(&self, req: &RequestView, exclude: &[usize]) -> Option<Picked<'_>> {
+        let selection = self.selection.load();
+        // Exclusions arrive as member indices; the selector thinks in selection indices.
+        let local_exclude: Vec<usize> = if exclude.is_empty() {
+            Vec::new()
+        } else {
+            (0..selection.members.len())
+                .filter(|&i| exclude.contains(&selection.members[i]))
+                .collect()
+        };
+        let ctx = PickContext {
+            hash: self.config.hash_key.as_ref().and_then(|k: &HashKey| k.hash(req)),
+            exclude: &local_exclude,
+        };
+        let mut set_cookie = None;
+        let local = match selection
+            .sticky
+            .as_ref()
+            .and_then(|s| s.requested(req.headers))
+            .filter(|&i| ctx.allows(i))
+        {
+            Some(i) => i,
+            None => {
+                let i = selection.selector.pick(&selection.backends, &ctx)?;
+                set_cookie = selection.sticky.as_ref().and_then(|s| s.set_cookie(i)).cloned();
+                i
+            }
+        };
+        let index = *selection.members.get(local)?;
         Some(Picked {
             index,
-            backend: self.backends.get(index)?,
-            set_cookie: self.sticky.as_ref().and_then(|s| s.set_cookie(index)),
+            member: &self.members[index],
+            set_cookie,
         })
     }
+
+    /// True when the current selection covers all backends because too few were healthy.
+    pub fn in_panic(&self) -> bool {
+        self.selection.load().panic
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // Wakes the rebuilding task so that it notices the pool is gone and ends.
+        self.changed.notify_one();
+    }
+}
+
+/// Rebuilds the selection when the hot path asks (an ejection) and when an ejection ends.
+fn spawn_rebuilder(pool: Weak<Pool>, changed: Arc<Notify>) {
+    tokio::spawn(async move {
+        loop {
+            let next_return = {
+                let Some(pool) = pool.upgrade() else { return };
+                let now = clock_nanos();
+                pool.members.iter().filter_map(|m| m.backend.ejected_until(now)).min()
+            };
+            match next_return {
+                Some(t) => {
+                    let wait = Duration::from_nanos(t.saturating_sub(clock_nanos())) + Duration::from_millis(1);
+                    tokio::select! {
+                        () = changed.notified() => {}
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                }
+                None => changed.notified().await,
+            }
+            let Some(pool) = pool.upgrade() else { return };
+            pool.rebuild();
+        }
+    });
 }
 
 /// Closes idle connections past their idle timeout, about twice per timeout, until the pool is
 /// dropped.
-fn spawn_idle_sweeper(connections: &[Arc<ConnectionPool>], idle: Duration) {
-    let weak: Vec<Weak<ConnectionPool>> = connections.iter().map(Arc::downgrade).collect();
+fn spawn_idle_sweeper(members: &[Member], idle: Duration) {
+    let weak: Vec<Weak<ConnectionPool>> = members.iter().map(|m| Arc::downgrade(&m.connections)).collect();
     let period = (idle / 2).max(Duration::from_millis(100));
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(period);
