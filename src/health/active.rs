@@ -142,6 +142,8 @@ pub fn spawn(pool: Weak<Pool>, index: usize, config: HealthCheckConfig) {
             let backend = &pool.members().get(index)?.backend;
             backend.set_probed_down(!healthy);
             if healthy {
+                // Passing active checks also ends a passive ejection (Envoy's default).
+                backend.clear_ejection();
                 tracing::info!(pool = %name, backend = %address, reason, "backend healthy (was unhealthy)");
             } else {
                 tracing::warn!(pool = %name, backend = %address, reason, "backend unhealthy (was healthy)");

@@ -2,6 +2,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
@@ -49,11 +51,54 @@ pub fn http_builder() -> HttpBuilder {
     builder
 }
 
+/// Counts a listener's open client connections against its limit.
+#[derive(Debug)]
+pub struct ConnectionLimit {
+    open: AtomicUsize,
+    max: usize,
+}
+
+/// One counted client connection; uncounted on drop.
+struct Counted(Arc<ConnectionLimit>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl ConnectionLimit {
+    /// A limit of `max` open connections (`usize::MAX`: unlimited).
+    pub fn new(max: usize) -> Arc<ConnectionLimit> {
+        Arc::new(ConnectionLimit {
+            open: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    fn admit(self: &Arc<Self>) -> Option<Counted> {
+        let previous = self.open.fetch_add(1, Ordering::Relaxed);
+        let counted = Counted(Arc::clone(self));
+        (previous < self.max).then_some(counted)
+    }
+}
+
+/// Answers a connection over the limit with a 503 and closes it, without reading its request.
+async fn refuse(mut stream: TcpStream) {
+    const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 24\r\nretry-after: 1\r\nconnection: close\r\n\r\n503 Service Unavailable\n";
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(REFUSAL).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
 /// Accepts connections until `stop` turns true; each connection is served on its own task.
 pub async fn accept_loop(
     listener: TcpListener,
     router: Arc<ArcSwap<Router>>,
     http: Arc<HttpBuilder>,
+    limit: Arc<ConnectionLimit>,
     mut stop: watch::Receiver<bool>,
     active: mpsc::Sender<()>,
 ) {
@@ -61,7 +106,16 @@ pub async fn accept_loop(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    tokio::spawn(serve(stream, peer, Arc::clone(&router), Arc::clone(&http), stop.clone(), active.clone()));
+                    let Some(counted) = limit.admit() else {
+                        tracing::warn!(client = %peer, max = limit.max, "too many client connections; refusing one");
+                        tokio::spawn(refuse(stream));
+                        continue;
+                    };
+                    let (router, http, stop, active) = (Arc::clone(&router), Arc::clone(&http), stop.clone(), active.clone());
+                    tokio::spawn(async move {
+                        serve(stream, peer, router, http, stop, active).await;
+                        drop(counted);
+                    });
                 }
                 Err(e) => {
                     // Typically EMFILE: back off briefly rather than spin.

@@ -70,10 +70,12 @@ impl Server {
             let router = Router::new(&config, &pools);
             tracing::info!(listener = %config.name, "listening on http://{addr}, routing {}", router.describe());
             let router = Arc::new(ArcSwap::from_pointee(router));
+            let limit = listener::ConnectionLimit::new(config.max_client_connections.unwrap_or(usize::MAX));
             tokio::spawn(listener::accept_loop(
                 socket,
                 router,
                 Arc::clone(&http),
+                limit,
                 stop_rx.clone(),
                 active_tx.clone(),
             ));

@@ -140,6 +140,11 @@ impl Backend {
         length
     }
 
+    /// Ends an ejection early (it passed active health checks).
+    pub fn clear_ejection(&self) {
+        self.ejected_until.store(0, Ordering::Relaxed);
+    }
+
     /// True when it may receive new requests at `now`: not probed down, not ejected.
     pub fn is_eligible(&self, now: u64) -> bool {
         !self.is_probed_down() && !self.is_ejected(now)

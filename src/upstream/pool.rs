@@ -241,6 +241,11 @@ impl Pool {
             passive.base_ejection_time,
             crate::config::resilience::MAX_EJECTION_MULTIPLIER,
         );
+        if self.config.health_check.is_some() {
+            // With active checks on, it comes back by passing them (possibly before the
+            // ejection time is over), never merely because the time ran out.
+            member.backend.set_probed_down(true);
+        }
         tracing::warn!(
             pool = self.name(),
             backend = %member.backend.address(),

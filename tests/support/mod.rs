@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,13 +23,17 @@ use tokio::task::JoinHandle;
 
 use steelyard::{Config, Server};
 
+mod process;
+#[allow(unused_imports)] // not every test binary runs the compiled binary
+pub use process::{Process, BIN};
+
 /// How long any wait in a test may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
 /// What an origin has seen.
 #[derive(Debug, Default)]
 pub struct OriginStats {
-    /// Requests received.
+    /// Requests received, health probes (`/healthz`) not counted.
     pub requests: AtomicUsize,
     /// TCP connections accepted.
     pub connections: AtomicUsize,
@@ -37,6 +41,10 @@ pub struct OriginStats {
     pub open_connections: AtomicUsize,
     /// Headers of the last request received.
     pub last_headers: Mutex<Option<HeaderMap>>,
+    /// Status `/healthz` answers with (0 means 200).
+    pub health_status: AtomicU16,
+    /// Status every other plain request answers with (0 means 200).
+    pub status: AtomicU16,
 }
 
 /// A small HTTP origin that says who it is.
@@ -50,6 +58,7 @@ pub struct Origin {
     pub name: String,
     pub addr: SocketAddr,
     pub stats: Arc<OriginStats>,
+    stop: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Origin {
@@ -61,6 +70,18 @@ impl Origin {
     }
     pub fn open_connections(&self) -> usize {
         self.stats.open_connections.load(Ordering::SeqCst)
+    }
+    /// Makes `/healthz` answer `status`.
+    pub fn set_health(&self, status: u16) {
+        self.stats.health_status.store(status, Ordering::SeqCst);
+    }
+    /// Makes every plain request answer `status`.
+    pub fn set_status(&self, status: u16) {
+        self.stats.status.store(status, Ordering::SeqCst);
+    }
+    /// Stops listening and closes every connection at once, like a crashed process.
+    pub fn kill(&self) {
+        let _ = self.stop.send(true);
     }
     pub fn last_headers(&self) -> HeaderMap {
         self.stats
@@ -116,7 +137,9 @@ async fn origin_handler(
     delay: Duration,
     req: Request<Incoming>,
 ) -> Response<OriginBody> {
-    stats.requests.fetch_add(1, Ordering::SeqCst);
+    if req.uri().path() != "/healthz" {
+        stats.requests.fetch_add(1, Ordering::SeqCst);
+    }
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
@@ -163,6 +186,12 @@ async fn origin_handler(
             *res.status_mut() = StatusCode::NO_CONTENT;
             res
         }
+        "/healthz" => {
+            let mut res = Response::new(full("ok"));
+            let code = stats.health_status.load(Ordering::SeqCst);
+            *res.status_mut() = StatusCode::from_u16(if code == 0 { 200 } else { code }).expect("status");
+            res
+        }
         "/hop" => {
             let mut res = Response::new(full(name.clone()));
             let h = res.headers_mut();
@@ -174,7 +203,12 @@ async fn origin_handler(
             h.insert("x-end-to-end", "kept".parse().expect("value"));
             res
         }
-        _ => Response::new(full(name.clone())),
+        _ => {
+            let mut res = Response::new(full(name.clone()));
+            let code = stats.status.load(Ordering::SeqCst);
+            *res.status_mut() = StatusCode::from_u16(if code == 0 { 200 } else { code }).expect("status");
+            res
+        }
     };
     res.headers_mut().insert("x-origin", name.parse().expect("value"));
     res
@@ -192,36 +226,61 @@ pub async fn spawn_origin(name: &str) -> Origin {
 /// Like [`spawn_origin`], but every response waits `delay` first: a slow backend.
 pub async fn spawn_origin_delayed(name: &str, delay: Duration) -> Origin {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
+    serve_origin(name, listener, delay)
+}
+
+/// Starts an origin on a given address again (after [`Origin::kill`]), with fresh stats.
+pub async fn respawn_origin(name: &str, addr: SocketAddr) -> Origin {
+    let listener = TcpListener::bind(addr).await.expect("rebind origin");
+    serve_origin(name, listener, Duration::ZERO)
+}
+
+fn serve_origin(name: &str, listener: TcpListener, delay: Duration) -> Origin {
     let addr = listener.local_addr().expect("origin addr");
     let stats = Arc::new(OriginStats::default());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     let origin = Origin {
         name: name.to_owned(),
         addr,
         stats: Arc::clone(&stats),
+        stop: Arc::new(stop),
     };
     let name = name.to_owned();
     tokio::spawn(async move {
+        let mut accept_stop = stopped.clone();
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = killed(&mut accept_stop) => return,
             };
+            let Ok((stream, _)) = accepted else { return };
             stats.connections.fetch_add(1, Ordering::SeqCst);
             stats.open_connections.fetch_add(1, Ordering::SeqCst);
             let (name, stats) = (name.clone(), Arc::clone(&stats));
+            let mut conn_stop = stopped.clone();
             tokio::spawn(async move {
                 let conn_stats = Arc::clone(&stats);
                 let service = service_fn(move |req| {
                     let (name, stats) = (name.clone(), Arc::clone(&stats));
                     async move { Ok::<_, Infallible>(origin_handler(name, stats, delay, req).await) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                tokio::select! {
+                    _ = conn => {}
+                    () = killed(&mut conn_stop) => {}
+                }
                 conn_stats.open_connections.fetch_sub(1, Ordering::SeqCst);
             });
         }
     });
     origin
+}
+
+/// Completes when the origin is killed; never when its handle is merely dropped.
+async fn killed(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// An origin that accepts connections and reads requests but never answers.
@@ -241,17 +300,26 @@ pub async fn spawn_hanging_origin() -> SocketAddr {
 
 /// An origin that reads a request and then resets the connection without answering.
 pub async fn spawn_resetting_origin() -> SocketAddr {
+    spawn_counting_resetting_origin().await.0
+}
+
+/// [`spawn_resetting_origin`], also counting the requests that reached it.
+pub async fn spawn_counting_resetting_origin() -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&seen);
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             let mut buf = [0u8; 1024];
-            let _ = stream.read(&mut buf).await;
+            if matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
             let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
             drop(stream);
         }
     });
-    addr
+    (addr, seen)
 }
 
 /// A loopback address where nothing listens (connections are refused).

@@ -1,0 +1,139 @@
+//! The compiled `steelyard` binary as a child process whose output lines are collected.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use super::DEADLINE;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_steelyard");
+
+/// A running `steelyard` process whose output lines are collected as they arrive.
+pub struct Process {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Process {
+    pub fn start(args: &[&str]) -> Process {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start steelyard");
+        let (tx, lines) = mpsc::channel();
+        for out in [
+            Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().expect("stderr")),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Process {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for an output line containing `needle` and returns it.
+    pub fn wait_for_line(&mut self, needle: &str) -> String {
+        self.wait_for_line_within(needle, DEADLINE)
+    }
+
+    /// [`Process::wait_for_line`] with its own time limit.
+    pub fn wait_for_line_within(&mut self, needle: &str, limit: Duration) -> String {
+        self.wait_for_any(&[needle], limit)
+    }
+
+    /// Waits for an output line containing any of `needles` and returns it.
+    pub fn wait_for_any(&mut self, needles: &[&str], limit: Duration) -> String {
+        let matches = |l: &str| needles.iter().any(|n| l.contains(n));
+        if let Some(l) = self.seen.iter().find(|l| matches(l)) {
+            return l.clone();
+        }
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if matches(&line) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line containing {needles:?}; output so far:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// The address from the "listening on http://ADDR" log line.
+    pub fn listening_addr(&mut self) -> SocketAddr {
+        let line = self.wait_for_line("listening on http://");
+        let rest = &line[line.find("http://").expect("url") + 7..];
+        rest.split(|c: char| c == ',' || c == '/' || c.is_whitespace())
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("cannot parse address from {line:?}"))
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    }
+
+    /// Waits for exit; returns the exit code.
+    pub fn wait(&mut self) -> i32 {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.code().expect("exited normally");
+            }
+            assert!(Instant::now() < deadline, "steelyard did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Drains the lines that arrived so far.
+    pub fn collect(&mut self) -> Vec<String> {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        self.seen.clone()
+    }
+
+    /// Peak resident memory, in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM")
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
