@@ -69,6 +69,11 @@ pub struct Cli {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
 
+    /// Reload the config file whenever it changes (checked every second). SIGHUP always
+    /// reloads it.
+    #[arg(long)]
+    pub watch: bool,
+
     /// Log line format.
     #[arg(long, value_enum, default_value = "text", global = true)]
     pub log_format: LogFormat,

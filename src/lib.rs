@@ -15,7 +15,7 @@ pub mod upstream;
 use std::future::Future;
 
 pub use config::Config;
-pub use server::{Server, StartError};
+pub use server::{ReloadError, ReloadHandle, Server, StartError};
 
 /// Binds every listener of `config` and serves until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {

@@ -9,7 +9,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use cli::{Cli, Command, LogFormat};
-use steelyard::{Config, Server};
+use steelyard::{Config, ReloadHandle, Server};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -62,8 +62,13 @@ fn run(cli: &Cli) -> ExitCode {
         Ok(rt) => rt,
         Err(code) => return code,
     };
+    let watch = cli.watch.then(|| config.source.clone()).flatten();
     let result = runtime.block_on(async {
         let server = Server::bind(config)?;
+        tokio::spawn(reload_on_sighup(server.reload_handle()));
+        if let Some(path) = watch {
+            tokio::spawn(reload_on_change(server.reload_handle(), path));
+        }
         server.run(shutdown_signal()).await
     });
     match result {
@@ -107,6 +112,41 @@ fn init_logging(cli: &Cli) {
     match cli.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Reloads the config file on every SIGHUP (the outcome is logged by the server).
+async fn reload_on_sighup(handle: ReloadHandle) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; reload with the admin API instead");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            tracing::info!("received SIGHUP: reloading the config");
+            let _ = handle.reload().await;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = handle;
+}
+
+/// `--watch`: reloads when the config file's modification time or size changes (checked
+/// every second; no platform file-watching API needed).
+async fn reload_on_change(handle: ReloadHandle, path: std::path::PathBuf) {
+    let stamp = |p: &std::path::Path| std::fs::metadata(p).ok().map(|m| (m.modified().ok(), m.len()));
+    let mut last = stamp(&path);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let now = stamp(&path);
+        if now != last && now.is_some() {
+            last = now;
+            tracing::info!(file = %path.display(), "config file changed: reloading");
+            let _ = handle.reload().await;
+        }
     }
 }
 

@@ -192,6 +192,7 @@ fn help_documents_every_flag() {
         "--health-check",
         "--drain-timeout",
         "--workers",
+        "--watch",
         "--log-format",
         "--log-level",
         "check",
@@ -333,4 +334,36 @@ async fn two_processes_hash_keys_to_the_same_backends() {
         used.insert(answers[0].clone());
     }
     assert_eq!(used.len(), 4, "keys spread over every backend");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_config_file_and_keeps_the_old_one_when_invalid() {
+    let (a, b) = (spawn_origin("a").await, spawn_origin("b").await);
+    let body = |backends: &str, extra: &str| {
+        format!("[[listeners]]\nlisten = \"127.0.0.1:0\"\nroutes = [{{ pool = \"p\" }}]\n[pools.p]\nbackends = [{backends}]\n{extra}")
+    };
+    let file = temp_file("hup.toml", &body(&format!("\"{}\"", a.addr), ""));
+    let path = file.to_str().expect("path").to_owned();
+    let mut p = Process::start(&["-c", &path]);
+    let addr = p.listening_addr();
+    let client = client();
+    assert_eq!(get(&client, &format!("http://{addr}/")).await.1, "a");
+
+    std::fs::write(&file, body(&format!("\"{}\"", b.addr), "")).expect("write");
+    p.signal("-HUP");
+    p.wait_for_line("config reloaded");
+    assert_eq!(get(&client, &format!("http://{addr}/")).await.1, "b");
+
+    std::fs::write(&file, body(&format!("\"{}\"", a.addr), "weight = 2\n")).expect("write");
+    p.signal("-HUP");
+    let error = p.wait_for_line(&format!("{path}:6:1: unknown field `weight`"));
+    assert!(error.contains("ERROR"), "{error}");
+    p.wait_for_line("still running the previous config");
+    assert_eq!(
+        get(&client, &format!("http://{addr}/")).await.1,
+        "b",
+        "the old config keeps serving"
+    );
+    p.signal("-TERM");
+    assert_eq!(p.wait(), 0);
 }

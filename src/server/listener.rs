@@ -55,7 +55,7 @@ pub fn http_builder() -> HttpBuilder {
 #[derive(Debug)]
 pub struct ConnectionLimit {
     open: AtomicUsize,
-    max: usize,
+    max: AtomicUsize,
 }
 
 /// One counted client connection; uncounted on drop.
@@ -72,14 +72,19 @@ impl ConnectionLimit {
     pub fn new(max: usize) -> Arc<ConnectionLimit> {
         Arc::new(ConnectionLimit {
             open: AtomicUsize::new(0),
-            max,
+            max: AtomicUsize::new(max),
         })
+    }
+
+    /// Changes the limit (on reload); connections already open stay open.
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
     }
 
     fn admit(self: &Arc<Self>) -> Option<Counted> {
         let previous = self.open.fetch_add(1, Ordering::Relaxed);
         let counted = Counted(Arc::clone(self));
-        (previous < self.max).then_some(counted)
+        (previous < self.max.load(Ordering::Relaxed)).then_some(counted)
     }
 }
 
@@ -107,7 +112,7 @@ pub async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let Some(counted) = limit.admit() else {
-                        tracing::warn!(client = %peer, max = limit.max, "too many client connections; refusing one");
+                        tracing::warn!(client = %peer, max = limit.max.load(Ordering::Relaxed), "too many client connections; refusing one");
                         tokio::spawn(refuse(stream));
                         continue;
                     };

@@ -1,6 +1,8 @@
-//! The server: binds listeners, builds the runtime state, serves until shutdown, then drains.
+//! The server: binds listeners, builds the runtime state, serves until shutdown, reloads its
+//! config on request without dropping anything, then drains.
 
 pub mod listener;
+mod reload;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,7 +13,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{Config, ListenerConfig};
 use crate::proxy::Router;
+use crate::upstream::registry::BackendRegistry;
 use crate::upstream::Pool;
+pub use reload::{ReloadError, ReloadHandle};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +35,28 @@ pub enum StartError {
 pub struct Server {
     config: Config,
     listeners: Vec<(ListenerConfig, std::net::TcpListener)>,
+    reloads: mpsc::Receiver<reload::Command>,
+    reload_handle: ReloadHandle,
+}
+
+/// A listener that is accepting.
+struct RunningListener {
+    config: ListenerConfig,
+    router: Arc<ArcSwap<Router>>,
+    limit: Arc<listener::ConnectionLimit>,
+    /// Set to stop accepting and drain this listener's connections.
+    stop: watch::Sender<bool>,
+}
+
+/// Everything a serving server holds; replaced piece by piece on reload.
+struct Running {
+    config: Config,
+    registry: BackendRegistry,
+    http: Arc<listener::HttpBuilder>,
+    /// Each accept loop and connection holds a clone; when all are gone, draining is done.
+    active: mpsc::Sender<()>,
+    listeners: Vec<RunningListener>,
+    pools: Vec<Arc<Pool>>,
 }
 
 impl Server {
@@ -41,7 +67,13 @@ impl Server {
             .iter()
             .map(|l| Ok((l.clone(), listener::bind(l.listen)?)))
             .collect::<Result<Vec<_>, StartError>>()?;
-        Ok(Server { config, listeners })
+        let (tx, reloads) = mpsc::channel(8);
+        Ok(Server {
+            config,
+            listeners,
+            reloads,
+            reload_handle: ReloadHandle::new(tx),
+        })
     }
 
     /// The bound address of each listener, in config order.
@@ -52,44 +84,91 @@ impl Server {
             .collect()
     }
 
-    /// Serves until `shutdown` completes, then stops accepting and waits for in-flight
-    /// requests to finish, at most the configured drain timeout.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
-        let pools: Vec<Arc<Pool>> = self.config.pools.iter().map(|p| Arc::new(Pool::new(p))).collect();
+    /// A handle that asks the running server to reload its config.
+    pub fn reload_handle(&self) -> ReloadHandle {
+        self.reload_handle.clone()
+    }
+
+    /// Serves until `shutdown` completes, reloading whenever asked through a
+    /// [`ReloadHandle`]; then stops accepting and waits for in-flight requests to finish, at
+    /// most the configured drain timeout.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+        let (active, mut drained) = mpsc::channel::<()>(1);
+        let mut running = Running {
+            registry: BackendRegistry::new(),
+            http: Arc::new(listener::http_builder()),
+            active,
+            listeners: Vec::new(),
+            pools: Vec::new(),
+            config: self.config.clone(),
+        };
+        running.pools = running.build_pools(&self.config);
+        for (config, socket) in self.listeners {
+            running.start_listener(config, socket)?;
+        }
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                Some(command) = self.reloads.recv() => running.handle(command),
+            }
+        }
+
+        let drain = running.config.drain_timeout;
+        tracing::info!("shutting down: no longer accepting; draining in-flight requests for up to {drain:?}");
+        for l in &running.listeners {
+            let _ = l.stop.send(true);
+        }
+        let Running { active, listeners, .. } = running;
+        drop(active);
+        let waiting = async {
+            drained.recv().await;
+            drop(listeners);
+        };
+        match tokio::time::timeout(drain, waiting).await {
+            Ok(()) => tracing::info!("drained; exiting"),
+            Err(_) => tracing::warn!("drain timeout of {drain:?} reached; closing remaining connections"),
+        }
+        Ok(())
+    }
+}
+
+impl Running {
+    fn build_pools(&self, config: &Config) -> Vec<Arc<Pool>> {
+        let pools: Vec<Arc<Pool>> = config
+            .pools
+            .iter()
+            .map(|p| Arc::new(Pool::with_registry(p, &self.registry)))
+            .collect();
         for pool in &pools {
             pool.start();
         }
-        let (stop_tx, stop_rx) = watch::channel(false);
-        // Every accept loop and connection holds a sender; when all are gone, draining is done.
-        let (active_tx, mut active_rx) = mpsc::channel::<()>(1);
-        let http = Arc::new(listener::http_builder());
-        for (config, socket) in self.listeners {
-            let addr = socket.local_addr().unwrap_or(config.listen);
-            let socket =
-                tokio::net::TcpListener::from_std(socket).map_err(|source| StartError::Bind { addr, source })?;
-            let router = Router::new(&config, &pools);
-            tracing::info!(listener = %config.name, "listening on http://{addr}, routing {}", router.describe());
-            let router = Arc::new(ArcSwap::from_pointee(router));
-            let limit = listener::ConnectionLimit::new(config.max_client_connections.unwrap_or(usize::MAX));
-            tokio::spawn(listener::accept_loop(
-                socket,
-                router,
-                Arc::clone(&http),
-                limit,
-                stop_rx.clone(),
-                active_tx.clone(),
-            ));
-        }
-        drop(active_tx);
+        pools
+    }
 
-        shutdown.await;
-        let drain = self.config.drain_timeout;
-        tracing::info!("shutting down: no longer accepting; draining in-flight requests for up to {drain:?}");
-        let _ = stop_tx.send(true);
-        match tokio::time::timeout(drain, active_rx.recv()).await {
-            Ok(_) => tracing::info!("drained; exiting"),
-            Err(_) => tracing::warn!("drain timeout of {drain:?} reached; closing remaining connections"),
-        }
+    /// Starts accepting on an already bound socket.
+    fn start_listener(&mut self, config: ListenerConfig, socket: std::net::TcpListener) -> Result<(), StartError> {
+        let addr = socket.local_addr().unwrap_or(config.listen);
+        let socket = tokio::net::TcpListener::from_std(socket).map_err(|source| StartError::Bind { addr, source })?;
+        let router = Router::new(&config, &self.pools);
+        tracing::info!(listener = %config.name, "listening on http://{addr}, routing {}", router.describe());
+        let router = Arc::new(ArcSwap::from_pointee(router));
+        let limit = listener::ConnectionLimit::new(config.max_client_connections.unwrap_or(usize::MAX));
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(listener::accept_loop(
+            socket,
+            Arc::clone(&router),
+            Arc::clone(&self.http),
+            Arc::clone(&limit),
+            stopped,
+            self.active.clone(),
+        ));
+        self.listeners.push(RunningListener {
+            config,
+            router,
+            limit,
+            stop,
+        });
         Ok(())
     }
 }

@@ -11,7 +11,8 @@ use http::uri::Authority;
 #[derive(Debug)]
 pub struct Backend {
     address: SocketAddr,
-    weight: u32,
+    /// Set from the config; a reload may change it.
+    weight: AtomicU32,
     /// `address` pre-rendered as a URI authority, so requests need no formatting.
     authority: Authority,
     in_flight: AtomicUsize,
@@ -45,7 +46,7 @@ impl Backend {
             Authority::try_from(address.to_string()).unwrap_or_else(|_| Authority::from_static("invalid.invalid"));
         Backend {
             address,
-            weight,
+            weight: AtomicU32::new(weight),
             authority,
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
@@ -66,7 +67,12 @@ impl Backend {
 
     /// Its configured weight.
     pub fn weight(&self) -> u32 {
-        self.weight
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    /// Changes its weight (on reload; selectors built afterwards use it).
+    pub fn set_weight(&self, weight: u32) {
+        self.weight.store(weight, Ordering::Relaxed);
     }
 
     /// `ip:port` as a URI authority.

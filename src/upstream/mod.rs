@@ -5,6 +5,7 @@ pub mod connection;
 pub mod hash;
 pub mod hash_key;
 pub mod pool;
+pub mod registry;
 pub mod retry_budget;
 pub mod select;
 pub mod sticky;

@@ -15,6 +15,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use super::backend::clock_nanos;
 use super::connection::ConnectionPool;
+use super::registry::BackendRegistry;
 use super::retry_budget::RetryBudget;
 use super::select::{self, PickContext, Select, SelectOptions};
 use super::sticky::Sticky;
@@ -99,15 +100,28 @@ impl Selection {
 }
 
 impl Pool {
-    /// Builds the pool. Call [`Pool::start`] inside a tokio runtime to run its health checks.
+    /// Builds the pool with backends of its own. Call [`Pool::start`] inside a tokio runtime
+    /// to run its health checks.
     pub fn new(config: &PoolConfig) -> Pool {
+        Pool::with_registry(config, &BackendRegistry::new())
+    }
+
+    /// Builds the pool, taking the backends it shares with a previous config from `registry`.
+    pub fn with_registry(config: &PoolConfig, registry: &BackendRegistry) -> Pool {
         let members: Vec<Member> = config
             .backends
             .iter()
             .map(|b| {
-                let backend = Arc::new(Backend::new(b.address, b.weight));
-                if config.health_check.as_ref().is_some_and(|h| h.start_unhealthy) {
-                    backend.set_probed_down(true);
+                let (backend, is_new) = registry.get_or_create(&config.name, b.address, b.weight);
+                match &config.health_check {
+                    Some(h) if is_new && h.start_unhealthy => {
+                        backend.set_probed_down(true);
+                    }
+                    // Checks were turned off: nothing will ever mark it up again.
+                    None => {
+                        backend.set_probed_down(false);
+                    }
+                    Some(_) => {}
                 }
                 Member {
                     connections: Arc::new(ConnectionPool::new(

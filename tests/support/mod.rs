@@ -353,6 +353,7 @@ pub fn blackhole_port() -> (SocketAddr, Vec<std::net::TcpStream>, socket2::Socke
 pub struct Steelyard {
     pub addr: SocketAddr,
     pub addrs: Vec<SocketAddr>,
+    pub reload: steelyard::ReloadHandle,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -391,6 +392,7 @@ impl Drop for Steelyard {
 pub async fn spawn_steelyard(config: Config) -> Steelyard {
     let server = Server::bind(config).expect("bind steelyard");
     let addrs = server.local_addrs();
+    let reload = server.reload_handle();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         server
@@ -403,6 +405,7 @@ pub async fn spawn_steelyard(config: Config) -> Steelyard {
     Steelyard {
         addr: addrs[0],
         addrs,
+        reload,
         stop: Some(stop),
         task: Some(task),
     }
