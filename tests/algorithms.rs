@@ -255,3 +255,39 @@ async fn bad_algorithm_settings_are_rejected_with_positions() {
         "{errors}"
     );
 }
+
+#[tokio::test]
+async fn slow_start_ramps_a_backend_added_by_reload() {
+    let (a, b) = (spawn_origin("a").await, spawn_origin("b").await);
+    let extra = "slow_start = \"1500ms\"\nslow_start_min_weight_percent = 10";
+    let sy = spawn_steelyard(config(&one_pool_toml(&[a.addr], extra))).await;
+    assert_eq!(send_fast(&sy, &[a.clone(), b.clone()], 10).await, vec![10, 0]);
+    sy.reload
+        .apply(config(&one_pool_toml(&[a.addr, b.addr], extra)))
+        .await
+        .expect("reload");
+    // Just added, b starts at 10% of its weight: about 1 request in 11, rising as the ramp goes.
+    let early = send_fast(&sy, &[a.clone(), b.clone()], 40).await;
+    assert!(
+        early[1] >= 1 && early[1] <= 12,
+        "b got {} of 40 right after joining",
+        early[1]
+    );
+    // After the window both weigh the same.
+    eventually("b to reach its full weight", || async {
+        let later = send_fast(&sy, &[a.clone(), b.clone()], 20).await;
+        later == vec![10, 10]
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn without_slow_start_an_added_backend_takes_its_full_share_at_once() {
+    let (a, b) = (spawn_origin("a").await, spawn_origin("b").await);
+    let sy = spawn_steelyard(config(&one_pool_toml(&[a.addr], ""))).await;
+    sy.reload
+        .apply(config(&one_pool_toml(&[a.addr, b.addr], "")))
+        .await
+        .expect("reload");
+    assert_eq!(send_fast(&sy, &[a.clone(), b.clone()], 40).await, vec![20, 20]);
+}

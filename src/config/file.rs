@@ -95,6 +95,12 @@ pub struct PoolSection {
     pub max_connections: Option<Spanned<i64>>,
     /// How long a request may wait for a backend under `max_connections`.
     pub queue_timeout: Option<Spanned<String>>,
+    /// Ramp a new or recovered backend's weight up over this window.
+    pub slow_start: Option<Spanned<String>>,
+    /// Slow start curve: 1.0 is linear, higher ramps faster at first.
+    pub slow_start_aggression: Option<Spanned<f64>>,
+    /// Slow start: the weight a backend starts at, in percent of its own.
+    pub slow_start_min_weight_percent: Option<Spanned<i64>>,
 }
 
 /// `[pools.NAME.health_check]`.

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-pub use resilience::{CheckKind, HealthCheckConfig, PassiveConfig, RetryConfig, StatusSet};
+pub use resilience::{CheckKind, HealthCheckConfig, PassiveConfig, RetryConfig, SlowStart, StatusSet};
 
 use crate::upstream::hash_key::HashKey;
 use crate::upstream::select::SelectOptions;
@@ -172,6 +172,8 @@ pub struct PoolConfig {
     pub max_connections: Option<u32>,
     /// How long a request may wait for a backend slot under `max_connections`.
     pub queue_timeout: Duration,
+    /// Weight ramp for new and recovered backends, if on.
+    pub slow_start: Option<SlowStart>,
 }
 
 /// Sticky sessions: a cookie naming the backend a client was sent to.
@@ -579,6 +581,7 @@ impl Config {
                 retries: RetryConfig::default(),
                 max_connections: None,
                 queue_timeout: resilience::DEFAULT_QUEUE_TIMEOUT,
+                slow_start: None,
             }],
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             workers: None,
@@ -726,6 +729,7 @@ fn validate_pool(name: &str, section: &Spanned<PoolSection>, check: &mut Checker
     let passive = resilience::passive(&key, &p.passive, check);
     let retries = resilience::retries(&key, &p.retries, check);
     let (max_connections, queue_timeout, panic_threshold) = resilience::limits(&key, p, check);
+    let slow_start = resilience::slow_start(&key, p, check);
     PoolConfig {
         name: name.to_owned(),
         algorithm,
@@ -741,6 +745,7 @@ fn validate_pool(name: &str, section: &Spanned<PoolSection>, check: &mut Checker
         retries,
         max_connections,
         queue_timeout,
+        slow_start,
     }
 }
 

@@ -123,6 +123,75 @@ impl Default for RetryConfig {
     }
 }
 
+/// Slow start (Envoy's): a new or recovered backend's weight ramps from
+/// `min_weight_percent` to 100% over `window`, as `(elapsed / window) ^ (1 / aggression)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SlowStart {
+    /// Length of the ramp.
+    pub window: Duration,
+    /// Curve: 1.0 linear, above 1 faster at first.
+    pub aggression: f64,
+    /// Starting weight, in percent of the configured one.
+    pub min_weight_percent: u32,
+}
+
+impl SlowStart {
+    /// The share of its weight a backend gets `elapsed` after it became ready.
+    pub fn factor(&self, elapsed: Duration) -> f64 {
+        if elapsed >= self.window || self.window.is_zero() {
+            return 1.0;
+        }
+        let progress = elapsed.as_secs_f64() / self.window.as_secs_f64();
+        progress
+            .powf(1.0 / self.aggression)
+            .max(f64::from(self.min_weight_percent) / 100.0)
+            .min(1.0)
+    }
+}
+
+/// Validates the slow start keys.
+pub(super) fn slow_start(key: &str, p: &PoolSection, check: &mut Checker) -> Option<SlowStart> {
+    let Some(window) = &p.slow_start else {
+        for span in [
+            p.slow_start_aggression.as_ref().map(|v| v.span()),
+            p.slow_start_min_weight_percent.as_ref().map(|v| v.span()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            check.error(
+                span,
+                format!("{key}: slow_start_* settings need slow_start = \"DURATION\""),
+            );
+        }
+        return None;
+    };
+    let window = check.duration(
+        &format!("{key}.slow_start"),
+        &Some(window.clone()),
+        Duration::from_secs(30),
+    );
+    let aggression = match &p.slow_start_aggression {
+        None => 1.0,
+        Some(a) if *a.get_ref() > 0.0 && a.get_ref().is_finite() => *a.get_ref(),
+        Some(a) => {
+            check.error(a.span(), format!("{key}.slow_start_aggression: must be greater than 0"));
+            1.0
+        }
+    };
+    let min_weight_percent = check.count(
+        &format!("{key}.slow_start_min_weight_percent"),
+        &p.slow_start_min_weight_percent,
+        1..=100,
+        10,
+    );
+    Some(SlowStart {
+        window,
+        aggression,
+        min_weight_percent,
+    })
+}
+
 /// Default time a request may wait for a backend slot under `max_connections`.
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default panic threshold, in percent.
@@ -369,6 +438,27 @@ pub(super) fn limits(key: &str, p: &PoolSection, check: &mut Checker) -> (Option
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slow_start_follows_envoys_curve() {
+        let linear = SlowStart {
+            window: Duration::from_secs(10),
+            aggression: 1.0,
+            min_weight_percent: 10,
+        };
+        assert_eq!(linear.factor(Duration::ZERO), 0.1, "starts at the minimum");
+        assert!((linear.factor(Duration::from_secs(5)) - 0.5).abs() < 1e-9);
+        assert_eq!(linear.factor(Duration::from_secs(10)), 1.0);
+        assert_eq!(linear.factor(Duration::from_secs(60)), 1.0);
+        let aggressive = SlowStart {
+            aggression: 2.0,
+            ..linear
+        };
+        assert!(
+            (aggressive.factor(Duration::from_millis(2500)) - 0.5).abs() < 1e-9,
+            "sqrt(0.25)"
+        );
+    }
 
     #[test]
     fn status_specs() {

@@ -30,6 +30,8 @@ pub struct Backend {
     ejections: AtomicU32,
     /// Failed requests in a row.
     consecutive_failures: AtomicU32,
+    /// When it last became eligible ([`clock_nanos`]), for slow start; 0: long ago.
+    ready_since: AtomicU64,
 }
 
 /// Nanoseconds since the first call in this process: a cheap monotonic clock for atomics.
@@ -57,6 +59,7 @@ impl Backend {
             ejected_until: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
             consecutive_failures: AtomicU32::new(0),
+            ready_since: AtomicU64::new(0),
         }
     }
 
@@ -149,6 +152,17 @@ impl Backend {
     /// Ends an ejection early (it passed active health checks).
     pub fn clear_ejection(&self) {
         self.ejected_until.store(0, Ordering::Relaxed);
+    }
+
+    /// Notes that it became eligible at `now` (starts its slow-start ramp).
+    pub fn mark_ready(&self, now: u64) {
+        self.ready_since.store(now.max(1), Ordering::Relaxed);
+    }
+
+    /// How long it has been eligible at `now`, if it became so since the process started.
+    pub fn ready_for(&self, now: u64) -> Option<Duration> {
+        let since = self.ready_since.load(Ordering::Relaxed);
+        (since != 0).then(|| Duration::from_nanos(now.saturating_sub(since)))
     }
 
     /// True when it may receive new requests at `now`: not probed down, not ejected.

@@ -56,6 +56,11 @@ pub struct Pool {
     changed: Arc<Notify>,
     retry_budget: RetryBudget,
     in_panic: AtomicBool,
+    /// Set once the first selection is built (backends present from the start do not ramp).
+    built: AtomicBool,
+    /// True while some backend's slow-start ramp is under way: the selection is rebuilt on a
+    /// short period so its weight keeps rising.
+    ramping: AtomicBool,
 }
 
 /// The outcome of a pick.
@@ -73,6 +78,7 @@ impl Selection {
     fn build(
         members: &[Member],
         chosen: Vec<usize>,
+        weights: &[u32],
         algorithm: Algorithm,
         options: &SelectOptions,
         sticky: Option<&StickyConfig>,
@@ -80,7 +86,7 @@ impl Selection {
     ) -> Selection {
         let backends: Vec<Arc<Backend>> = chosen.iter().map(|&i| Arc::clone(&members[i].backend)).collect();
         Selection {
-            selector: select::build(algorithm, &backends, options),
+            selector: select::build_weighted(algorithm, &backends, weights, options),
             sticky: sticky.map(|s| Sticky::new(s, &backends)),
             members: chosen,
             backends,
@@ -108,11 +114,16 @@ impl Pool {
 
     /// Builds the pool, taking the backends it shares with a previous config from `registry`.
     pub fn with_registry(config: &PoolConfig, registry: &BackendRegistry) -> Pool {
+        // A backend added by a reload (the pool already has live backends) ramps up.
+        let reloading = registry.has_pool(&config.name);
         let members: Vec<Member> = config
             .backends
             .iter()
             .map(|b| {
                 let (backend, is_new) = registry.get_or_create(&config.name, b.address, b.weight);
+                if is_new && reloading && config.slow_start.is_some() {
+                    backend.mark_ready(clock_nanos());
+                }
                 match &config.health_check {
                     Some(h) if is_new && h.start_unhealthy => {
                         backend.set_probed_down(true);
@@ -134,7 +145,7 @@ impl Pool {
                 }
             })
             .collect();
-        let empty = Selection::build(&[], Vec::new(), config.algorithm, &config.select, None, false);
+        let empty = Selection::build(&[], Vec::new(), &[], config.algorithm, &config.select, None, false);
         let pool = Pool {
             retry_budget: RetryBudget::new(config.retries.budget_percent),
             config: config.clone(),
@@ -142,6 +153,8 @@ impl Pool {
             selection: ArcSwap::from_pointee(empty),
             changed: Arc::new(Notify::new()),
             in_panic: AtomicBool::new(false),
+            built: AtomicBool::new(false),
+            ramping: AtomicBool::new(false),
         };
         pool.rebuild();
         pool
@@ -215,16 +228,54 @@ impl Pool {
         } else if !panic && was_panic {
             tracing::info!(pool = self.name(), eligible = eligible.len(), total, "panic mode over");
         }
-        let chosen = if panic { (0..total).collect() } else { eligible };
+        if self.config.slow_start.is_some() && self.built.swap(true, Ordering::Relaxed) {
+            // Backends that just became eligible (recovered, or back from ejection) ramp up.
+            let previous = self.selection.load();
+            if !previous.panic {
+                for &i in &eligible {
+                    if !previous.members.contains(&i) {
+                        self.members[i].backend.mark_ready(now);
+                    }
+                }
+            }
+        }
+        let chosen: Vec<usize> = if panic { (0..total).collect() } else { eligible };
+        let weights = self.effective_weights(&chosen, now);
         let selection = Selection::build(
             &self.members,
             chosen,
+            &weights,
             self.config.algorithm,
             &self.config.select,
             self.config.sticky.as_ref(),
             panic,
         );
         self.selection.store(Arc::new(selection));
+    }
+
+    /// The weights picks use now: configured weights, lowered by slow start for backends
+    /// still ramping (scaled by 20 so the ramp moves in 5% steps).
+    fn effective_weights(&self, chosen: &[usize], now: u64) -> Vec<u32> {
+        let configured: Vec<u32> = chosen.iter().map(|&i| self.members[i].backend.weight()).collect();
+        let Some(slow) = self.config.slow_start else {
+            self.ramping.store(false, Ordering::Relaxed);
+            return configured;
+        };
+        let factors: Vec<f64> = chosen
+            .iter()
+            .map(|&i| self.members[i].backend.ready_for(now).map_or(1.0, |t| slow.factor(t)))
+            .collect();
+        let ramping = factors.iter().any(|&f| f < 1.0);
+        self.ramping.store(ramping, Ordering::Relaxed);
+        let total: u64 = configured.iter().map(|&w| u64::from(w)).sum();
+        if !ramping || total * 20 > 1_000_000 {
+            return configured;
+        }
+        configured
+            .iter()
+            .zip(factors)
+            .map(|(&w, f)| ((f64::from(w) * 20.0 * f).round() as u32).max(1))
+            .collect()
     }
 
     /// Asks the pool's task to rebuild the selection soon (callable from the hot path).
@@ -329,7 +380,20 @@ fn spawn_rebuilder(pool: Weak<Pool>, changed: Arc<Notify>) {
             let next_return = {
                 let Some(pool) = pool.upgrade() else { return };
                 let now = clock_nanos();
-                pool.members.iter().filter_map(|m| m.backend.ejected_until(now)).min()
+                let ejection_end = pool.members.iter().filter_map(|m| m.backend.ejected_until(now)).min();
+                // While a slow-start ramp is under way, rebuild every 1/20 of its window.
+                let ramp_step = pool
+                    .config
+                    .slow_start
+                    .filter(|_| pool.ramping.load(Ordering::Relaxed))
+                    .map(|s| {
+                        now + u64::try_from((s.window / 20).max(Duration::from_millis(20)).as_nanos())
+                            .unwrap_or(u64::MAX)
+                    });
+                match (ejection_end, ramp_step) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
             };
             match next_return {
                 Some(t) => {

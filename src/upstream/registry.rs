@@ -20,6 +20,12 @@ impl BackendRegistry {
         BackendRegistry::default()
     }
 
+    /// True when `pool` has live backends: it is being rebuilt by a reload.
+    pub fn has_pool(&self, pool: &str) -> bool {
+        let map = self.backends.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        map.iter().any(|((p, _), b)| p == pool && b.strong_count() > 0)
+    }
+
     /// The live backend of `pool` at `address`, its weight set to `weight`, or a new one;
     /// the flag says whether it is new.
     pub fn get_or_create(&self, pool: &str, address: SocketAddr, weight: u32) -> (Arc<Backend>, bool) {

@@ -14,12 +14,16 @@ use crate::upstream::Backend;
 #[derive(Debug, Default)]
 pub struct LeastConnections {
     rotation: AtomicUsize,
+    weights: Vec<u32>,
 }
 
 impl LeastConnections {
-    /// A new selector.
-    pub fn new() -> LeastConnections {
-        LeastConnections::default()
+    /// A selector for backends with these weights.
+    pub fn new(weights: Vec<u32>) -> LeastConnections {
+        LeastConnections {
+            rotation: AtomicUsize::new(0),
+            weights,
+        }
     }
 }
 
@@ -27,8 +31,8 @@ impl Select for LeastConnections {
     fn pick(&self, backends: &[Arc<Backend>], ctx: &PickContext) -> Option<usize> {
         // Load of backend i as a fraction in_flight / weight, compared without division.
         let load = |i: usize| {
-            let b = &backends[i];
-            (b.in_flight() as u64, u64::from(b.weight().max(1)))
+            let weight = self.weights.get(i).copied().unwrap_or(1).max(1);
+            (backends[i].in_flight() as u64, u64::from(weight))
         };
         // First pass: the least load and how many backends share it.
         let mut least: Option<(u64, u64)> = None;
@@ -61,13 +65,13 @@ impl Select for LeastConnections {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{backends, histogram};
+    use super::super::test_support::{backends, histogram, weights};
     use super::*;
 
     #[test]
     fn idle_backends_share_by_rotation() {
         let backends = backends(&[1, 1, 1]);
-        let lc = LeastConnections::new();
+        let lc = LeastConnections::new(weights(&backends));
         assert_eq!(
             histogram(&lc, &backends, &PickContext::default(), 300),
             vec![100, 100, 100]
@@ -82,7 +86,7 @@ mod tests {
             backends[0].start_request(),
             backends[2].start_request(),
         ];
-        let lc = LeastConnections::new();
+        let lc = LeastConnections::new(weights(&backends));
         assert_eq!(histogram(&lc, &backends, &PickContext::default(), 50), vec![0, 50, 0]);
     }
 
@@ -90,7 +94,7 @@ mod tests {
     fn tied_backends_take_turns_around_a_busy_one() {
         let backends = backends(&[1, 1, 1]);
         let _held = backends[0].start_request();
-        let lc = LeastConnections::new();
+        let lc = LeastConnections::new(weights(&backends));
         assert_eq!(histogram(&lc, &backends, &PickContext::default(), 40), vec![0, 20, 20]);
     }
 
@@ -103,7 +107,7 @@ mod tests {
             backends[0].start_request(),
             backends[1].start_request(),
         ];
-        let lc = LeastConnections::new();
+        let lc = LeastConnections::new(weights(&backends));
         assert_eq!(histogram(&lc, &backends, &PickContext::default(), 10), vec![10, 0]);
     }
 }

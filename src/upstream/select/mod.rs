@@ -70,14 +70,27 @@ impl Default for SelectOptions {
     }
 }
 
-/// Builds the selector for `algorithm` over `backends`.
+/// Builds the selector for `algorithm` over `backends`, using their configured weights.
 pub fn build(algorithm: Algorithm, backends: &[Arc<Backend>], options: &SelectOptions) -> Box<dyn Select> {
+    let weights: Vec<u32> = backends.iter().map(|b| b.weight()).collect();
+    build_weighted(algorithm, backends, &weights, options)
+}
+
+/// Builds the selector for `algorithm` over `backends` with the given effective weights
+/// (slow start lowers a new backend's). Hashing algorithms use the configured weights: a
+/// ramp would move keys back and forth.
+pub fn build_weighted(
+    algorithm: Algorithm,
+    backends: &[Arc<Backend>],
+    weights: &[u32],
+    options: &SelectOptions,
+) -> Box<dyn Select> {
     match algorithm {
-        Algorithm::RoundRobin => Box::new(RoundRobin::new(backends)),
-        Algorithm::LeastConnections => Box::new(LeastConnections::new()),
-        Algorithm::LeastRequest => Box::new(LeastRequest::new()),
-        Algorithm::PeakEwma => Box::new(PeakEwma::new(options.ewma_default_rtt)),
-        Algorithm::Random => Box::new(WeightedRandom::new(backends)),
+        Algorithm::RoundRobin => Box::new(RoundRobin::new(weights)),
+        Algorithm::LeastConnections => Box::new(LeastConnections::new(weights.to_vec())),
+        Algorithm::LeastRequest => Box::new(LeastRequest::new(weights.to_vec())),
+        Algorithm::PeakEwma => Box::new(PeakEwma::new(options.ewma_default_rtt, weights.to_vec())),
+        Algorithm::Random => Box::new(WeightedRandom::new(weights)),
         Algorithm::Maglev => Box::new(Maglev::new(backends, options.maglev_table_size)),
         Algorithm::RingHash => Box::new(RingHash::new(backends)),
     }
@@ -128,6 +141,11 @@ pub(crate) mod test_support {
             .enumerate()
             .map(|(i, &w)| Arc::new(Backend::new(([127, 0, 0, 1], 9000 + i as u16).into(), w)))
             .collect()
+    }
+
+    /// The configured weights of `backends`.
+    pub fn weights(backends: &[Arc<Backend>]) -> Vec<u32> {
+        backends.iter().map(|b| b.weight()).collect()
     }
 
     /// How often each index is picked in `n` picks with `ctx`.

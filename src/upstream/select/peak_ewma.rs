@@ -15,30 +15,35 @@ use crate::upstream::Backend;
 #[derive(Debug)]
 pub struct PeakEwma {
     default_rtt_nanos: f64,
+    weights: Vec<u32>,
 }
 
 impl PeakEwma {
     /// A selector assuming `default_rtt` for backends never measured.
-    pub fn new(default_rtt: Duration) -> PeakEwma {
+    pub fn new(default_rtt: Duration, weights: Vec<u32>) -> PeakEwma {
         PeakEwma {
             default_rtt_nanos: default_rtt.as_nanos() as f64,
+            weights,
         }
     }
 
-    fn cost(&self, b: &Backend) -> f64 {
+    fn cost(&self, b: &Backend, weight: u32) -> f64 {
         let latency = b.latency_ewma_nanos().unwrap_or(self.default_rtt_nanos);
-        latency * (b.in_flight() as f64 + 1.0) / f64::from(b.weight().max(1))
+        latency * (b.in_flight() as f64 + 1.0) / f64::from(weight.max(1))
     }
 }
 
 impl Select for PeakEwma {
     fn pick(&self, backends: &[Arc<Backend>], ctx: &PickContext) -> Option<usize> {
         let (a, b) = two_choices(backends.len(), ctx)?;
-        Some(if self.cost(&backends[a]) <= self.cost(&backends[b]) {
-            a
-        } else {
-            b
-        })
+        let weight = |i: usize| self.weights.get(i).copied().unwrap_or(1);
+        Some(
+            if self.cost(&backends[a], weight(a)) <= self.cost(&backends[b], weight(b)) {
+                a
+            } else {
+                b
+            },
+        )
     }
 }
 
@@ -53,7 +58,7 @@ mod tests {
         let decay = Duration::from_secs(10);
         backends[0].observe_latency(Duration::from_millis(50), decay);
         backends[1].observe_latency(Duration::from_millis(5), decay);
-        let s = PeakEwma::new(Duration::from_millis(30));
+        let s = PeakEwma::new(Duration::from_millis(30), vec![1, 1]);
         assert_eq!(histogram(&s, &backends, &PickContext::default(), 100), vec![0, 100]);
     }
 
@@ -65,7 +70,7 @@ mod tests {
         backends[1].observe_latency(Duration::from_millis(5), decay);
         // 5ms x (2 + 1) in flight = 15 > 10ms x 1.
         let _held = [backends[1].start_request(), backends[1].start_request()];
-        let s = PeakEwma::new(Duration::from_millis(30));
+        let s = PeakEwma::new(Duration::from_millis(30), vec![1, 1]);
         assert_eq!(histogram(&s, &backends, &PickContext::default(), 100), vec![100, 0]);
     }
 
@@ -73,9 +78,9 @@ mod tests {
     fn unmeasured_backends_cost_the_default() {
         let backends = backends(&[1, 1]);
         backends[0].observe_latency(Duration::from_millis(50), Duration::from_secs(10));
-        let s = PeakEwma::new(Duration::from_millis(30));
+        let s = PeakEwma::new(Duration::from_millis(30), vec![1, 1]);
         assert_eq!(histogram(&s, &backends, &PickContext::default(), 100), vec![0, 100]);
-        let s = PeakEwma::new(Duration::from_millis(80));
+        let s = PeakEwma::new(Duration::from_millis(80), vec![1, 1]);
         assert_eq!(histogram(&s, &backends, &PickContext::default(), 100), vec![100, 0]);
     }
 }

@@ -10,19 +10,23 @@ use crate::upstream::Backend;
 pub struct WeightedRandom {
     /// `cumulative[i]` = sum of weights of backends `0..=i`.
     cumulative: Vec<u64>,
+    weights: Vec<u32>,
 }
 
 impl WeightedRandom {
-    /// A selector for `backends` using their weights.
-    pub fn new(backends: &[Arc<Backend>]) -> WeightedRandom {
-        let cumulative = backends
+    /// A selector for backends with these weights.
+    pub fn new(weights: &[u32]) -> WeightedRandom {
+        let cumulative = weights
             .iter()
-            .scan(0u64, |sum, b| {
-                *sum += u64::from(b.weight().max(1));
+            .scan(0u64, |sum, &w| {
+                *sum += u64::from(w.max(1));
                 Some(*sum)
             })
             .collect();
-        WeightedRandom { cumulative }
+        WeightedRandom {
+            cumulative,
+            weights: weights.to_vec(),
+        }
     }
 
     fn draw(&self) -> Option<usize> {
@@ -45,13 +49,14 @@ impl Select for WeightedRandom {
         }
         // Mostly excluded: draw among the allowed ones directly.
         let allowed: Vec<usize> = (0..backends.len()).filter(|&i| ctx.allows(i)).collect();
-        let total: u64 = allowed.iter().map(|&i| u64::from(backends[i].weight().max(1))).sum();
+        let weight = |i: usize| u64::from(self.weights.get(i).copied().unwrap_or(1).max(1));
+        let total: u64 = allowed.iter().map(|&i| weight(i)).sum();
         if total == 0 {
             return None;
         }
         let mut r = fastrand::u64(..total);
         for i in allowed {
-            let w = u64::from(backends[i].weight().max(1));
+            let w = weight(i);
             if r < w {
                 return Some(i);
             }
@@ -63,14 +68,19 @@ impl Select for WeightedRandom {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{backends, histogram};
+    use super::super::test_support::{backends, histogram, weights};
     use super::*;
 
     #[test]
     fn shares_follow_weights_within_one_percent() {
         let backends = backends(&[1, 2, 7]);
         let n = 100_000;
-        let counts = histogram(&WeightedRandom::new(&backends), &backends, &PickContext::default(), n);
+        let counts = histogram(
+            &WeightedRandom::new(&weights(&backends)),
+            &backends,
+            &PickContext::default(),
+            n,
+        );
         for (count, weight) in counts.iter().zip([1.0, 2.0, 7.0]) {
             let share = *count as f64 / n as f64;
             // Expected share w/10 within 1 percentage point (over 6 standard deviations).
@@ -85,7 +95,7 @@ mod tests {
             hash: None,
             exclude: &[0],
         };
-        let counts = histogram(&WeightedRandom::new(&backends), &backends, &ctx, 40_000);
+        let counts = histogram(&WeightedRandom::new(&weights(&backends)), &backends, &ctx, 40_000);
         assert_eq!(counts[0], 0);
         let share = counts[2] as f64 / 40_000.0;
         assert!((share - 0.75).abs() < 0.02, "{counts:?}");

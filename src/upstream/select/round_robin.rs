@@ -19,11 +19,10 @@ pub struct RoundRobin {
 }
 
 impl RoundRobin {
-    /// A selector for `backends` using their weights.
-    pub fn new(backends: &[Arc<Backend>]) -> RoundRobin {
-        let weights: Vec<u32> = backends.iter().map(|b| b.weight()).collect();
+    /// A selector for backends with these weights.
+    pub fn new(weights: &[u32]) -> RoundRobin {
         RoundRobin {
-            cycle: smooth_weighted_cycle(&weights),
+            cycle: smooth_weighted_cycle(weights),
             next: AtomicUsize::new(0),
         }
     }
@@ -79,7 +78,7 @@ pub fn smooth_weighted_cycle(weights: &[u32]) -> Vec<u32> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::backends;
+    use super::super::test_support::{backends, weights};
     use super::*;
 
     fn letters(cycle: &[u32]) -> String {
@@ -109,7 +108,7 @@ mod tests {
     #[test]
     fn picks_repeat_the_cycle() {
         let backends = backends(&[5, 1, 1]);
-        let rr = RoundRobin::new(&backends);
+        let rr = RoundRobin::new(&weights(&backends));
         let picks: Vec<u32> = (0..14)
             .map(|_| rr.pick(&backends, &PickContext::default()).expect("pick") as u32)
             .collect();
@@ -119,7 +118,7 @@ mod tests {
     #[test]
     fn exclusion_takes_the_next_turn() {
         let backends = backends(&[1, 1, 1]);
-        let rr = RoundRobin::new(&backends);
+        let rr = RoundRobin::new(&weights(&backends));
         let ctx = PickContext {
             hash: None,
             exclude: &[1],
@@ -131,7 +130,7 @@ mod tests {
     #[test]
     fn concurrent_picks_are_exactly_fair() {
         let backends = backends(&[1, 1, 1]);
-        let rr = RoundRobin::new(&backends);
+        let rr = RoundRobin::new(&weights(&backends));
         let counts: Vec<[usize; 3]> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..4)
                 .map(|_| {
