@@ -215,7 +215,8 @@ fn parse_backend(s: &str) -> Result<BackendConfig, String> {
         Some((a, o)) => (a, Some(o)),
         None => (s, None),
     };
-    let address = config::parse_backend_address(addr)?;
+    let (addresses, dns_name) = config::parse_backend_addresses(addr)?;
+    let address = addresses[0];
     let mut weight = 1;
     if let Some(options) = options {
         for opt in options.split(',') {
@@ -231,7 +232,11 @@ fn parse_backend(s: &str) -> Result<BackendConfig, String> {
             }
         }
     }
-    Ok(BackendConfig { address, weight })
+    Ok(BackendConfig {
+        address,
+        weight,
+        dns_name,
+    })
 }
 
 #[cfg(test)]

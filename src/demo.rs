@@ -62,7 +62,11 @@ pub async fn run(listen: SocketAddr, origins: usize, shutdown: impl Future<Outpu
     let mut backends = Vec::new();
     for i in 1..=origins {
         let address = spawn_origin(format!("origin-{i}")).await?;
-        backends.push(BackendConfig { address, weight: 1 });
+        backends.push(BackendConfig {
+            address,
+            weight: 1,
+            dns_name: None,
+        });
     }
     let server = Server::bind(Config::quick(
         listen,

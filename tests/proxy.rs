@@ -455,3 +455,27 @@ async fn an_abandoned_download_does_not_poison_the_pool() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_backend_given_by_host_name_is_resolved_and_kept_resolved() {
+    let origin = spawn_origin("a").await;
+    let toml = format!(
+        "[[listeners]]\nlisten = \"127.0.0.1:0\"\nroutes = [{{ pool = \"p\" }}]\n[pools.p]\ndns_refresh = \"1s\"\nbackends = [\"localhost:{}\"]\n",
+        origin.addr.port()
+    );
+    let config = config(&toml);
+    assert_eq!(
+        config.pools[0].backends[0].dns_name.as_deref(),
+        Some(format!("localhost:{}", origin.addr.port()).as_str())
+    );
+    let sy = spawn_steelyard(config).await;
+    let client = client();
+    let started = Instant::now();
+    // Across a couple of refreshes (nothing changes, so nothing is rebuilt) it keeps serving.
+    while started.elapsed() < Duration::from_millis(2500) {
+        assert_eq!(
+            get(&client, &sy.url("/")).await,
+            (reqwest::StatusCode::OK, "a".to_owned())
+        );
+    }
+}

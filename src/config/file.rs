@@ -101,6 +101,8 @@ pub struct PoolSection {
     pub slow_start_aggression: Option<Spanned<f64>>,
     /// Slow start: the weight a backend starts at, in percent of its own.
     pub slow_start_min_weight_percent: Option<Spanned<i64>>,
+    /// How often backends given by host name are resolved again.
+    pub dns_refresh: Option<Spanned<String>>,
 }
 
 /// `[pools.NAME.health_check]`.

@@ -174,7 +174,12 @@ pub struct PoolConfig {
     pub queue_timeout: Duration,
     /// Weight ramp for new and recovered backends, if on.
     pub slow_start: Option<SlowStart>,
+    /// How often backends given by name are resolved again.
+    pub dns_refresh: Duration,
 }
+
+/// Default interval between DNS resolutions of backends given by name.
+pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(30);
 
 /// Sticky sessions: a cookie naming the backend a client was sent to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,6 +200,9 @@ pub struct BackendConfig {
     pub address: SocketAddr,
     /// Relative share of traffic, 1..=[`MAX_WEIGHT`].
     pub weight: u32,
+    /// The `host:port` it was resolved from, when given as a name: re-resolved every
+    /// `dns_refresh`, each address being a backend of this weight.
+    pub dns_name: Option<String>,
 }
 
 /// Upstream timeouts of a pool.
@@ -315,8 +323,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Parses a backend address: `host:port` or `http://host:port` (trailing `/` allowed).
 ///
-/// A host name is resolved once, here; the first IPv4 address wins over IPv6 ones.
+/// A host name is resolved here; the first IPv4 address wins over IPv6 ones. See
+/// [`parse_backend_addresses`] for all of them.
 pub fn parse_backend_address(s: &str) -> Result<SocketAddr, String> {
+    parse_backend_addresses(s).map(|(addrs, _)| addrs[0])
+}
+
+/// Parses a backend address into every address it resolves to (IPv4 first, at least one),
+/// with the `host:port` name when it was not an IP literal.
+pub fn parse_backend_addresses(s: &str) -> Result<(Vec<SocketAddr>, Option<String>), String> {
     let rest = if let Some(rest) = s.strip_prefix("http://") {
         rest
     } else if s.starts_with("https://") {
@@ -334,7 +349,12 @@ pub fn parse_backend_address(s: &str) -> Result<SocketAddr, String> {
             "invalid backend address {s:?}: a backend is host:port, without a path"
         ));
     }
-    resolve(hostport).map_err(|why| format!("invalid backend address {s:?}: {why}"))
+    if let Ok(addr) = hostport.parse::<SocketAddr>() {
+        return Ok((vec![addr], None));
+    }
+    resolve_all(hostport)
+        .map(|addrs| (addrs, Some(hostport.to_owned())))
+        .map_err(|why| format!("invalid backend address {s:?}: {why}"))
 }
 
 /// Parses a listen address `ip:port` (or `host:port`, resolved once).
@@ -346,6 +366,11 @@ fn resolve(hostport: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = hostport.parse::<SocketAddr>() {
         return Ok(addr);
     }
+    resolve_all(hostport).map(|addrs| addrs[0])
+}
+
+/// Every address of `host:port`, IPv4 ones first, without duplicates; never empty.
+pub fn resolve_all(hostport: &str) -> Result<Vec<SocketAddr>, String> {
     let Some((host, port)) = hostport.rsplit_once(':') else {
         return Err("expected host:port".into());
     };
@@ -355,16 +380,30 @@ fn resolve(hostport: &str) -> Result<SocketAddr, String> {
     if port.parse::<u16>().is_err() {
         return Err(format!("port {port:?} is not a number from 0 to 65535"));
     }
-    let addrs: Vec<SocketAddr> = hostport
+    let found: Vec<SocketAddr> = hostport
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve host {host:?}: {e}"))?
         .collect();
-    addrs
+    let addrs = order_addresses(found);
+    if addrs.is_empty() {
+        return Err(format!("host {host:?} resolved to no address"));
+    }
+    Ok(addrs)
+}
+
+/// IPv4 addresses first, each once, otherwise in resolver order.
+pub fn order_addresses(found: Vec<SocketAddr>) -> Vec<SocketAddr> {
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    for a in found
         .iter()
-        .find(|a| a.is_ipv4())
-        .or_else(|| addrs.first())
-        .copied()
-        .ok_or_else(|| format!("host {host:?} resolved to no address"))
+        .filter(|a| a.is_ipv4())
+        .chain(found.iter().filter(|a| a.is_ipv6()))
+    {
+        if !addrs.contains(a) {
+            addrs.push(*a);
+        }
+    }
+    addrs
 }
 
 /// Parses a route host: `example.com`, `*.example.com`, or `*` (any).
@@ -582,6 +621,7 @@ impl Config {
                 max_connections: None,
                 queue_timeout: resilience::DEFAULT_QUEUE_TIMEOUT,
                 slow_start: None,
+                dns_refresh: DEFAULT_DNS_REFRESH,
             }],
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             workers: None,
@@ -593,6 +633,7 @@ impl Config {
         let backend = |port| BackendConfig {
             address: SocketAddr::from(([127, 0, 0, 1], port)),
             weight: 1,
+            dns_name: None,
         };
         Config::quick(
             SocketAddr::from(([127, 0, 0, 1], 8080)),
@@ -642,11 +683,12 @@ fn validate_pool(name: &str, section: &Spanned<PoolSection>, check: &mut Checker
     let mut backends: Vec<BackendConfig> = Vec::new();
     for (i, entry) in p.backends.get_ref().iter().enumerate() {
         let bkey = format!("{key}.backends[{i}]");
-        if let Some(b) = validate_backend(&bkey, entry, check) {
-            if backends.iter().any(|o| o.address == b.address) {
-                check.error(entry.span(), format!("{bkey}: duplicate backend {}", b.address));
-            } else {
-                backends.push(b);
+        for b in validate_backend(&bkey, entry, check) {
+            match backends.iter().find(|o| o.address == b.address) {
+                // Two names resolving to one address: that address is one backend.
+                Some(o) if o.dns_name.is_some() || b.dns_name.is_some() => {}
+                Some(_) => check.error(entry.span(), format!("{bkey}: duplicate backend {}", b.address)),
+                None => backends.push(b),
             }
         }
     }
@@ -730,6 +772,11 @@ fn validate_pool(name: &str, section: &Spanned<PoolSection>, check: &mut Checker
     let retries = resilience::retries(&key, &p.retries, check);
     let (max_connections, queue_timeout, panic_threshold) = resilience::limits(&key, p, check);
     let slow_start = resilience::slow_start(&key, p, check);
+    let dns_refresh = check.duration(&format!("{key}.dns_refresh"), &p.dns_refresh, DEFAULT_DNS_REFRESH);
+    if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&dns_refresh) {
+        let span = p.dns_refresh.as_ref().map_or(0..0, |d| d.span());
+        check.error(span, format!("{key}.dns_refresh: must be from 1s to 1h"));
+    }
     PoolConfig {
         name: name.to_owned(),
         algorithm,
@@ -746,6 +793,7 @@ fn validate_pool(name: &str, section: &Spanned<PoolSection>, check: &mut Checker
         max_connections,
         queue_timeout,
         slow_start,
+        dns_refresh,
     }
 }
 
@@ -753,7 +801,7 @@ fn is_prime(n: u64) -> bool {
     n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
 }
 
-fn validate_backend(key: &str, entry: &Spanned<BackendEntry>, check: &mut Checker) -> Option<BackendConfig> {
+fn validate_backend(key: &str, entry: &Spanned<BackendEntry>, check: &mut Checker) -> Vec<BackendConfig> {
     let e = entry.get_ref();
     // A bare string has an empty span of its own; use the entry's.
     let addr_span = if e.address.span().is_empty() {
@@ -761,7 +809,7 @@ fn validate_backend(key: &str, entry: &Spanned<BackendEntry>, check: &mut Checke
     } else {
         e.address.span()
     };
-    let address = parse_backend_address(e.address.get_ref())
+    let addresses = parse_backend_addresses(e.address.get_ref())
         .map_err(|msg| check.error(addr_span, format!("{key}.address: {msg}")))
         .ok();
     let weight = match &e.weight {
@@ -777,10 +825,17 @@ fn validate_backend(key: &str, entry: &Spanned<BackendEntry>, check: &mut Checke
             }
         },
     };
-    Some(BackendConfig {
-        address: address?,
-        weight: weight?,
-    })
+    let (Some((addresses, dns_name)), Some(weight)) = (addresses, weight) else {
+        return Vec::new();
+    };
+    addresses
+        .into_iter()
+        .map(|address| BackendConfig {
+            address,
+            weight,
+            dns_name: dns_name.clone(),
+        })
+        .collect()
 }
 
 fn validate_timeouts(key: &str, t: &TimeoutsSection, check: &mut Checker) -> Timeouts {

@@ -1,6 +1,7 @@
 //! The server: binds listeners, builds the runtime state, serves until shutdown, reloads its
 //! config on request without dropping anything, then drains.
 
+pub mod dns;
 pub mod listener;
 mod reload;
 
@@ -107,10 +108,15 @@ impl Server {
             running.start_listener(config, socket)?;
         }
         tokio::pin!(shutdown);
+        let mut dns_tick = dns_ticker(&running.config);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
-                Some(command) = self.reloads.recv() => running.handle(command),
+                Some(command) = self.reloads.recv() => {
+                    running.handle(command);
+                    dns_tick = dns_ticker(&running.config);
+                }
+                Some(()) = tick(&mut dns_tick) => running.refresh_dns().await,
             }
         }
 
@@ -133,7 +139,43 @@ impl Server {
     }
 }
 
+/// A timer for DNS refreshes, when the config names backends by host name.
+fn dns_ticker(config: &Config) -> Option<tokio::time::Interval> {
+    let (_, refresh) = dns::names(config);
+    refresh.map(|period| {
+        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval
+    })
+}
+
+/// The next tick of an optional timer (never, without one).
+async fn tick(timer: &mut Option<tokio::time::Interval>) -> Option<()> {
+    match timer {
+        Some(t) => {
+            t.tick().await;
+            Some(())
+        }
+        None => std::future::pending().await,
+    }
+}
+
 impl Running {
+    /// Resolves host names again and applies the config with their new addresses, if any.
+    async fn refresh_dns(&mut self) {
+        let (names, _) = dns::names(&self.config);
+        let lookups = dns::lookup(&names).await;
+        let Some(new) = dns::with_resolved(&self.config, &lookups) else {
+            return;
+        };
+        for (name, addrs) in &lookups {
+            tracing::info!(name, addresses = ?addrs, "DNS answer changed; updating backends");
+        }
+        if let Err(e) = self.apply(new) {
+            tracing::error!("applying new DNS answers failed: {e}");
+        }
+    }
+
     fn build_pools(&self, config: &Config) -> Vec<Arc<Pool>> {
         let pools: Vec<Arc<Pool>> = config
             .pools

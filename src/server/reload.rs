@@ -110,7 +110,7 @@ impl Running {
         let _ = reply.send(result);
     }
 
-    fn apply(&mut self, mut config: Config) -> Result<ReloadSummary, ReloadError> {
+    pub(super) fn apply(&mut self, mut config: Config) -> Result<ReloadSummary, ReloadError> {
         if config.source.is_none() {
             config.source = self.config.source.clone();
         }
