@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use steelyard::config::{
-    self, Algorithm, BackendConfig, CheckKind, Config, HealthCheckConfig, StatusSet, Timeouts, MAX_WEIGHT,
+    self, AdminConfig, Algorithm, BackendConfig, CheckKind, Config, HealthCheckConfig, StatusSet, Timeouts, MAX_WEIGHT,
 };
 use steelyard::upstream::HashKey;
 
@@ -64,6 +64,10 @@ pub struct Cli {
     /// On SIGINT/SIGTERM, how long in-flight requests get to finish (overrides the config file).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub drain_timeout: Option<Duration>,
+
+    /// Admin API and dashboard address, or "off" (default 127.0.0.1:9901; overrides [admin]).
+    #[arg(long, value_name = "ADDR|off", value_parser = parse_admin)]
+    pub admin: Option<AdminFlag>,
 
     /// Worker threads (default: one per core; overrides the config file).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -183,6 +187,23 @@ impl Cli {
         if let Some(d) = self.drain_timeout {
             config.drain_timeout = d;
         }
+        match &self.admin {
+            Some(AdminFlag::Off) => config.admin = None,
+            Some(AdminFlag::At(addr)) => {
+                let token = config.admin.as_ref().and_then(|a| a.token.clone());
+                if !addr.ip().is_loopback() && token.is_none() {
+                    return Err(format!(
+                        "--admin {addr}: reachable from other machines; set [admin] token in a config file first"
+                    ));
+                }
+                config.admin = Some(AdminConfig {
+                    listen: *addr,
+                    token,
+                    explicit: true,
+                });
+            }
+            None => {}
+        }
         if let Some(w) = self.workers {
             config.workers = Some(usize::from(w));
         }
@@ -192,6 +213,22 @@ impl Cli {
 
 fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     config::parse_listen_address(s)
+}
+
+/// `--admin`: an address, or off.
+#[derive(Debug, Clone, Copy)]
+pub enum AdminFlag {
+    /// No admin listener.
+    Off,
+    /// Admin listener here.
+    At(SocketAddr),
+}
+
+fn parse_admin(s: &str) -> Result<AdminFlag, String> {
+    if s == "off" {
+        return Ok(AdminFlag::Off);
+    }
+    config::parse_listen_address(s).map(AdminFlag::At)
 }
 
 fn parse_hash_key(s: &str) -> Result<HashKey, String> {

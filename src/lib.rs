@@ -5,6 +5,7 @@
 //! until the shutdown future completes, then drains. Tests run the same code in-process on
 //! port 0.
 
+pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod health;

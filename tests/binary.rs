@@ -193,6 +193,7 @@ fn help_documents_every_flag() {
         "--drain-timeout",
         "--workers",
         "--watch",
+        "--admin",
         "--log-format",
         "--log-level",
         "check",

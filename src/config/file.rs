@@ -15,6 +15,8 @@ use toml::Spanned;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
+    /// `[admin]`: the admin API, metrics and dashboard.
+    pub admin: Option<Spanned<AdminSection>>,
     /// Process-wide settings.
     #[serde(default)]
     pub server: ServerSection,
@@ -24,6 +26,20 @@ pub struct FileConfig {
     /// `[pools.NAME]`: named groups of backends.
     #[serde(default)]
     pub pools: BTreeMap<String, Spanned<PoolSection>>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// `false` turns the admin listener off.
+    pub enabled: Option<bool>,
+    /// Address of the admin listener.
+    pub listen: Option<Spanned<String>>,
+    /// Bearer token every admin request must carry.
+    pub token: Option<Spanned<String>>,
+    /// Name of an environment variable holding the token.
+    pub token_env: Option<Spanned<String>>,
 }
 
 /// `[server]`: settings of the process as a whole.

@@ -35,11 +35,40 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default time in-flight requests get to finish on shutdown.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The admin listener: API, metrics, dashboard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// When set, every admin request needs `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// False for the default address: if it is taken, Steelyard runs without the admin API
+    /// rather than not at all.
+    pub explicit: bool,
+}
+
+/// Where the admin listener goes unless told otherwise.
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9901);
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: DEFAULT_ADMIN_LISTEN,
+            token: None,
+            explicit: false,
+        }
+    }
+}
+
 /// The runtime configuration, fully validated.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The file it came from, if any (quick mode has none).
     pub source: Option<PathBuf>,
+    /// A hash of the file's text (0 for quick mode), to tell versions apart.
+    pub hash: u64,
+    /// The admin listener, unless turned off.
+    pub admin: Option<AdminConfig>,
     /// Addresses to accept on, with their routes.
     pub listeners: Vec<ListenerConfig>,
     /// Named pools of backends; routes refer to them by index.
@@ -451,7 +480,8 @@ impl Config {
                 return Err(ConfigErrors(check.errors));
             }
         };
-        let config = Self::validate(raw, &mut check);
+        let mut config = Self::validate(raw, &mut check);
+        config.hash = crate::upstream::hash::hash64(text.as_bytes());
         check.errors.sort_by_key(|e| (e.line, e.column));
         if check.errors.is_empty() {
             Ok(config)
@@ -581,8 +611,11 @@ impl Config {
             });
         }
 
+        let admin = validate_admin(&raw.admin, check);
         Config {
             source: None,
+            hash: 0,
+            admin,
             listeners,
             pools,
             drain_timeout,
@@ -595,6 +628,8 @@ impl Config {
         let hash_key = algorithm.hashes().then_some(HashKey::ClientIp);
         Config {
             source: None,
+            hash: 0,
+            admin: Some(AdminConfig::default()),
             listeners: vec![ListenerConfig {
                 name: "default".into(),
                 listen,
@@ -795,6 +830,62 @@ fn validate_pool(name: &str, section: &Spanned<PoolSection>, check: &mut Checker
         slow_start,
         dns_refresh,
     }
+}
+
+fn validate_admin(section: &Option<Spanned<file::AdminSection>>, check: &mut Checker) -> Option<AdminConfig> {
+    let Some(section) = section else {
+        return Some(AdminConfig::default());
+    };
+    let a = section.get_ref();
+    if a.enabled == Some(false) {
+        return None;
+    }
+    let listen = match &a.listen {
+        None => DEFAULT_ADMIN_LISTEN,
+        Some(l) => match parse_listen_address(l.get_ref()) {
+            Ok(addr) => addr,
+            Err(msg) => {
+                check.error(l.span(), format!("admin.listen: {msg}"));
+                DEFAULT_ADMIN_LISTEN
+            }
+        },
+    };
+    let token = match (&a.token, &a.token_env) {
+        (Some(t), None) if !t.get_ref().is_empty() => Some(t.get_ref().clone()),
+        (Some(t), None) => {
+            check.error(t.span(), "admin.token: must not be empty");
+            None
+        }
+        (None, Some(var)) => match std::env::var(var.get_ref()) {
+            Ok(t) if !t.is_empty() => Some(t),
+            _ => {
+                check.error(
+                    var.span(),
+                    format!("admin.token_env: environment variable {:?} is not set", var.get_ref()),
+                );
+                None
+            }
+        },
+        (Some(t), Some(_)) => {
+            check.error(t.span(), "admin: give token or token_env, not both");
+            None
+        }
+        (None, None) => None,
+    };
+    if !listen.ip().is_loopback() && token.is_none() {
+        let span = a.listen.as_ref().map_or(section.span(), |l| l.span());
+        check.error(
+            span,
+            format!(
+                "admin.listen: {listen} is reachable from other machines; set admin.token (or token_env) to protect it"
+            ),
+        );
+    }
+    Some(AdminConfig {
+        listen,
+        token,
+        explicit: a.listen.is_some(),
+    })
 }
 
 fn is_prime(n: u64) -> bool {

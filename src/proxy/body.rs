@@ -62,8 +62,18 @@ impl Body for ProxyBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            ProxyBody::Upstream { body, connection, .. } => {
+            ProxyBody::Upstream {
+                body,
+                connection,
+                in_flight,
+                ..
+            } => {
                 let frame = Pin::new(&mut *body).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(f))) = &frame {
+                    if let Some(data) = f.data_ref() {
+                        in_flight.backend().record_bytes(data.len() as u64);
+                    }
+                }
                 match &frame {
                     Poll::Ready(None) => release(connection),
                     Poll::Ready(Some(Ok(_))) if body.is_end_stream() => release(connection),

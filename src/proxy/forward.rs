@@ -164,7 +164,9 @@ pub async fn forward(req: Request<Incoming>, router: &ArcSwap<Router>, conn: &Co
                     last_failure = ProxyError::BadGateway;
                     continue;
                 }
-                backend.observe_latency(started.elapsed(), config.ewma_decay);
+                let latency = started.elapsed();
+                backend.observe_latency(latency, config.ewma_decay);
+                backend.record_response(status, latency);
                 strip_hop_by_hop(res.headers_mut());
                 if let Some(cookie) = set_cookie {
                     res.headers_mut().append(SET_COOKIE, cookie);

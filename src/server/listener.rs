@@ -76,6 +76,11 @@ impl ConnectionLimit {
         })
     }
 
+    /// Client connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
     /// Changes the limit (on reload); connections already open stay open.
     pub fn set_max(&self, max: usize) {
         self.max.store(max, Ordering::Relaxed);

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, watch};
 
+use crate::admin::{AdminState, AdminView};
 use crate::config::{Config, ListenerConfig};
 use crate::proxy::Router;
 use crate::upstream::registry::BackendRegistry;
@@ -36,6 +37,7 @@ pub enum StartError {
 pub struct Server {
     config: Config,
     listeners: Vec<(ListenerConfig, std::net::TcpListener)>,
+    admin: Option<std::net::TcpListener>,
     reloads: mpsc::Receiver<reload::Command>,
     reload_handle: ReloadHandle,
 }
@@ -43,6 +45,8 @@ pub struct Server {
 /// A listener that is accepting.
 struct RunningListener {
     config: ListenerConfig,
+    /// The address it is bound to.
+    addr: SocketAddr,
     router: Arc<ArcSwap<Router>>,
     limit: Arc<listener::ConnectionLimit>,
     /// Set to stop accepting and drain this listener's connections.
@@ -58,6 +62,7 @@ struct Running {
     active: mpsc::Sender<()>,
     listeners: Vec<RunningListener>,
     pools: Vec<Arc<Pool>>,
+    admin: Option<Arc<AdminState>>,
 }
 
 impl Server {
@@ -68,10 +73,22 @@ impl Server {
             .iter()
             .map(|l| Ok((l.clone(), listener::bind(l.listen)?)))
             .collect::<Result<Vec<_>, StartError>>()?;
+        let admin = match &config.admin {
+            None => None,
+            Some(a) => match listener::bind(a.listen) {
+                Ok(socket) => Some(socket),
+                Err(e) if !a.explicit => {
+                    tracing::warn!("admin API not started: {e}; set [admin] listen (or --admin) to another address");
+                    None
+                }
+                Err(e) => return Err(e),
+            },
+        };
         let (tx, reloads) = mpsc::channel(8);
         Ok(Server {
             config,
             listeners,
+            admin,
             reloads,
             reload_handle: ReloadHandle::new(tx),
         })
@@ -83,6 +100,11 @@ impl Server {
             .iter()
             .map(|(l, sock)| sock.local_addr().unwrap_or(l.listen))
             .collect()
+    }
+
+    /// The bound address of the admin listener, if it runs.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|s| s.local_addr().ok())
     }
 
     /// A handle that asks the running server to reload its config.
@@ -101,12 +123,24 @@ impl Server {
             active,
             listeners: Vec::new(),
             pools: Vec::new(),
+            admin: None,
             config: self.config.clone(),
         };
         running.pools = running.build_pools(&self.config);
         for (config, socket) in self.listeners {
             running.start_listener(config, socket)?;
         }
+        let (admin_stop, admin_stopped) = watch::channel(false);
+        if let (Some(socket), Some(admin)) = (self.admin, &self.config.admin) {
+            let addr = socket.local_addr().unwrap_or(admin.listen);
+            let socket =
+                tokio::net::TcpListener::from_std(socket).map_err(|source| StartError::Bind { addr, source })?;
+            let state = AdminState::new(admin.token.clone(), self.reload_handle.clone());
+            tracing::info!("admin API and dashboard on http://{addr}/");
+            tokio::spawn(crate::admin::serve(socket, Arc::clone(&state), admin_stopped));
+            running.admin = Some(state);
+        }
+        running.publish();
         tokio::pin!(shutdown);
         let mut dns_tick = dns_ticker(&running.config);
         loop {
@@ -120,6 +154,7 @@ impl Server {
             }
         }
 
+        let _ = admin_stop.send(true);
         let drain = running.config.drain_timeout;
         tracing::info!("shutting down: no longer accepting; draining in-flight requests for up to {drain:?}");
         for l in &running.listeners {
@@ -174,6 +209,22 @@ impl Running {
         if let Err(e) = self.apply(new) {
             tracing::error!("applying new DNS answers failed: {e}");
         }
+        self.publish();
+    }
+
+    /// Shows the current state to the admin API.
+    fn publish(&self) {
+        let Some(admin) = &self.admin else { return };
+        admin.view.store(Arc::new(AdminView {
+            config_file: self.config.source.clone(),
+            config_hash: self.config.hash,
+            listeners: self
+                .listeners
+                .iter()
+                .map(|l| (l.config.name.clone(), l.addr, Arc::clone(&l.limit)))
+                .collect(),
+            pools: self.pools.clone(),
+        }));
     }
 
     fn build_pools(&self, config: &Config) -> Vec<Arc<Pool>> {
@@ -207,6 +258,7 @@ impl Running {
         ));
         self.listeners.push(RunningListener {
             config,
+            addr,
             router,
             limit,
             stop,

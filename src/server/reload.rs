@@ -94,6 +94,10 @@ impl Running {
             }
             Command::Apply(config, reply) => (self.apply(*config), reply),
         };
+        if let Some(admin) = &self.admin {
+            admin.reloads.record(result.is_ok());
+        }
+        self.publish();
         match &result {
             Ok(summary) => tracing::info!("config reloaded: {}", summary.config),
             Err(ReloadError::Invalid(LoadError::Invalid(errors))) => {

@@ -30,9 +30,24 @@ pub struct Backend {
     ejections: AtomicU32,
     /// Failed requests in a row.
     consecutive_failures: AtomicU32,
+    /// Times active checks changed its state.
+    health_transitions: AtomicU64,
     /// When it last became eligible ([`clock_nanos`]), for slow start; 0: long ago.
     ready_since: AtomicU64,
+    /// An operator drained it: no new requests.
+    drained: AtomicBool,
+    /// Responses by status class: 1xx, 2xx, 3xx, 4xx, 5xx.
+    responses: [AtomicU64; 5],
+    /// Response-header latency histogram: counts per [`LATENCY_BUCKETS`] bound, then +Inf.
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    /// Sum of observed latencies, in microseconds.
+    latency_sum_micros: AtomicU64,
+    /// Response body bytes received from it.
+    bytes_received: AtomicU64,
 }
+
+/// Upper bounds (seconds) of the latency histogram buckets.
+pub const LATENCY_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 
 /// Nanoseconds since the first call in this process: a cheap monotonic clock for atomics.
 pub fn clock_nanos() -> u64 {
@@ -59,7 +74,13 @@ impl Backend {
             ejected_until: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
             consecutive_failures: AtomicU32::new(0),
+            health_transitions: AtomicU64::new(0),
             ready_since: AtomicU64::new(0),
+            drained: AtomicBool::new(false),
+            responses: Default::default(),
+            latency_buckets: Default::default(),
+            latency_sum_micros: AtomicU64::new(0),
+            bytes_received: AtomicU64::new(0),
         }
     }
 
@@ -120,7 +141,21 @@ impl Backend {
 
     /// Marks it up or down as active health checks decide; returns the previous state.
     pub fn set_probed_down(&self, down: bool) -> bool {
-        self.probed_down.swap(down, Ordering::Relaxed)
+        let was = self.probed_down.swap(down, Ordering::Relaxed);
+        if was != down {
+            self.health_transitions.fetch_add(1, Ordering::Relaxed);
+        }
+        was
+    }
+
+    /// Times its health state changed.
+    pub fn health_transitions(&self) -> u64 {
+        self.health_transitions.load(Ordering::Relaxed)
+    }
+
+    /// Times passive health ejected it.
+    pub fn ejection_count(&self) -> u64 {
+        u64::from(self.ejections.load(Ordering::Relaxed))
     }
 
     /// True while passive health keeps it ejected at [`clock_nanos`] time `now`.
@@ -165,9 +200,58 @@ impl Backend {
         (since != 0).then(|| Duration::from_nanos(now.saturating_sub(since)))
     }
 
-    /// True when it may receive new requests at `now`: not probed down, not ejected.
+    /// True when it may receive new requests at `now`: not drained, not probed down, not
+    /// ejected.
     pub fn is_eligible(&self, now: u64) -> bool {
-        !self.is_probed_down() && !self.is_ejected(now)
+        !self.is_drained() && !self.is_probed_down() && !self.is_ejected(now)
+    }
+
+    /// True when an operator drained it.
+    pub fn is_drained(&self) -> bool {
+        self.drained.load(Ordering::Relaxed)
+    }
+
+    /// Drains it (no new requests) or enables it again; returns the previous setting.
+    pub fn set_drained(&self, drained: bool) -> bool {
+        self.drained.swap(drained, Ordering::Relaxed)
+    }
+
+    /// Counts a response with `status` whose headers took `latency`.
+    pub fn record_response(&self, status: u16, latency: Duration) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.responses[class].fetch_add(1, Ordering::Relaxed);
+        let secs = latency.as_secs_f64();
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.latency_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_micros.fetch_add(
+            u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Counts response body bytes received.
+    pub fn record_bytes(&self, n: u64) {
+        self.bytes_received.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Responses by status class (1xx..5xx).
+    pub fn responses(&self) -> [u64; 5] {
+        std::array::from_fn(|i| self.responses[i].load(Ordering::Relaxed))
+    }
+
+    /// Latency histogram counts per bucket (not cumulative; the last is +Inf) and the sum in
+    /// seconds.
+    pub fn latency_histogram(&self) -> (Vec<u64>, f64) {
+        let counts = self.latency_buckets.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        (counts, self.latency_sum_micros.load(Ordering::Relaxed) as f64 / 1e6)
+    }
+
+    /// Response body bytes received.
+    pub fn bytes_received(&self) -> u64 {
+        self.bytes_received.load(Ordering::Relaxed)
     }
 
     /// Peak-EWMA latency in nanoseconds, or `None` before the first response.

@@ -354,6 +354,8 @@ pub struct Steelyard {
     pub addr: SocketAddr,
     pub addrs: Vec<SocketAddr>,
     pub reload: steelyard::ReloadHandle,
+    /// The admin listener, when the config set `[admin] listen` explicitly.
+    pub admin: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -388,9 +390,14 @@ impl Drop for Steelyard {
     }
 }
 
-/// Starts Steelyard in-process with `config` (listeners should use port 0).
-pub async fn spawn_steelyard(config: Config) -> Steelyard {
+/// Starts Steelyard in-process with `config` (listeners should use port 0). The admin
+/// listener runs only when the config asks for one at an explicit address.
+pub async fn spawn_steelyard(mut config: Config) -> Steelyard {
+    if config.admin.as_ref().is_some_and(|a| !a.explicit) {
+        config.admin = None;
+    }
     let server = Server::bind(config).expect("bind steelyard");
+    let admin = server.admin_addr();
     let addrs = server.local_addrs();
     let reload = server.reload_handle();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -406,6 +413,7 @@ pub async fn spawn_steelyard(config: Config) -> Steelyard {
         addr: addrs[0],
         addrs,
         reload,
+        admin,
         stop: Some(stop),
         task: Some(task),
     }

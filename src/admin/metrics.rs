@@ -1,0 +1,253 @@
+//! `GET /metrics`: Prometheus text exposition, rendered from the live atomics at scrape time
+//! (the hot path only increments counters; nothing here is on it).
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::status::backend_state;
+use super::{AdminView, ReloadStats};
+use crate::upstream::backend::LATENCY_BUCKETS;
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// The whole exposition.
+pub fn render(view: &AdminView, reloads: &ReloadStats, started: Instant) -> String {
+    let mut out = String::with_capacity(8192);
+    header(
+        &mut out,
+        "steelyard_uptime_seconds",
+        "gauge",
+        "Seconds since the process started.",
+    );
+    let _ = writeln!(out, "steelyard_uptime_seconds {}", started.elapsed().as_secs_f64());
+
+    header(
+        &mut out,
+        "steelyard_client_connections",
+        "gauge",
+        "Open client connections per listener.",
+    );
+    for (name, _, limit) in &view.listeners {
+        let _ = writeln!(
+            out,
+            "steelyard_client_connections{{listener=\"{}\"}} {}",
+            esc(name),
+            limit.open()
+        );
+    }
+
+    header(
+        &mut out,
+        "steelyard_requests_total",
+        "counter",
+        "Responses from backends (and errors for them) by status class.",
+    );
+    for pool in &view.pools {
+        for m in pool.members() {
+            let b = &m.backend;
+            for (i, n) in b.responses().iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "steelyard_requests_total{{pool=\"{}\",backend=\"{}\",code=\"{}xx\"}} {n}",
+                    esc(pool.name()),
+                    b.address(),
+                    i + 1
+                );
+            }
+        }
+    }
+
+    header(
+        &mut out,
+        "steelyard_request_duration_seconds",
+        "histogram",
+        "Time from sending a request to a backend until its response headers.",
+    );
+    for pool in &view.pools {
+        let mut pool_counts = vec![0u64; LATENCY_BUCKETS.len() + 1];
+        let mut pool_sum = 0.0;
+        for m in pool.members() {
+            let (counts, sum) = m.backend.latency_histogram();
+            for (p, c) in pool_counts.iter_mut().zip(&counts) {
+                *p += c;
+            }
+            pool_sum += sum;
+            let labels = format!("pool=\"{}\",backend=\"{}\"", esc(pool.name()), m.backend.address());
+            histogram(&mut out, &labels, &counts, sum);
+        }
+        histogram(
+            &mut out,
+            &format!("pool=\"{}\",backend=\"\"", esc(pool.name())),
+            &pool_counts,
+            pool_sum,
+        );
+    }
+
+    let gauge = |out: &mut String, name: &str, help: &str, value: &dyn Fn(&crate::upstream::Member) -> String| {
+        header(out, name, "gauge", help);
+        for pool in &view.pools {
+            for m in pool.members() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{pool=\"{}\",backend=\"{}\"}} {}",
+                    esc(pool.name()),
+                    m.backend.address(),
+                    value(m)
+                );
+            }
+        }
+    };
+    gauge(
+        &mut out,
+        "steelyard_in_flight_requests",
+        "Requests sent to a backend and not yet finished.",
+        &|m| m.backend.in_flight().to_string(),
+    );
+    gauge(
+        &mut out,
+        "steelyard_upstream_idle_connections",
+        "Idle keep-alive connections to a backend.",
+        &|m| m.connections.idle_count().to_string(),
+    );
+    gauge(
+        &mut out,
+        "steelyard_backend_healthy",
+        "1 when the backend receives new requests, else 0.",
+        &|m| u8::from(backend_state_is_up(m)).to_string(),
+    );
+    let counter = |out: &mut String, name: &str, help: &str, value: &dyn Fn(&crate::upstream::Member) -> u64| {
+        header(out, name, "counter", help);
+        for pool in &view.pools {
+            for m in pool.members() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{pool=\"{}\",backend=\"{}\"}} {}",
+                    esc(pool.name()),
+                    m.backend.address(),
+                    value(m)
+                );
+            }
+        }
+    };
+    counter(
+        &mut out,
+        "steelyard_upstream_bytes_received_total",
+        "Response body bytes received from a backend.",
+        &|m| m.backend.bytes_received(),
+    );
+    counter(
+        &mut out,
+        "steelyard_backend_failures_total",
+        "Failed attempts at a backend (connect errors, resets, timeouts).",
+        &|m| m.backend.failures(),
+    );
+    counter(
+        &mut out,
+        "steelyard_health_transitions_total",
+        "Times active checks changed a backend's state.",
+        &|m| m.backend.health_transitions(),
+    );
+    counter(
+        &mut out,
+        "steelyard_ejections_total",
+        "Times passive health ejected a backend.",
+        &|m| m.backend.ejection_count(),
+    );
+
+    header(
+        &mut out,
+        "steelyard_retries_total",
+        "counter",
+        "Retries sent to another backend.",
+    );
+    for pool in &view.pools {
+        let _ = writeln!(
+            out,
+            "steelyard_retries_total{{pool=\"{}\"}} {}",
+            esc(pool.name()),
+            pool.retry_budget().retries()
+        );
+    }
+    header(
+        &mut out,
+        "steelyard_retries_refused_total",
+        "counter",
+        "Retries not sent because the retry budget was spent.",
+    );
+    for pool in &view.pools {
+        let _ = writeln!(
+            out,
+            "steelyard_retries_refused_total{{pool=\"{}\"}} {}",
+            esc(pool.name()),
+            pool.retry_budget().refused()
+        );
+    }
+    header(
+        &mut out,
+        "steelyard_pool_panic",
+        "gauge",
+        "1 while the pool routes to all backends because too few are healthy.",
+    );
+    for pool in &view.pools {
+        let _ = writeln!(
+            out,
+            "steelyard_pool_panic{{pool=\"{}\"}} {}",
+            esc(pool.name()),
+            u8::from(pool.in_panic())
+        );
+    }
+    header(
+        &mut out,
+        "steelyard_config_reloads_total",
+        "counter",
+        "Config reloads by outcome.",
+    );
+    let _ = writeln!(
+        out,
+        "steelyard_config_reloads_total{{result=\"success\"}} {}",
+        reloads.succeeded.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "steelyard_config_reloads_total{{result=\"failure\"}} {}",
+        reloads.failed.load(Ordering::Relaxed)
+    );
+    header(
+        &mut out,
+        "steelyard_config_last_reload_success_timestamp_seconds",
+        "gauge",
+        "Unix time of the last successful (re)load.",
+    );
+    let _ = writeln!(
+        out,
+        "steelyard_config_last_reload_success_timestamp_seconds {}",
+        reloads.last_success_unix.load(Ordering::Relaxed)
+    );
+    out
+}
+
+fn backend_state_is_up(m: &crate::upstream::Member) -> bool {
+    backend_state(m) == "healthy"
+}
+
+fn histogram(out: &mut String, labels: &str, counts: &[u64], sum: f64) {
+    let mut cumulative = 0;
+    for (i, c) in counts.iter().enumerate() {
+        cumulative += c;
+        let le = LATENCY_BUCKETS.get(i).map_or("+Inf".to_owned(), |b| b.to_string());
+        let _ = writeln!(
+            out,
+            "steelyard_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}"
+        );
+    }
+    let _ = writeln!(out, "steelyard_request_duration_seconds_sum{{{labels}}} {sum}");
+    let _ = writeln!(out, "steelyard_request_duration_seconds_count{{{labels}}} {cumulative}");
+}
+
+/// Escapes a label value.
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
