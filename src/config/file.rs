@@ -65,6 +65,18 @@ pub struct ListenerSection {
     pub routes: Vec<Spanned<RouteSection>>,
     /// Most client connections open at once; more are answered 503 and closed.
     pub max_client_connections: Option<Spanned<i64>>,
+    /// `access_log = { path, format }`.
+    pub access_log: Option<Spanned<AccessLogSection>>,
+}
+
+/// `access_log = { path = "-" | "/var/log/...", format = "combined" | "json" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogSection {
+    /// A file, or `-` for standard output.
+    pub path: Spanned<String>,
+    /// `combined` (default) or `json`.
+    pub format: Option<Spanned<String>>,
 }
 
 /// One `[[listeners.routes]]` table.

@@ -19,6 +19,7 @@ use toml::Spanned;
 
 pub use resilience::{CheckKind, HealthCheckConfig, PassiveConfig, RetryConfig, SlowStart, StatusSet};
 
+use crate::proxy::access_log::{AccessLogConfig, AccessLogFormat};
 use crate::upstream::hash_key::HashKey;
 use crate::upstream::select::SelectOptions;
 use file::{BackendEntry, FileConfig, PoolSection, TimeoutsSection};
@@ -90,6 +91,8 @@ pub struct ListenerConfig {
     pub routes: Vec<RouteConfig>,
     /// Most client connections open at once, if limited.
     pub max_client_connections: Option<usize>,
+    /// Its access log, if any.
+    pub access_log: Option<AccessLogConfig>,
 }
 
 /// One route: which requests go to which pool.
@@ -603,11 +606,32 @@ impl Config {
                             None
                         }
                     });
+            let access_log = l.access_log.as_ref().and_then(|a| {
+                let a = a.get_ref();
+                let format = match a.format.as_ref().map(|f| f.get_ref().as_str()) {
+                    None | Some("combined") => AccessLogFormat::Combined,
+                    Some("json") => AccessLogFormat::Json,
+                    Some(other) => {
+                        let span = a.format.as_ref().map_or(0..0, |f| f.span());
+                        check.error(
+                            span,
+                            format!("listeners[{i}].access_log.format: {other:?} is not \"combined\" or \"json\""),
+                        );
+                        return None;
+                    }
+                };
+                let path = a.path.get_ref();
+                Some(AccessLogConfig {
+                    path: (path != "-").then(|| PathBuf::from(path)),
+                    format,
+                })
+            });
             listeners.push(ListenerConfig {
                 name: l.name.clone().unwrap_or_else(|| listen.to_string()),
                 listen,
                 routes,
                 max_client_connections,
+                access_log,
             });
         }
 
@@ -639,6 +663,7 @@ impl Config {
                     pool: 0,
                 }],
                 max_client_connections: None,
+                access_log: None,
             }],
             pools: vec![PoolConfig {
                 name: "default".into(),

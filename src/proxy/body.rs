@@ -7,6 +7,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::access_log::PendingLog;
 use crate::upstream::connection::PooledConnection;
 use crate::upstream::InFlight;
 
@@ -23,6 +24,8 @@ pub enum ProxyBody {
         connection: Option<PooledConnection>,
         /// The backend slot it holds under `max_connections`, freed with the body.
         slot: Option<OwnedSemaphorePermit>,
+        /// Its access log record, written when the body is done with.
+        pending_log: Option<Box<PendingLog>>,
     },
     /// A body Steelyard wrote itself (errors).
     Local(Option<Bytes>),
@@ -47,6 +50,7 @@ impl ProxyBody {
             in_flight,
             connection,
             slot,
+            pending_log: None,
         }
     }
 
@@ -66,12 +70,16 @@ impl Body for ProxyBody {
                 body,
                 connection,
                 in_flight,
+                pending_log,
                 ..
             } => {
                 let frame = Pin::new(&mut *body).poll_frame(cx);
                 if let Poll::Ready(Some(Ok(f))) = &frame {
                     if let Some(data) = f.data_ref() {
                         in_flight.backend().record_bytes(data.len() as u64);
+                        if let Some(record) = pending_log.as_mut().and_then(|p| p.record.as_mut()) {
+                            record.bytes += data.len() as u64;
+                        }
                     }
                 }
                 match &frame {

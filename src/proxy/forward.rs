@@ -15,7 +15,8 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 use tokio::time::Instant;
 
-use super::headers::{add_forwarding, strip_hop_by_hop};
+use super::access_log::{new_request_id, AccessLog, AccessRecord, PendingLog};
+use super::headers::{add_forwarding, strip_hop_by_hop, X_REQUEST_ID};
 use super::{ProxyBody, ProxyError, Router};
 use crate::config::RetryConfig;
 use crate::upstream::connection::{UpstreamBody, UpstreamError};
@@ -52,7 +53,17 @@ enum Payload {
 }
 
 /// Proxies one request. Never fails: every error becomes a response from [`ProxyError`].
-pub async fn forward(req: Request<Incoming>, router: &ArcSwap<Router>, conn: &ConnInfo) -> Response<ProxyBody> {
+pub async fn forward(mut req: Request<Incoming>, router: &ArcSwap<Router>, conn: &ConnInfo) -> Response<ProxyBody> {
+    let started = Instant::now();
+    // Keep the client's request id, or give the request one; it goes upstream and to the log.
+    let request_id = match req.headers().get(&X_REQUEST_ID) {
+        Some(id) => id.clone(),
+        None => {
+            let id = new_request_id();
+            req.headers_mut().insert(&X_REQUEST_ID, id.clone());
+            id
+        }
+    };
     // HTTP/2 requests carry the host in the URI rather than a Host header.
     let host = match req.headers().get(HOST) {
         Some(h) => Some(h.clone()),
@@ -61,14 +72,66 @@ pub async fn forward(req: Request<Incoming>, router: &ArcSwap<Router>, conn: &Co
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
-    let pool = {
+    let (pool, log) = {
         let router = router.load();
         let host_str = host.as_ref().and_then(|h| h.to_str().ok());
-        match router.route(host_str, req.uri().path()) {
-            Some(pool) => Arc::clone(pool),
-            None => return ProxyError::NoRoute.response(),
-        }
+        (
+            router.route(host_str, req.uri().path()).cloned(),
+            router.access_log().cloned(),
+        )
     };
+    let mut record = log
+        .as_ref()
+        .map(|_| AccessRecord::start(conn.peer, req.method(), req.uri(), req.headers(), request_id));
+    let res = match pool {
+        Some(pool) => {
+            if let Some(r) = record.as_mut() {
+                r.pool = Some(Arc::from(pool.name()));
+            }
+            proxy(req, host, &pool, conn, record.as_mut()).await
+        }
+        None => ProxyError::NoRoute.response(),
+    };
+    finish(res, record, log, started)
+}
+
+/// Attaches the access record to the response: written when the body ends, or at once for a
+/// response Steelyard wrote itself.
+fn finish(
+    mut res: Response<ProxyBody>,
+    record: Option<AccessRecord>,
+    log: Option<AccessLog>,
+    started: Instant,
+) -> Response<ProxyBody> {
+    let (Some(mut record), Some(log)) = (record, log) else {
+        return res;
+    };
+    record.status = res.status().as_u16();
+    match res.body_mut() {
+        ProxyBody::Upstream { pending_log, .. } => {
+            *pending_log = Some(Box::new(PendingLog {
+                log,
+                record: Some(record),
+                started: started.into_std(),
+            }));
+        }
+        ProxyBody::Local(data) => {
+            record.bytes = data.as_ref().map_or(0, |d| d.len() as u64);
+            record.duration = started.elapsed();
+            log.log(record);
+        }
+    }
+    res
+}
+
+/// Sends a routed request to its pool's backends.
+async fn proxy(
+    req: Request<Incoming>,
+    host: Option<HeaderValue>,
+    pool: &Arc<Pool>,
+    conn: &ConnInfo,
+    mut record: Option<&mut AccessRecord>,
+) -> Response<ProxyBody> {
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     add_forwarding(&mut parts.headers, parts.version, &conn.client_ip, host.as_ref());
@@ -87,7 +150,7 @@ pub async fn forward(req: Request<Incoming>, router: &ArcSwap<Router>, conn: &Co
     let mut last_failure = ProxyError::NoBackend;
     loop {
         if deadline.is_some_and(|d| Instant::now() >= d) {
-            return timed_out(&pool, conn);
+            return timed_out(pool, conn);
         }
         let view = RequestView {
             client_ip: conn.peer.ip(),
@@ -132,7 +195,7 @@ pub async fn forward(req: Request<Incoming>, router: &ArcSwap<Router>, conn: &Co
                     ),
                 };
                 pool.record_failure(index);
-                log_failure(&pool, conn, backend.address(), failure, &why);
+                log_failure(pool, conn, backend.address(), failure, &why);
                 last_failure = failure;
                 if may_retry && config.retries.on_connect_failure && pool.retry_budget().try_withdraw() {
                     continue;
@@ -167,6 +230,11 @@ pub async fn forward(req: Request<Incoming>, router: &ArcSwap<Router>, conn: &Co
                 let latency = started.elapsed();
                 backend.observe_latency(latency, config.ewma_decay);
                 backend.record_response(status, latency);
+                if let Some(r) = record.as_deref_mut() {
+                    r.upstream = Some(backend.address());
+                    r.upstream_duration = Some(latency);
+                    r.retries = attempts as u32 - 1;
+                }
                 strip_hop_by_hop(res.headers_mut());
                 if let Some(cookie) = set_cookie {
                     res.headers_mut().append(SET_COOKIE, cookie);
@@ -178,7 +246,7 @@ pub async fn forward(req: Request<Incoming>, router: &ArcSwap<Router>, conn: &Co
                 let overall = deadline.is_some_and(|d| attempt_deadline >= d);
                 if overall {
                     pool.record_failure(index);
-                    return timed_out(&pool, conn);
+                    return timed_out(pool, conn);
                 }
                 (
                     ProxyError::ResponseHeaderTimeout,
@@ -188,7 +256,7 @@ pub async fn forward(req: Request<Incoming>, router: &ArcSwap<Router>, conn: &Co
             }
         };
         pool.record_failure(index);
-        log_failure(&pool, conn, backend.address(), failure, &why);
+        log_failure(pool, conn, backend.address(), failure, &why);
         last_failure = failure;
         if replayable && may_retry && retry_wanted && pool.retry_budget().try_withdraw() {
             continue;

@@ -1,5 +1,6 @@
 //! The request path: route, pick a backend, rewrite, forward, stream back.
 
+pub mod access_log;
 pub mod body;
 pub mod error;
 pub mod forward;

@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+use super::access_log::AccessLog;
 use crate::config::{HostMatch, ListenerConfig};
 use crate::upstream::Pool;
 
@@ -10,6 +11,7 @@ use crate::upstream::Pool;
 #[derive(Debug)]
 pub struct Router {
     routes: Vec<Route>,
+    access_log: Option<AccessLog>,
 }
 
 #[derive(Debug)]
@@ -58,7 +60,21 @@ impl Router {
             })
             .collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.specificity()));
-        Router { routes }
+        Router {
+            routes,
+            access_log: None,
+        }
+    }
+
+    /// Writes this listener's requests to `log`.
+    pub fn with_access_log(mut self, log: Option<AccessLog>) -> Router {
+        self.access_log = log;
+        self
+    }
+
+    /// The listener's access log, if it has one.
+    pub fn access_log(&self) -> Option<&AccessLog> {
+        self.access_log.as_ref()
     }
 
     /// The pool for a request to `host` (may carry a port; `None` when absent) and `path`.

@@ -5,6 +5,7 @@ pub mod dns;
 pub mod listener;
 mod reload;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::admin::{AdminState, AdminView};
 use crate::config::{Config, ListenerConfig};
+use crate::proxy::access_log::{AccessLog, AccessLogConfig};
 use crate::proxy::Router;
 use crate::upstream::registry::BackendRegistry;
 use crate::upstream::Pool;
@@ -27,6 +29,14 @@ pub enum StartError {
     Bind {
         /// The address.
         addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// An access log file could not be opened.
+    #[error("cannot open access log {path}: {source}")]
+    AccessLog {
+        /// The file.
+        path: String,
         /// Why.
         source: std::io::Error,
     },
@@ -63,6 +73,8 @@ struct Running {
     listeners: Vec<RunningListener>,
     pools: Vec<Arc<Pool>>,
     admin: Option<Arc<AdminState>>,
+    /// Open access log writers, reused across reloads while their settings stay the same.
+    access_logs: HashMap<AccessLogConfig, AccessLog>,
 }
 
 impl Server {
@@ -124,6 +136,7 @@ impl Server {
             listeners: Vec::new(),
             pools: Vec::new(),
             admin: None,
+            access_logs: HashMap::new(),
             config: self.config.clone(),
         };
         running.pools = running.build_pools(&self.config);
@@ -239,11 +252,30 @@ impl Running {
         pools
     }
 
+    /// The router of listener `config` over the current pools, with its access log.
+    fn router(&mut self, config: &ListenerConfig) -> Result<Router, StartError> {
+        let log = match &config.access_log {
+            None => None,
+            Some(c) => Some(match self.access_logs.get(c) {
+                Some(log) => log.clone(),
+                None => {
+                    let log = AccessLog::open(c).map_err(|source| StartError::AccessLog {
+                        path: c.path.as_ref().map_or("-".into(), |p| p.display().to_string()),
+                        source,
+                    })?;
+                    self.access_logs.insert(c.clone(), log.clone());
+                    log
+                }
+            }),
+        };
+        Ok(Router::new(config, &self.pools).with_access_log(log))
+    }
+
     /// Starts accepting on an already bound socket.
     fn start_listener(&mut self, config: ListenerConfig, socket: std::net::TcpListener) -> Result<(), StartError> {
         let addr = socket.local_addr().unwrap_or(config.listen);
         let socket = tokio::net::TcpListener::from_std(socket).map_err(|source| StartError::Bind { addr, source })?;
-        let router = Router::new(&config, &self.pools);
+        let router = self.router(&config)?;
         tracing::info!(listener = %config.name, "listening on http://{addr}, routing {}", router.describe());
         let router = Arc::new(ArcSwap::from_pointee(router));
         let limit = listener::ConnectionLimit::new(config.max_client_connections.unwrap_or(usize::MAX));

@@ -13,7 +13,6 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{listener, Running, StartError};
 use crate::config::{Config, LoadError};
-use crate::proxy::Router;
 
 /// Why a reload did not happen. The old config keeps serving in every case.
 #[derive(Debug, thiserror::Error)]
@@ -133,7 +132,23 @@ impl Running {
             }
         }
 
-        self.pools = self.build_pools(&config);
+        let new_pools = self.build_pools(&config);
+        let old_pools = std::mem::replace(&mut self.pools, new_pools);
+        // Open new access logs before anything is swapped: a failure leaves everything as it
+        // was (the new pools are simply dropped).
+        let routers = match config
+            .listeners
+            .iter()
+            .map(|l| self.router(l))
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(routers) => routers,
+            Err(e) => {
+                self.pools = old_pools;
+                return Err(e.into());
+            }
+        };
+        let mut routers = routers.into_iter();
         let mut listeners = Vec::new();
         let old: Vec<_> = std::mem::take(&mut self.listeners).into_iter().map(Some).collect();
         let mut old = old;
@@ -141,12 +156,15 @@ impl Running {
             match target {
                 Ok(i) => {
                     let Some(mut running) = old[i].take() else { continue };
-                    running.router.store(std::sync::Arc::new(Router::new(&l, &self.pools)));
+                    if let Some(router) = routers.next() {
+                        running.router.store(std::sync::Arc::new(router));
+                    }
                     running.limit.set_max(l.max_client_connections.unwrap_or(usize::MAX));
                     running.config = l;
                     listeners.push(running);
                 }
                 Err(socket) => {
+                    routers.next();
                     self.start_listener(l, socket)?;
                     listeners.extend(self.listeners.pop());
                 }

@@ -1,0 +1,287 @@
+//! Access logs, written off the hot path.
+//!
+//! A request builds a small record (cheap clones of what it already holds) and hands it to a
+//! dedicated writer thread through a bounded channel; the thread formats and writes, flushing
+//! whenever it has caught up. A request never waits for the disk: when the channel is full the
+//! record is dropped and counted.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use http::header::{HeaderValue, REFERER, USER_AGENT};
+use http::{HeaderMap, Method, Uri};
+
+/// Where and how a listener's access log is written.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AccessLogConfig {
+    /// A file to append to, or `None` for standard output (`"-"`).
+    pub path: Option<PathBuf>,
+    /// Line format.
+    pub format: AccessLogFormat,
+}
+
+/// Access log line formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AccessLogFormat {
+    /// nginx/Apache "combined", plus request time, upstream and request id.
+    Combined,
+    /// One JSON object per line.
+    Json,
+}
+
+/// One finished request.
+#[derive(Debug)]
+pub struct AccessRecord {
+    /// When it arrived.
+    pub time: SystemTime,
+    /// The client.
+    pub client: SocketAddr,
+    /// Method.
+    pub method: Method,
+    /// Host header.
+    pub host: Option<HeaderValue>,
+    /// Target as received.
+    pub uri: Uri,
+    /// `User-Agent`.
+    pub user_agent: Option<HeaderValue>,
+    /// `Referer`.
+    pub referer: Option<HeaderValue>,
+    /// Response status.
+    pub status: u16,
+    /// Response body bytes sent.
+    pub bytes: u64,
+    /// From arrival to the end of the response body.
+    pub duration: Duration,
+    /// The backend that answered, if any.
+    pub upstream: Option<SocketAddr>,
+    /// Time from sending to that backend until its response headers.
+    pub upstream_duration: Option<Duration>,
+    /// The pool that served it.
+    pub pool: Option<Arc<str>>,
+    /// Retries it took.
+    pub retries: u32,
+    /// Its `X-Request-Id`.
+    pub request_id: HeaderValue,
+}
+
+impl AccessRecord {
+    /// A record of a request with these headers, filled in as it proceeds.
+    pub fn start(
+        client: SocketAddr,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        request_id: HeaderValue,
+    ) -> AccessRecord {
+        AccessRecord {
+            time: SystemTime::now(),
+            client,
+            method: method.clone(),
+            host: headers.get(http::header::HOST).cloned(),
+            uri: uri.clone(),
+            user_agent: headers.get(USER_AGENT).cloned(),
+            referer: headers.get(REFERER).cloned(),
+            status: 0,
+            bytes: 0,
+            duration: Duration::ZERO,
+            upstream: None,
+            upstream_duration: None,
+            pool: None,
+            retries: 0,
+            request_id,
+        }
+    }
+}
+
+/// A handle to a listener's access log writer. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AccessLog {
+    tx: SyncSender<AccessRecord>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// Records waiting for the writer, at most.
+const QUEUE: usize = 16 * 1024;
+
+impl AccessLog {
+    /// Opens the log and starts its writer thread.
+    pub fn open(config: &AccessLogConfig) -> std::io::Result<AccessLog> {
+        let out: Box<dyn std::io::Write + Send> = match &config.path {
+            None => Box::new(std::io::stdout()),
+            Some(path) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
+        };
+        let (tx, rx) = sync_channel(QUEUE);
+        let format = config.format;
+        std::thread::Builder::new()
+            .name("steelyard-access-log".into())
+            .spawn(move || write_loop(rx, std::io::BufWriter::new(out), format))?;
+        Ok(AccessLog {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Queues a record; drops it (and counts it) rather than wait when the writer is behind.
+    pub fn log(&self, record: AccessRecord) {
+        if self.tx.try_send(record).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records dropped because the writer was behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// A record that is written when its response body ends (or is abandoned).
+#[derive(Debug)]
+pub struct PendingLog {
+    /// Where it goes.
+    pub log: AccessLog,
+    /// The record so far (taken when written).
+    pub record: Option<AccessRecord>,
+    /// When the request arrived.
+    pub started: Instant,
+}
+
+impl Drop for PendingLog {
+    fn drop(&mut self) {
+        if let Some(mut record) = self.record.take() {
+            record.duration = self.started.elapsed();
+            self.log.log(record);
+        }
+    }
+}
+
+fn write_loop(
+    rx: Receiver<AccessRecord>,
+    mut out: std::io::BufWriter<Box<dyn std::io::Write + Send>>,
+    format: AccessLogFormat,
+) {
+    let mut line = String::with_capacity(512);
+    loop {
+        let record = match rx.try_recv() {
+            Ok(r) => r,
+            Err(TryRecvError::Empty) => {
+                let _ = out.flush();
+                match rx.recv() {
+                    Ok(r) => r,
+                    Err(_) => break,
+                }
+            }
+            Err(TryRecvError::Disconnected) => break,
+        };
+        line.clear();
+        match format {
+            AccessLogFormat::Combined => combined(&mut line, &record),
+            AccessLogFormat::Json => json(&mut line, &record),
+        }
+        line.push('\n');
+        if out.write_all(line.as_bytes()).is_err() {
+            break;
+        }
+    }
+    let _ = out.flush();
+}
+
+fn text(v: &Option<HeaderValue>) -> &str {
+    v.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-")
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn combined(out: &mut String, r: &AccessRecord) {
+    let _ = write!(
+        out,
+        "{} - - [{}] \"{} {} HTTP/1.1\" {} {} \"{}\" \"{}\" {:.3} {} {} {}",
+        r.client.ip(),
+        rfc3339(r.time),
+        r.method,
+        r.uri,
+        r.status,
+        r.bytes,
+        text(&r.referer).replace('"', "'"),
+        text(&r.user_agent).replace('"', "'"),
+        r.duration.as_secs_f64(),
+        r.upstream.map_or("-".to_owned(), |u| u.to_string()),
+        r.pool.as_deref().unwrap_or("-"),
+        r.request_id.to_str().unwrap_or("-"),
+    );
+}
+
+fn json(out: &mut String, r: &AccessRecord) {
+    let value = serde_json::json!({
+        "time": rfc3339(r.time),
+        "client": r.client.ip().to_string(),
+        "method": r.method.as_str(),
+        "host": r.host.as_ref().and_then(|h| h.to_str().ok()),
+        "path": r.uri.to_string(),
+        "status": r.status,
+        "bytes": r.bytes,
+        "duration_ms": (r.duration.as_secs_f64() * 1e6).round() / 1e3,
+        "upstream": r.upstream.map(|u| u.to_string()),
+        "upstream_duration_ms": r.upstream_duration.map(|d| (d.as_secs_f64() * 1e6).round() / 1e3),
+        "pool": r.pool.as_deref(),
+        "retries": r.retries,
+        "request_id": r.request_id.to_str().ok(),
+    });
+    let _ = write!(out, "{value}");
+}
+
+/// A new request id: 16 random hex digits.
+pub fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = fastrand::u64(..);
+    let mut buf = [0u8; 16];
+    for b in buf.iter_mut() {
+        *b = HEX[(n & 15) as usize];
+        n >>= 4;
+    }
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_render_in_utc() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+        assert_eq!(rfc3339(t), "2026-11-18T11:06:40Z");
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn request_ids_are_16_hex_digits() {
+        let id = new_request_id();
+        assert_eq!(id.len(), 16);
+        assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit));
+        assert_ne!(new_request_id(), new_request_id());
+    }
+}
