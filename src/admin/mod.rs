@@ -198,7 +198,34 @@ async fn handle(req: Request<Incoming>, state: &AdminState) -> AdminResponse {
     }
 }
 
+/// Decodes `%XX` escapes (a browser escapes the `:` of `ip:port` in a path segment).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).and_then(|&b| hex(b)),
+            bytes.get(i + 2).and_then(|&b| hex(b)),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn set_drained(state: &AdminState, pool: &str, address: &str, drained: bool) -> AdminResponse {
+    let (pool, address) = (percent_decode(pool), percent_decode(address));
+    let (pool, address) = (pool.as_str(), address.as_str());
     let view = state.view.load();
     let Some(pool) = view.pools.iter().find(|p| p.name() == pool) else {
         return error(StatusCode::NOT_FOUND, "no such pool");
@@ -228,3 +255,15 @@ fn set_drained(state: &AdminState, pool: &str, address: &str, drained: bool) -> 
 
 /// The dashboard: one self-contained page, no external resources.
 const DASHBOARD: &str = include_str!("dashboard.html");
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn percent_escapes_are_decoded() {
+        assert_eq!(percent_decode("127.0.0.1%3A8081"), "127.0.0.1:8081");
+        assert_eq!(percent_decode("%5B%3A%3A1%5D%3A80"), "[::1]:80");
+        assert_eq!(percent_decode("plain%zz"), "plain%zz");
+    }
+}
