@@ -87,6 +87,7 @@ async fn metrics_count_requests_by_backend_and_status_class() {
     for name in [
         "steelyard_in_flight_requests",
         "steelyard_client_connections",
+        "steelyard_listener_requests_total",
         "steelyard_upstream_bytes_received_total",
         "steelyard_retries_total",
         "steelyard_retries_refused_total",

@@ -41,6 +41,21 @@ pub fn render(view: &AdminView, reloads: &ReloadStats, started: Instant) -> Stri
 
     header(
         &mut out,
+        "steelyard_listener_requests_total",
+        "counter",
+        "Requests received per listener.",
+    );
+    for (name, _, limit) in &view.listeners {
+        let _ = writeln!(
+            out,
+            "steelyard_listener_requests_total{{listener=\"{}\"}} {}",
+            esc(name),
+            limit.requests()
+        );
+    }
+
+    header(
+        &mut out,
         "steelyard_requests_total",
         "counter",
         "Responses from backends (and errors for them) by status class.",

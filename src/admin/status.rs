@@ -69,7 +69,7 @@ pub fn render(view: &AdminView, sampler: &Sampler, started: Instant) -> Value {
     let listeners: Vec<Value> = view
         .listeners
         .iter()
-        .map(|(name, addr, limit)| json!({ "name": name, "address": addr.to_string(), "connections": limit.open() }))
+        .map(|(name, addr, limit)| json!({ "name": name, "address": addr.to_string(), "connections": limit.open(), "requests": limit.requests() }))
         .collect();
     json!({
         "version": env!("CARGO_PKG_VERSION"),

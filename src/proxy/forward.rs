@@ -183,12 +183,30 @@ async fn proxy(
             attempt_deadline = attempt_deadline.min(d);
         }
 
-        // Connecting sends nothing, so its failure can always be retried.
-        let mut connection = match tokio::time::timeout_at(attempt_deadline, member.connections.checkout()).await {
-            Ok(Ok(c)) => c,
-            outcome => {
-                let (failure, why) = match outcome {
-                    Ok(Err(e)) => (classify(&e), error_chain(&e)),
+        // One timer covers connecting and the response headers. Connecting sends nothing, so
+        // its failure can always be retried; after the request went out, only replayable
+        // requests can be.
+        let replayable = matches!(payload, Payload::Replayable(_));
+        let mut request_sent = false;
+        let exchange = tokio::time::timeout_at(attempt_deadline, async {
+            let mut connection = member.connections.checkout().await.map_err(|e| (false, e))?;
+            let Some(upstream_req) = next_request(&mut parts, &mut payload, backend.authority().as_str()) else {
+                return Ok(None);
+            };
+            request_sent = true;
+            let res = connection.send(upstream_req).await.map_err(|e| (true, e))?;
+            Ok(Some((res, connection)))
+        })
+        .await;
+        let sent = match exchange {
+            Ok(Ok(Some((res, connection)))) => Ok(Ok((res, connection))),
+            // The streamed body already went to a backend: it cannot be sent again.
+            Ok(Ok(None)) => return last_failure.response(),
+            Ok(Err((true, e))) => Ok(Err(e)),
+            Err(elapsed) if request_sent => Err(elapsed),
+            connect_failure => {
+                let (failure, why) = match connect_failure {
+                    Ok(Err((_, e))) => (classify(&e), error_chain(&e)),
                     _ => (
                         ProxyError::ConnectTimeout,
                         "no connection within the response_header timeout".into(),
@@ -203,14 +221,8 @@ async fn proxy(
                 return failure.response();
             }
         };
-        let Some(upstream_req) = next_request(&mut parts, &mut payload, backend.authority().as_str()) else {
-            // The streamed body already went to a backend: it cannot be sent again.
-            return last_failure.response();
-        };
-        let replayable = matches!(payload, Payload::Replayable(_));
-        let sent = tokio::time::timeout_at(attempt_deadline, connection.send(upstream_req)).await;
         let (failure, why, retry_wanted) = match sent {
-            Ok(Ok(mut res)) => {
+            Ok(Ok((mut res, connection))) => {
                 let status = res.status().as_u16();
                 let is_5xx = status >= 500;
                 if is_5xx && config.passive.eject_on_5xx {

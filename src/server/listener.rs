@@ -2,7 +2,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,6 +56,8 @@ pub fn http_builder() -> HttpBuilder {
 pub struct ConnectionLimit {
     open: AtomicUsize,
     max: AtomicUsize,
+    /// Requests received on this listener (kept across reloads).
+    requests: AtomicU64,
 }
 
 /// One counted client connection; uncounted on drop.
@@ -73,7 +75,13 @@ impl ConnectionLimit {
         Arc::new(ConnectionLimit {
             open: AtomicUsize::new(0),
             max: AtomicUsize::new(max),
+            requests: AtomicU64::new(0),
         })
+    }
+
+    /// Requests received on this listener so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
     }
 
     /// Client connections open now.
@@ -123,7 +131,8 @@ pub async fn accept_loop(
                     };
                     let (router, http, stop, active) = (Arc::clone(&router), Arc::clone(&http), stop.clone(), active.clone());
                     tokio::spawn(async move {
-                        serve(stream, peer, router, http, stop, active).await;
+                        let limit = Arc::clone(&counted.0);
+                        serve(stream, peer, router, http, limit, stop, active).await;
                         drop(counted);
                     });
                 }
@@ -144,12 +153,14 @@ async fn serve(
     peer: SocketAddr,
     router: Arc<ArcSwap<Router>>,
     http: Arc<HttpBuilder>,
+    listener: Arc<ConnectionLimit>,
     mut stop: watch::Receiver<bool>,
     _active: mpsc::Sender<()>,
 ) {
     let _ = stream.set_nodelay(true);
     let info = Arc::new(ConnInfo::new(peer));
     let service = service_fn(move |req| {
+        listener.requests.fetch_add(1, Ordering::Relaxed);
         let router = Arc::clone(&router);
         let info = Arc::clone(&info);
         async move { Ok::<_, Infallible>(forward(req, &router, &info).await) }
