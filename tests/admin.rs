@@ -47,6 +47,14 @@ async fn metrics_count_requests_by_backend_and_status_class() {
     for _ in 0..10 {
         get(&client, &sy.url("/")).await;
     }
+    // The 11th request (a's turn) carries a body.
+    let res = client
+        .post(sy.url("/upload"))
+        .body(vec![7u8; 1234])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.text().await.expect("body").split(' ').next(), Some("1234"));
     let (status, text) = admin_get(&sy, "/metrics", None).await;
     assert_eq!(status, 200);
     let line = |needle: &str| {
@@ -63,7 +71,7 @@ async fn metrics_count_requests_by_backend_and_status_class() {
             "steelyard_requests_total{{pool=\"main\",backend=\"{}\",code=\"2xx\"}}",
             a.addr
         )),
-        "5"
+        "6"
     );
     assert_eq!(
         line(&format!(
@@ -74,7 +82,18 @@ async fn metrics_count_requests_by_backend_and_status_class() {
     );
     assert_eq!(
         line("steelyard_request_duration_seconds_count{pool=\"main\",backend=\"\"}"),
-        "10"
+        "11"
+    );
+    assert_eq!(
+        line(&format!(
+            "steelyard_upstream_bytes_sent_total{{pool=\"main\",backend=\"{}\"}}",
+            a.addr
+        )),
+        "1234"
+    );
+    assert_eq!(
+        line("steelyard_listener_requests_total{listener=\"127.0.0.1:0\"}"),
+        "11"
     );
     assert_eq!(
         line(&format!(
@@ -89,6 +108,7 @@ async fn metrics_count_requests_by_backend_and_status_class() {
         "steelyard_client_connections",
         "steelyard_listener_requests_total",
         "steelyard_upstream_bytes_received_total",
+        "steelyard_upstream_bytes_sent_total",
         "steelyard_retries_total",
         "steelyard_retries_refused_total",
         "steelyard_ejections_total",

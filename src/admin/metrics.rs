@@ -155,6 +155,12 @@ pub fn render(view: &AdminView, reloads: &ReloadStats, started: Instant) -> Stri
     );
     counter(
         &mut out,
+        "steelyard_upstream_bytes_sent_total",
+        "Request body bytes sent to a backend.",
+        &|m| m.backend.bytes_sent(),
+    );
+    counter(
+        &mut out,
         "steelyard_backend_failures_total",
         "Failed attempts at a backend (connect errors, resets, timeouts).",
         &|m| m.backend.failures(),

@@ -20,7 +20,7 @@ use super::headers::{add_forwarding, strip_hop_by_hop, X_REQUEST_ID};
 use super::{ProxyBody, ProxyError, Router};
 use crate::config::RetryConfig;
 use crate::upstream::connection::{UpstreamBody, UpstreamError};
-use crate::upstream::{Pool, RequestView};
+use crate::upstream::{Backend, Pool, RequestView};
 
 /// What the hot path knows about the client connection, computed once per connection.
 #[derive(Debug)]
@@ -190,7 +190,7 @@ async fn proxy(
         let mut request_sent = false;
         let exchange = tokio::time::timeout_at(attempt_deadline, async {
             let mut connection = member.connections.checkout().await.map_err(|e| (false, e))?;
-            let Some(upstream_req) = next_request(&mut parts, &mut payload, backend.authority().as_str()) else {
+            let Some(upstream_req) = next_request(&mut parts, &mut payload, backend) else {
                 return Ok(None);
             };
             request_sent = true;
@@ -311,15 +311,18 @@ fn is_idempotent(method: &Method) -> bool {
 
 /// The request for the next attempt, or `None` when its streamed body was already sent.
 /// A streamed request is sent once, so its head is moved rather than copied.
-fn next_request(parts: &mut Parts, payload: &mut Payload, backend: &str) -> Option<Request<UpstreamBody>> {
+fn next_request(parts: &mut Parts, payload: &mut Payload, backend: &Arc<Backend>) -> Option<Request<UpstreamBody>> {
     let (body, headers, uri) = match payload {
         Payload::Once(body) => (
-            UpstreamBody::Streaming(body.take()?),
+            UpstreamBody::Streaming(body.take()?, Arc::clone(backend)),
             std::mem::take(&mut parts.headers),
             std::mem::take(&mut parts.uri),
         ),
         Payload::Replayable(bytes) => (
-            UpstreamBody::Buffered(Some(bytes.clone())),
+            {
+                backend.record_bytes_sent(bytes.len() as u64);
+                UpstreamBody::Buffered(Some(bytes.clone()))
+            },
             parts.headers.clone(),
             parts.uri.clone(),
         ),
@@ -331,7 +334,7 @@ fn next_request(parts: &mut Parts, payload: &mut Payload, backend: &str) -> Opti
     *req.headers_mut() = headers;
     if !req.headers().contains_key(HOST) {
         // An HTTP/1.0 client sent no host at all: name the backend, as nginx does.
-        if let Ok(h) = HeaderValue::from_str(backend) {
+        if let Ok(h) = HeaderValue::from_str(backend.authority().as_str()) {
             req.headers_mut().insert(HOST, h);
         }
     }

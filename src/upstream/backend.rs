@@ -44,6 +44,8 @@ pub struct Backend {
     latency_sum_micros: AtomicU64,
     /// Response body bytes received from it.
     bytes_received: AtomicU64,
+    /// Request body bytes sent to it.
+    bytes_sent: AtomicU64,
 }
 
 /// Upper bounds (seconds) of the latency histogram buckets.
@@ -81,6 +83,7 @@ impl Backend {
             latency_buckets: Default::default(),
             latency_sum_micros: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
         }
     }
 
@@ -247,6 +250,16 @@ impl Backend {
     pub fn latency_histogram(&self) -> (Vec<u64>, f64) {
         let counts = self.latency_buckets.iter().map(|c| c.load(Ordering::Relaxed)).collect();
         (counts, self.latency_sum_micros.load(Ordering::Relaxed) as f64 / 1e6)
+    }
+
+    /// Counts request body bytes sent.
+    pub fn record_bytes_sent(&self, n: u64) {
+        self.bytes_sent.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Request body bytes sent.
+    pub fn bytes_sent(&self) -> u64 {
+        self.bytes_sent.load(Ordering::Relaxed)
     }
 
     /// Response body bytes received.

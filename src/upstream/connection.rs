@@ -22,13 +22,14 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::backend::clock_nanos;
+use super::Backend;
 
 /// A request body on its way to a backend: the client's, streamed, or a copy kept in memory
 /// so that the request can be sent again on a retry.
 #[derive(Debug)]
 pub enum UpstreamBody {
-    /// Streamed from the client as it arrives.
-    Streaming(Incoming),
+    /// Streamed from the client as it arrives, counted into the backend's bytes sent.
+    Streaming(Incoming, Arc<Backend>),
     /// Held in memory (possibly empty).
     Buffered(Option<Bytes>),
 }
@@ -39,7 +40,15 @@ impl Body for UpstreamBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            UpstreamBody::Streaming(body) => Pin::new(body).poll_frame(cx),
+            UpstreamBody::Streaming(body, backend) => {
+                let frame = Pin::new(body).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(f))) = &frame {
+                    if let Some(data) = f.data_ref() {
+                        backend.record_bytes_sent(data.len() as u64);
+                    }
+                }
+                frame
+            }
             UpstreamBody::Buffered(data) => {
                 Poll::Ready(data.take().filter(|d| !d.is_empty()).map(|d| Ok(Frame::data(d))))
             }
@@ -48,14 +57,14 @@ impl Body for UpstreamBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            UpstreamBody::Streaming(body) => body.is_end_stream(),
+            UpstreamBody::Streaming(body, _) => body.is_end_stream(),
             UpstreamBody::Buffered(data) => data.as_ref().is_none_or(|d| d.is_empty()),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            UpstreamBody::Streaming(body) => body.size_hint(),
+            UpstreamBody::Streaming(body, _) => body.size_hint(),
             UpstreamBody::Buffered(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
         }
     }
