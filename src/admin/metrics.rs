@@ -147,36 +147,37 @@ pub fn render(view: &AdminView, reloads: &ReloadStats, started: Instant) -> Stri
             }
         }
     };
-    counter(
-        &mut out,
-        "steelyard_upstream_bytes_received_total",
-        "Response body bytes received from a backend.",
-        &|m| m.backend.bytes_received(),
-    );
-    counter(
-        &mut out,
-        "steelyard_upstream_bytes_sent_total",
-        "Request body bytes sent to a backend.",
-        &|m| m.backend.bytes_sent(),
-    );
-    counter(
-        &mut out,
-        "steelyard_backend_failures_total",
-        "Failed attempts at a backend (connect errors, resets, timeouts).",
-        &|m| m.backend.failures(),
-    );
-    counter(
-        &mut out,
-        "steelyard_health_transitions_total",
-        "Times active checks changed a backend's state.",
-        &|m| m.backend.health_transitions(),
-    );
-    counter(
-        &mut out,
-        "steelyard_ejections_total",
-        "Times passive health ejected a backend.",
-        &|m| m.backend.ejection_count(),
-    );
+    type Counter = (&'static str, &'static str, fn(&crate::upstream::Member) -> u64);
+    let counters: [Counter; 5] = [
+        (
+            "steelyard_upstream_bytes_received_total",
+            "Response body bytes received from a backend.",
+            |m| m.backend.bytes_received(),
+        ),
+        (
+            "steelyard_upstream_bytes_sent_total",
+            "Request body bytes sent to a backend.",
+            |m| m.backend.bytes_sent(),
+        ),
+        (
+            "steelyard_backend_failures_total",
+            "Failed attempts at a backend (connect errors, resets, timeouts).",
+            |m| m.backend.failures(),
+        ),
+        (
+            "steelyard_health_transitions_total",
+            "Times active checks changed a backend's state.",
+            |m| m.backend.health_transitions(),
+        ),
+        (
+            "steelyard_ejections_total",
+            "Times passive health ejected a backend.",
+            |m| m.backend.ejection_count(),
+        ),
+    ];
+    for (name, help, value) in counters {
+        counter(&mut out, name, help, &value);
+    }
 
     header(
         &mut out,

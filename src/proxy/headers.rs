@@ -55,25 +55,31 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Appends `value` to the comma-separated list header `name` (or sets it): one allocation
+/// only when a list is already there.
+fn append_to_list(headers: &mut HeaderMap, name: &HeaderName, value: &HeaderValue) {
+    match headers.get(name) {
+        Some(existing) => {
+            let mut chain = Vec::with_capacity(existing.len() + 2 + value.len());
+            chain.extend_from_slice(existing.as_bytes());
+            chain.extend_from_slice(b", ");
+            chain.extend_from_slice(value.as_bytes());
+            if let Ok(v) = HeaderValue::from_bytes(&chain) {
+                headers.insert(name, v);
+            }
+        }
+        None => {
+            headers.insert(name, value.clone());
+        }
+    }
+}
+
 /// Adds what the backend needs to know about the original request.
 ///
 /// `client_ip` is pre-rendered per connection; `host` is the request's original host, which
 /// the `Host` header keeps (HTTP/2 requests carry it in the URI and get a `Host` header here).
 pub fn add_forwarding(headers: &mut HeaderMap, version: Version, client_ip: &HeaderValue, host: Option<&HeaderValue>) {
-    match headers.get(&X_FORWARDED_FOR) {
-        Some(existing) => {
-            let mut chain = Vec::with_capacity(existing.len() + 2 + client_ip.len());
-            chain.extend_from_slice(existing.as_bytes());
-            chain.extend_from_slice(b", ");
-            chain.extend_from_slice(client_ip.as_bytes());
-            if let Ok(v) = HeaderValue::from_bytes(&chain) {
-                headers.insert(&X_FORWARDED_FOR, v);
-            }
-        }
-        None => {
-            headers.insert(&X_FORWARDED_FOR, client_ip.clone());
-        }
-    }
+    append_to_list(headers, &X_FORWARDED_FOR, client_ip);
     headers.insert(&X_FORWARDED_PROTO, PROTO_HTTP.clone());
     if let Some(host) = host {
         if !headers.contains_key(HOST) {
@@ -86,20 +92,7 @@ pub fn add_forwarding(headers: &mut HeaderMap, version: Version, client_ip: &Hea
         Version::HTTP_2 => &VIA_HTTP2,
         _ => &VIA_HTTP11,
     };
-    match headers.get(VIA) {
-        Some(existing) => {
-            let mut chain = Vec::with_capacity(existing.len() + 2 + via.len());
-            chain.extend_from_slice(existing.as_bytes());
-            chain.extend_from_slice(b", ");
-            chain.extend_from_slice(via.as_bytes());
-            if let Ok(v) = HeaderValue::from_bytes(&chain) {
-                headers.insert(VIA, v);
-            }
-        }
-        None => {
-            headers.insert(VIA, via.clone());
-        }
-    }
+    append_to_list(headers, &VIA, via);
 }
 
 #[cfg(test)]
