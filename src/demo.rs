@@ -80,6 +80,9 @@ pub async fn run(listen: SocketAddr, origins: usize, shutdown: impl Future<Outpu
     for (i, b) in backends.iter().enumerate() {
         println!("  origin-{}  http://{}/", i + 1, b.address);
     }
+    if let Some(admin) = server.admin_addr() {
+        println!("  dashboard http://{admin}/   (metrics: http://{admin}/metrics)");
+    }
     println!("\nTry it (each answer names the origin that served it; they take turns):\n");
     println!("  for i in 1 2 3 4 5 6; do curl -s http://{addr}/hello; done\n");
     println!("Ctrl-C stops it.");
