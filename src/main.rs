@@ -17,7 +17,7 @@ fn main() -> ExitCode {
     match &cli.command {
         Some(Command::Check) => check(&cli),
         Some(Command::Demo { listen, origins }) => {
-            let runtime = match build_runtime(None) {
+            let runtime = match build_runtime() {
                 Ok(rt) => rt,
                 Err(code) => return code,
             };
@@ -51,14 +51,18 @@ fn check(cli: &Cli) -> ExitCode {
 }
 
 fn run(cli: &Cli) -> ExitCode {
-    let config = match cli.run_config() {
+    let mut config = match cli.run_config() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("steelyard: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match build_runtime(config.workers) {
+    // One worker per core unless told otherwise.
+    if config.workers.is_none() {
+        config.workers = Some(std::thread::available_parallelism().map_or(1, usize::from));
+    }
+    let runtime = match build_runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
     };
@@ -80,16 +84,10 @@ fn run(cli: &Cli) -> ExitCode {
     }
 }
 
-fn build_runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime, ExitCode> {
-    let mut builder = if workers == Some(1) {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-    };
-    builder.enable_all().thread_name("steelyard-worker");
-    if let Some(n) = workers.filter(|&n| n > 1) {
-        builder.worker_threads(n);
-    }
+/// The main thread's runtime: worker 0 (the server starts one runtime per further worker).
+fn build_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_all().thread_name("steelyard-worker-0");
     builder.build().map_err(|e| {
         eprintln!("steelyard: cannot start the async runtime: {e}");
         ExitCode::FAILURE

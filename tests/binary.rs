@@ -368,3 +368,47 @@ async fn sighup_reloads_the_config_file_and_keeps_the_old_one_when_invalid() {
     p.signal("-TERM");
     assert_eq!(p.wait(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_workers_share_one_rotation_and_drain_together() {
+    let origins = [
+        spawn_origin("a").await,
+        spawn_origin("b").await,
+        spawn_origin("c").await,
+    ];
+    let mut args = vec![
+        "--listen".to_owned(),
+        "127.0.0.1:0".to_owned(),
+        "--workers".to_owned(),
+        "3".to_owned(),
+    ];
+    for o in &origins {
+        args.extend(["-b".to_owned(), o.addr.to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut p = Process::start(&args);
+    let addr = p.listening_addr();
+    // New connections each time: the kernel spreads them over the workers' sockets.
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            tokio::spawn(async move {
+                for _ in 0..10 {
+                    assert_eq!(get(&client(), &format!("http://{addr}/")).await.0, 200);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("client");
+    }
+    let counts: Vec<usize> = origins.iter().map(|o| o.requests()).collect();
+    assert_eq!(counts, vec![20, 20, 20], "one shared rotation across workers");
+    let slow = tokio::spawn(async move { get(&client(), &format!("http://{addr}/slow?ms=500")).await });
+    eventually("the slow request to arrive", || async {
+        origins.iter().map(|o| o.requests()).sum::<usize>() == 61
+    })
+    .await;
+    p.signal("-TERM");
+    assert_eq!(slow.await.expect("client").0, 200);
+    assert_eq!(p.wait(), 0);
+}

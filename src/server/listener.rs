@@ -26,10 +26,15 @@ pub type HttpBuilder = auto::Builder<TokioExecutor>;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Binds a listening socket with `SO_REUSEADDR` (fast restarts) and a deep accept backlog.
-pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, StartError> {
+/// With `shared`, `SO_REUSEPORT` lets every worker bind its own socket to the address.
+pub fn bind(addr: SocketAddr, shared: bool) -> Result<std::net::TcpListener, StartError> {
     let err = |source| StartError::Bind { addr, source };
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
     socket.set_reuse_address(true).map_err(err)?;
+    #[cfg(unix)]
+    if shared {
+        socket.set_reuse_port(true).map_err(err)?;
+    }
     if addr.is_ipv6() {
         socket.set_only_v6(true).map_err(err)?;
     }

@@ -4,6 +4,7 @@
 pub mod dns;
 pub mod listener;
 mod reload;
+pub mod workers;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -14,7 +15,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, watch};
 
 use crate::admin::{AdminState, AdminView};
-use crate::config::{Config, ListenerConfig};
+use crate::config::{self, Config, ListenerConfig};
 use crate::proxy::access_log::{AccessLog, AccessLogConfig};
 use crate::proxy::Router;
 use crate::upstream::registry::BackendRegistry;
@@ -73,6 +74,8 @@ struct Running {
     listeners: Vec<RunningListener>,
     pools: Vec<Arc<Pool>>,
     admin: Option<Arc<AdminState>>,
+    /// The worker runtimes every listener accepts on.
+    workers: workers::Workers,
     /// Open access log writers, reused across reloads while their settings stay the same.
     access_logs: HashMap<AccessLogConfig, AccessLog>,
 }
@@ -83,11 +86,11 @@ impl Server {
         let listeners = config
             .listeners
             .iter()
-            .map(|l| Ok((l.clone(), listener::bind(l.listen)?)))
+            .map(|l| Ok((l.clone(), listener::bind(l.listen, config.workers.unwrap_or(1) > 1)?)))
             .collect::<Result<Vec<_>, StartError>>()?;
         let admin = match &config.admin {
             None => None,
-            Some(a) => match listener::bind(a.listen) {
+            Some(a) => match listener::bind(a.listen, false) {
                 Ok(socket) => Some(socket),
                 Err(e) if !a.explicit => {
                     tracing::warn!("admin API not started: {e}; set [admin] listen (or --admin) to another address");
@@ -129,7 +132,16 @@ impl Server {
     /// most the configured drain timeout.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
         let (active, mut drained) = mpsc::channel::<()>(1);
+        let workers = workers::Workers::start(self.config.workers.unwrap_or(1)).map_err(|source| StartError::Bind {
+            addr: self
+                .config
+                .listeners
+                .first()
+                .map_or(config::DEFAULT_ADMIN_LISTEN, |l| l.listen),
+            source,
+        })?;
         let mut running = Running {
+            workers,
             registry: BackendRegistry::new(),
             http: Arc::new(listener::http_builder()),
             active,
@@ -173,7 +185,12 @@ impl Server {
         for l in &running.listeners {
             let _ = l.stop.send(true);
         }
-        let Running { active, listeners, .. } = running;
+        let Running {
+            active,
+            listeners,
+            workers,
+            ..
+        } = running;
         drop(active);
         let waiting = async {
             drained.recv().await;
@@ -183,6 +200,8 @@ impl Server {
             Ok(()) => tracing::info!("drained; exiting"),
             Err(_) => tracing::warn!("drain timeout of {drain:?} reached; closing remaining connections"),
         }
+        // Worker runtimes stop only now, after their connections drained (or the time ran out).
+        drop(workers);
         Ok(())
     }
 }
@@ -274,20 +293,26 @@ impl Running {
     /// Starts accepting on an already bound socket.
     fn start_listener(&mut self, config: ListenerConfig, socket: std::net::TcpListener) -> Result<(), StartError> {
         let addr = socket.local_addr().unwrap_or(config.listen);
-        let socket = tokio::net::TcpListener::from_std(socket).map_err(|source| StartError::Bind { addr, source })?;
         let router = self.router(&config)?;
         tracing::info!(listener = %config.name, "listening on http://{addr}, routing {}", router.describe());
         let router = Arc::new(ArcSwap::from_pointee(router));
         let limit = listener::ConnectionLimit::new(config.max_client_connections.unwrap_or(usize::MAX));
         let (stop, stopped) = watch::channel(false);
-        tokio::spawn(listener::accept_loop(
-            socket,
-            Arc::clone(&router),
-            Arc::clone(&self.http),
-            Arc::clone(&limit),
-            stopped,
-            self.active.clone(),
-        ));
+        // One socket per worker, all bound to the same address; the first is already bound.
+        let mut sockets = vec![socket];
+        for _ in 1..self.workers.handles().len() {
+            sockets.push(listener::bind(addr, true)?);
+        }
+        for (worker, socket) in self.workers.handles().iter().zip(sockets) {
+            let (router, http, limit) = (Arc::clone(&router), Arc::clone(&self.http), Arc::clone(&limit));
+            let (stopped, active) = (stopped.clone(), self.active.clone());
+            worker.spawn(async move {
+                match tokio::net::TcpListener::from_std(socket) {
+                    Ok(socket) => listener::accept_loop(socket, router, http, limit, stopped, active).await,
+                    Err(e) => tracing::error!("cannot accept on {addr}: {e}"),
+                }
+            });
+        }
         self.listeners.push(RunningListener {
             config,
             addr,

@@ -128,7 +128,10 @@ impl Running {
                     kept[i] = true;
                     plan.push((l.clone(), Ok(i)));
                 }
-                None => plan.push((l.clone(), Err(listener::bind(l.listen)?))),
+                None => plan.push((
+                    l.clone(),
+                    Err(listener::bind(l.listen, self.workers.handles().len() > 1)?),
+                )),
             }
         }
 

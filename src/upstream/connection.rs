@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 
 use super::backend::clock_nanos;
 use super::Backend;
+use crate::server::workers;
 
 /// A request body on its way to a backend: the client's, streamed, or a copy kept in memory
 /// so that the request can be sent again on a retry.
@@ -93,7 +94,8 @@ pub struct ConnectionPool {
     address: SocketAddr,
     connect_timeout: Duration,
     idle_timeout_nanos: u64,
-    idle: ArrayQueue<Idle>,
+    /// Idle connections per worker: a connection is driven by the worker that opened it.
+    idle: Vec<ArrayQueue<Idle>>,
 }
 
 #[derive(Debug)]
@@ -117,13 +119,20 @@ impl ConnectionPool {
             address,
             connect_timeout,
             idle_timeout_nanos: u64::try_from(idle_timeout.as_nanos()).unwrap_or(u64::MAX),
-            idle: ArrayQueue::new(MAX_IDLE_PER_BACKEND),
+            idle: (0..workers::count())
+                .map(|_| ArrayQueue::new(MAX_IDLE_PER_BACKEND))
+                .collect(),
         }
+    }
+
+    /// This worker's idle connections.
+    fn local(&self) -> &ArrayQueue<Idle> {
+        &self.idle[workers::current() % self.idle.len()]
     }
 
     /// Connections waiting for a request.
     pub fn idle_count(&self) -> usize {
-        self.idle.len()
+        self.idle.iter().map(ArrayQueue::len).sum()
     }
 
     fn expired(&self, idle: &Idle, now: u64) -> bool {
@@ -133,7 +142,7 @@ impl ConnectionPool {
     /// A ready connection: an idle one if any is usable, else a new one.
     pub async fn checkout(self: &Arc<Self>) -> Result<PooledConnection, UpstreamError> {
         let now = clock_nanos();
-        while let Some(idle) = self.idle.pop() {
+        while let Some(idle) = self.local().pop() {
             if idle.sender.is_closed() || self.expired(&idle, now) {
                 continue;
             }
@@ -177,10 +186,12 @@ impl ConnectionPool {
     /// Closes idle connections that have outlived the idle timeout.
     pub fn sweep(&self) {
         let now = clock_nanos();
-        for _ in 0..self.idle.len() {
-            let Some(idle) = self.idle.pop() else { break };
-            if !idle.sender.is_closed() && !self.expired(&idle, now) {
-                let _ = self.idle.push(idle);
+        for queue in &self.idle {
+            for _ in 0..queue.len() {
+                let Some(idle) = queue.pop() else { break };
+                if !idle.sender.is_closed() && !self.expired(&idle, now) {
+                    let _ = queue.push(idle);
+                }
             }
         }
     }
@@ -208,7 +219,7 @@ impl PooledConnection {
         if self.sender.is_closed() {
             return;
         }
-        let _ = self.home.idle.push(Idle {
+        let _ = self.home.local().push(Idle {
             sender: self.sender,
             since: clock_nanos(),
         });

@@ -1,0 +1,70 @@
+//! Shared-nothing workers: one single-threaded runtime per core, each accepting on its own
+//! `SO_REUSEPORT` socket (nginx's worker model). The kernel spreads new connections over the
+//! sockets; a connection then lives on one worker, with no cross-thread wakeups on its path.
+//! Pools, routers and backends are shared (all read lock-free); idle upstream connections are
+//! kept per worker, so a request reuses a connection driven by its own thread.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::runtime::Handle;
+use tokio::sync::watch;
+
+thread_local! {
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+static COUNT: AtomicUsize = AtomicUsize::new(1);
+
+/// The index of the worker running on this thread (0 on the main runtime).
+pub fn current() -> usize {
+    WORKER.with(Cell::get)
+}
+
+/// How many workers the process runs (at least 1).
+pub fn count() -> usize {
+    COUNT.load(Ordering::Relaxed).max(1)
+}
+
+/// The worker runtimes: the caller's (worker 0) plus one thread each for the others.
+#[derive(Debug)]
+pub struct Workers {
+    handles: Vec<Handle>,
+    stop: watch::Sender<bool>,
+}
+
+impl Workers {
+    /// Starts `n - 1` worker threads beside the current runtime. Must run inside a runtime.
+    pub fn start(n: usize) -> std::io::Result<Workers> {
+        let n = n.max(1);
+        COUNT.fetch_max(n, Ordering::Relaxed);
+        let (stop, stopped) = watch::channel(false);
+        let mut handles = vec![Handle::current()];
+        for i in 1..n {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            handles.push(runtime.handle().clone());
+            let mut stopped = stopped.clone();
+            std::thread::Builder::new()
+                .name(format!("steelyard-worker-{i}"))
+                .spawn(move || {
+                    WORKER.with(|w| w.set(i));
+                    runtime.block_on(async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    });
+                })?;
+        }
+        Ok(Workers { handles, stop })
+    }
+
+    /// Each worker's runtime, worker 0 first.
+    pub fn handles(&self) -> &[Handle] {
+        &self.handles
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        // The worker threads leave their runtimes, which drops what they still run.
+        let _ = self.stop.send(true);
+    }
+}
