@@ -179,47 +179,37 @@ pub fn render(view: &AdminView, reloads: &ReloadStats, started: Instant) -> Stri
         counter(&mut out, name, help, &value);
     }
 
-    header(
-        &mut out,
-        "steelyard_retries_total",
-        "counter",
-        "Retries sent to another backend.",
+    type PoolFigure = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&crate::upstream::Pool) -> u64,
     );
-    for pool in &view.pools {
-        let _ = writeln!(
-            out,
-            "steelyard_retries_total{{pool=\"{}\"}} {}",
-            esc(pool.name()),
-            pool.retry_budget().retries()
-        );
-    }
-    header(
-        &mut out,
-        "steelyard_retries_refused_total",
-        "counter",
-        "Retries not sent because the retry budget was spent.",
-    );
-    for pool in &view.pools {
-        let _ = writeln!(
-            out,
-            "steelyard_retries_refused_total{{pool=\"{}\"}} {}",
-            esc(pool.name()),
-            pool.retry_budget().refused()
-        );
-    }
-    header(
-        &mut out,
-        "steelyard_pool_panic",
-        "gauge",
-        "1 while the pool routes to all backends because too few are healthy.",
-    );
-    for pool in &view.pools {
-        let _ = writeln!(
-            out,
-            "steelyard_pool_panic{{pool=\"{}\"}} {}",
-            esc(pool.name()),
-            u8::from(pool.in_panic())
-        );
+    let pool_figures: [PoolFigure; 3] = [
+        (
+            "steelyard_retries_total",
+            "counter",
+            "Retries sent to another backend.",
+            |p| p.retry_budget().retries(),
+        ),
+        (
+            "steelyard_retries_refused_total",
+            "counter",
+            "Retries not sent because the retry budget was spent.",
+            |p| p.retry_budget().refused(),
+        ),
+        (
+            "steelyard_pool_panic",
+            "gauge",
+            "1 while the pool routes to all backends because too few are healthy.",
+            |p| u64::from(p.in_panic()),
+        ),
+    ];
+    for (name, kind, help, value) in pool_figures {
+        header(&mut out, name, kind, help);
+        for pool in &view.pools {
+            let _ = writeln!(out, "{name}{{pool=\"{}\"}} {}", esc(pool.name()), value(pool));
+        }
     }
     header(
         &mut out,
