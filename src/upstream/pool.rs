@@ -241,6 +241,7 @@ impl Pool {
         }
         let chosen: Vec<usize> = if panic { (0..total).collect() } else { eligible };
         let weights = self.effective_weights(&chosen, now);
+        let position = self.selection.load().selector.position();
         let selection = Selection::build(
             &self.members,
             chosen,
@@ -250,6 +251,7 @@ impl Pool {
             self.config.sticky.as_ref(),
             panic,
         );
+        selection.selector.resume_at(position);
         self.selection.store(Arc::new(selection));
     }
 

@@ -28,6 +28,14 @@ impl LeastConnections {
 }
 
 impl Select for LeastConnections {
+    fn position(&self) -> usize {
+        self.rotation.load(Ordering::Relaxed)
+    }
+
+    fn resume_at(&self, position: usize) {
+        self.rotation.store(position, Ordering::Relaxed);
+    }
+
     fn pick(&self, backends: &[Arc<Backend>], ctx: &PickContext) -> Option<usize> {
         // Load of backend i as a fraction in_flight / weight, compared without division.
         let load = |i: usize| {

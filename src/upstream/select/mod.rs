@@ -50,6 +50,17 @@ pub trait Select: Send + Sync + Debug {
     ///
     /// `backends` is the list, in the order, that the selector was built for.
     fn pick(&self, backends: &[Arc<Backend>], ctx: &PickContext) -> Option<usize>;
+
+    /// Where a rotating selector is in its rotation, so that a rebuilt one (after a health
+    /// change or reload) carries on rather than starting again at the first backend.
+    fn position(&self) -> usize {
+        0
+    }
+
+    /// Continues the rotation from `position` (see [`Select::position`]).
+    fn resume_at(&self, position: usize) {
+        let _ = position;
+    }
 }
 
 /// Algorithm settings beyond the name, from the pool's config.

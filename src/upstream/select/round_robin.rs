@@ -29,6 +29,14 @@ impl RoundRobin {
 }
 
 impl Select for RoundRobin {
+    fn position(&self) -> usize {
+        self.next.load(Ordering::Relaxed)
+    }
+
+    fn resume_at(&self, position: usize) {
+        self.next.store(position, Ordering::Relaxed);
+    }
+
     fn pick(&self, backends: &[Arc<Backend>], ctx: &PickContext) -> Option<usize> {
         if self.cycle.is_empty() || backends.is_empty() {
             return None;
@@ -125,6 +133,20 @@ mod tests {
         };
         let picks: Vec<u32> = (0..6).map(|_| rr.pick(&backends, &ctx).expect("pick") as u32).collect();
         assert_eq!(letters(&picks), "accacc");
+    }
+
+    #[test]
+    fn a_rebuilt_selector_resumes_the_rotation() {
+        let backends = backends(&[1, 1, 1]);
+        let old = RoundRobin::new(&weights(&backends));
+        let first: Vec<u32> = (0..2)
+            .map(|_| old.pick(&backends, &PickContext::default()).expect("pick") as u32)
+            .collect();
+        let new = RoundRobin::new(&weights(&backends));
+        new.resume_at(old.position());
+        let next = new.pick(&backends, &PickContext::default()).expect("pick") as u32;
+        assert_eq!(letters(&first), "ab");
+        assert_eq!(letters(&[next]), "c", "not back to a");
     }
 
     #[test]
