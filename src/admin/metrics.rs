@@ -101,82 +101,76 @@ pub fn render(view: &AdminView, reloads: &ReloadStats, started: Instant) -> Stri
         );
     }
 
-    let gauge = |out: &mut String, name: &str, help: &str, value: &dyn Fn(&crate::upstream::Member) -> String| {
-        header(out, name, "gauge", help);
-        for pool in &view.pools {
-            for m in pool.members() {
-                let _ = writeln!(
-                    out,
-                    "{name}{{pool=\"{}\",backend=\"{}\"}} {}",
-                    esc(pool.name()),
-                    m.backend.address(),
-                    value(m)
-                );
-            }
-        }
-    };
-    gauge(
-        &mut out,
-        "steelyard_in_flight_requests",
-        "Requests sent to a backend and not yet finished.",
-        &|m| m.backend.in_flight().to_string(),
+    // Every per-backend series: (name, type, help, value).
+    type Series = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&crate::upstream::Member) -> u64,
     );
-    gauge(
-        &mut out,
-        "steelyard_upstream_idle_connections",
-        "Idle keep-alive connections to a backend.",
-        &|m| m.connections.idle_count().to_string(),
-    );
-    gauge(
-        &mut out,
-        "steelyard_backend_healthy",
-        "1 when the backend receives new requests, else 0.",
-        &|m| u8::from(backend_state_is_up(m)).to_string(),
-    );
-    let counter = |out: &mut String, name: &str, help: &str, value: &dyn Fn(&crate::upstream::Member) -> u64| {
-        header(out, name, "counter", help);
-        for pool in &view.pools {
-            for m in pool.members() {
-                let _ = writeln!(
-                    out,
-                    "{name}{{pool=\"{}\",backend=\"{}\"}} {}",
-                    esc(pool.name()),
-                    m.backend.address(),
-                    value(m)
-                );
-            }
-        }
-    };
-    type Counter = (&'static str, &'static str, fn(&crate::upstream::Member) -> u64);
-    let counters: [Counter; 5] = [
+    let series: [Series; 8] = [
+        (
+            "steelyard_in_flight_requests",
+            "gauge",
+            "Requests sent to a backend and not yet finished.",
+            |m| m.backend.in_flight() as u64,
+        ),
+        (
+            "steelyard_upstream_idle_connections",
+            "gauge",
+            "Idle keep-alive connections to a backend.",
+            |m| m.connections.idle_count() as u64,
+        ),
+        (
+            "steelyard_backend_healthy",
+            "gauge",
+            "1 when the backend receives new requests, else 0.",
+            |m| u64::from(backend_state(m) == "healthy"),
+        ),
         (
             "steelyard_upstream_bytes_received_total",
+            "counter",
             "Response body bytes received from a backend.",
             |m| m.backend.bytes_received(),
         ),
         (
             "steelyard_upstream_bytes_sent_total",
+            "counter",
             "Request body bytes sent to a backend.",
             |m| m.backend.bytes_sent(),
         ),
         (
             "steelyard_backend_failures_total",
+            "counter",
             "Failed attempts at a backend (connect errors, resets, timeouts).",
             |m| m.backend.failures(),
         ),
         (
             "steelyard_health_transitions_total",
+            "counter",
             "Times active checks changed a backend's state.",
             |m| m.backend.health_transitions(),
         ),
         (
             "steelyard_ejections_total",
+            "counter",
             "Times passive health ejected a backend.",
             |m| m.backend.ejection_count(),
         ),
     ];
-    for (name, help, value) in counters {
-        counter(&mut out, name, help, &value);
+    for (name, kind, help, value) in series {
+        header(&mut out, name, kind, help);
+        for pool in &view.pools {
+            for m in pool.members() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{pool=\"{}\",backend=\"{}\"}} {}",
+                    esc(pool.name()),
+                    m.backend.address(),
+                    value(m)
+                );
+            }
+        }
     }
 
     type PoolFigure = (
@@ -239,10 +233,6 @@ pub fn render(view: &AdminView, reloads: &ReloadStats, started: Instant) -> Stri
         reloads.last_success_unix.load(Ordering::Relaxed)
     );
     out
-}
-
-fn backend_state_is_up(m: &crate::upstream::Member) -> bool {
-    backend_state(m) == "healthy"
 }
 
 fn histogram(out: &mut String, labels: &str, counts: &[u64], sum: f64) {

@@ -198,31 +198,8 @@ async fn proxy(
             Ok(Some((res, connection)))
         })
         .await;
-        let sent = match exchange {
-            Ok(Ok(Some((res, connection)))) => Ok(Ok((res, connection))),
-            // The streamed body already went to a backend: it cannot be sent again.
-            Ok(Ok(None)) => return last_failure.response(),
-            Ok(Err((true, e))) => Ok(Err(e)),
-            Err(elapsed) if request_sent => Err(elapsed),
-            connect_failure => {
-                let (failure, why) = match connect_failure {
-                    Ok(Err((_, e))) => (classify(&e), error_chain(&e)),
-                    _ => (
-                        ProxyError::ConnectTimeout,
-                        "no connection within the response_header timeout".into(),
-                    ),
-                };
-                pool.record_failure(index);
-                log_failure(pool, conn, backend.address(), failure, &why);
-                last_failure = failure;
-                if may_retry && config.retries.on_connect_failure && pool.retry_budget().try_withdraw() {
-                    continue;
-                }
-                return failure.response();
-            }
-        };
-        let (failure, why, retry_wanted) = match sent {
-            Ok(Ok((mut res, connection))) => {
+        let (failure, why, retry_wanted) = match exchange {
+            Ok(Ok(Some((mut res, connection)))) => {
                 let status = res.status().as_u16();
                 let is_5xx = status >= 500;
                 if is_5xx && config.passive.eject_on_5xx {
@@ -253,8 +230,10 @@ async fn proxy(
                 }
                 return res.map(|body| ProxyBody::upstream(body, in_flight, connection, slot));
             }
-            Ok(Err(e)) => (classify(&e), error_chain(&e), config.retries.on_reset),
-            Err(_) => {
+            // The streamed body already went to a backend: it cannot be sent again.
+            Ok(Ok(None)) => return last_failure.response(),
+            Ok(Err((true, e))) => (classify(&e), error_chain(&e), config.retries.on_reset),
+            Err(_) if request_sent => {
                 let overall = deadline.is_some_and(|d| attempt_deadline >= d);
                 if overall {
                     pool.record_failure(index);
@@ -265,6 +244,22 @@ async fn proxy(
                     "no response headers within the response_header timeout".into(),
                     config.retries.on_timeout,
                 )
+            }
+            connect_failure => {
+                let (failure, why) = match connect_failure {
+                    Ok(Err((_, e))) => (classify(&e), error_chain(&e)),
+                    _ => (
+                        ProxyError::ConnectTimeout,
+                        "no connection within the response_header timeout".into(),
+                    ),
+                };
+                pool.record_failure(index);
+                log_failure(pool, conn, backend.address(), failure, &why);
+                last_failure = failure;
+                if may_retry && config.retries.on_connect_failure && pool.retry_budget().try_withdraw() {
+                    continue;
+                }
+                return failure.response();
             }
         };
         pool.record_failure(index);
