@@ -9,6 +9,7 @@ pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod health;
+pub mod http1;
 pub mod proxy;
 pub mod server;
 pub mod upstream;

@@ -119,7 +119,7 @@ pub fn render(view: &AdminView, reloads: &ReloadStats, started: Instant) -> Stri
             "steelyard_upstream_idle_connections",
             "gauge",
             "Idle keep-alive connections to a backend.",
-            |m| m.connections.idle_count() as u64,
+            |m| (m.connections.idle_count() + m.idle.idle_count()) as u64,
         ),
         (
             "steelyard_backend_healthy",

@@ -67,6 +67,40 @@ pub struct ListenerSection {
     pub max_client_connections: Option<Spanned<i64>>,
     /// `access_log = { path, format }`.
     pub access_log: Option<Spanned<AccessLogSection>>,
+    /// `timeouts = { head, keep_alive, body_idle, response_body_idle, tunnel_idle }`.
+    pub timeouts: Option<Spanned<ListenerTimeoutsSection>>,
+    /// `limits = { header_bytes, header_count, uri_bytes, request_body }`.
+    pub limits: Option<Spanned<ListenerLimitsSection>>,
+}
+
+/// A listener's `timeouts = {...}`: how long clients may take.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTimeoutsSection {
+    /// Time to receive a whole request head.
+    pub head: Option<Spanned<String>>,
+    /// How long a keep-alive connection may wait for its next request.
+    pub keep_alive: Option<Spanned<String>>,
+    /// Longest time without a byte either way while a body moves.
+    pub body_idle: Option<Spanned<String>>,
+    /// Longest time without a byte from the backend while its response body streams.
+    pub response_body_idle: Option<Spanned<String>>,
+    /// Longest time without a byte either way on an upgraded connection.
+    pub tunnel_idle: Option<Spanned<String>>,
+}
+
+/// A listener's `limits = {...}` on requests.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerLimitsSection {
+    /// Most bytes in a request head.
+    pub header_bytes: Option<Spanned<i64>>,
+    /// Most header fields in a request.
+    pub header_count: Option<Spanned<i64>>,
+    /// Longest request target.
+    pub uri_bytes: Option<Spanned<i64>>,
+    /// Largest request body.
+    pub request_body: Option<Spanned<i64>>,
 }
 
 /// `access_log = { path = "-" | "/var/log/...", format = "combined" | "json" }`.

@@ -5,6 +5,7 @@
 //! of [`ConfigError`]s that each name the file, line, column and key. Quick mode
 //! ([`Config::quick`]) builds the same model from command-line flags.
 
+pub mod client;
 pub mod file;
 pub mod resilience;
 
@@ -22,6 +23,7 @@ pub use resilience::{CheckKind, HealthCheckConfig, PassiveConfig, RetryConfig, S
 use crate::proxy::access_log::{AccessLogConfig, AccessLogFormat};
 use crate::upstream::hash_key::HashKey;
 use crate::upstream::select::SelectOptions;
+pub use client::ClientSettings;
 use file::{BackendEntry, FileConfig, PoolSection, TimeoutsSection};
 
 /// Largest accepted backend weight (HAProxy's limit too); keeps the weighted schedule small.
@@ -93,6 +95,8 @@ pub struct ListenerConfig {
     pub max_client_connections: Option<usize>,
     /// Its access log, if any.
     pub access_log: Option<AccessLogConfig>,
+    /// Edge timeouts and request limits.
+    pub client: ClientSettings,
 }
 
 /// One route: which requests go to which pool.
@@ -632,6 +636,7 @@ impl Config {
                 routes,
                 max_client_connections,
                 access_log,
+                client: client::validate(&format!("listeners[{i}]"), &l.timeouts, &l.limits, check),
             });
         }
 
@@ -664,6 +669,7 @@ impl Config {
                 }],
                 max_client_connections: None,
                 access_log: None,
+                client: ClientSettings::default(),
             }],
             pools: vec![PoolConfig {
                 name: "default".into(),

@@ -152,11 +152,7 @@ async fn proxy(
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return timed_out(pool, conn);
         }
-        let view = RequestView {
-            client_ip: conn.peer.ip(),
-            headers: &parts.headers,
-            uri: &parts.uri,
-        };
+        let view = RequestView::of_map(conn.peer.ip(), &parts.headers, &parts.uri);
         let Some(picked) = pool.pick(&view, &tried[..attempts]) else {
             return last_failure.response();
         };

@@ -4,6 +4,7 @@ pub mod access_log;
 pub mod body;
 pub mod error;
 pub mod forward;
+pub mod h1;
 pub mod headers;
 pub mod router;
 

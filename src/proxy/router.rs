@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use super::access_log::AccessLog;
-use crate::config::{HostMatch, ListenerConfig};
+use crate::config::{ClientSettings, HostMatch, ListenerConfig};
 use crate::upstream::Pool;
 
 /// A listener's routes, sorted so that the first match is the most specific one.
@@ -12,6 +12,7 @@ use crate::upstream::Pool;
 pub struct Router {
     routes: Vec<Route>,
     access_log: Option<AccessLog>,
+    client: ClientSettings,
 }
 
 #[derive(Debug)]
@@ -63,6 +64,7 @@ impl Router {
         Router {
             routes,
             access_log: None,
+            client: listener.client,
         }
     }
 
@@ -70,6 +72,11 @@ impl Router {
     pub fn with_access_log(mut self, log: Option<AccessLog>) -> Router {
         self.access_log = log;
         self
+    }
+
+    /// The listener's edge timeouts and request limits.
+    pub fn client_settings(&self) -> &ClientSettings {
+        &self.client
     }
 
     /// The listener's access log, if it has one.

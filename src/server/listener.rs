@@ -1,29 +1,18 @@
-//! Accepting client connections and serving HTTP/1.1 and HTTP/2 (prior knowledge) on them.
+//! Accepting client connections, counting them against the listener's limit, and handing
+//! each to the HTTP/1 engine (which passes HTTP/2 prior-knowledge connections to hyper).
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use super::StartError;
-use crate::proxy::forward::{forward, ConnInfo};
-use crate::proxy::Router;
-
-/// The HTTP server settings shared by every connection.
-pub type HttpBuilder = auto::Builder<TokioExecutor>;
-
-/// How long a client may take to send a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::http1::connection::Shared;
 
 /// Binds a listening socket with `SO_REUSEADDR` (fast restarts) and a deep accept backlog.
 /// With `shared`, `SO_REUSEPORT` lets every worker bind its own socket to the address.
@@ -44,18 +33,6 @@ pub fn bind(addr: SocketAddr, shared: bool) -> Result<std::net::TcpListener, Sta
     Ok(socket.into())
 }
 
-/// The HTTP/1.1 + HTTP/2 server configuration.
-pub fn http_builder() -> HttpBuilder {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
-    builder
-}
-
 /// Counts a listener's open client connections against its limit.
 #[derive(Debug)]
 pub struct ConnectionLimit {
@@ -63,6 +40,10 @@ pub struct ConnectionLimit {
     max: AtomicUsize,
     /// Requests received on this listener (kept across reloads).
     requests: AtomicU64,
+    /// Upgraded (WebSocket) connections open now.
+    tunnels: AtomicUsize,
+    /// Upgraded connections so far.
+    tunnels_total: AtomicU64,
 }
 
 /// One counted client connection; uncounted on drop.
@@ -81,7 +62,35 @@ impl ConnectionLimit {
             open: AtomicUsize::new(0),
             max: AtomicUsize::new(max),
             requests: AtomicU64::new(0),
+            tunnels: AtomicUsize::new(0),
+            tunnels_total: AtomicU64::new(0),
         })
+    }
+
+    /// Counts a request received.
+    pub fn count_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection that became a tunnel after a 101.
+    pub fn tunnel_opened(&self) {
+        self.tunnels.fetch_add(1, Ordering::Relaxed);
+        self.tunnels_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a tunnel that closed.
+    pub fn tunnel_closed(&self) {
+        self.tunnels.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Upgraded connections open now.
+    pub fn tunnels(&self) -> usize {
+        self.tunnels.load(Ordering::Relaxed)
+    }
+
+    /// Upgraded connections so far.
+    pub fn tunnels_total(&self) -> u64 {
+        self.tunnels_total.load(Ordering::Relaxed)
     }
 
     /// Requests received on this listener so far.
@@ -119,9 +128,7 @@ async fn refuse(mut stream: TcpStream) {
 /// Accepts connections until `stop` turns true; each connection is served on its own task.
 pub async fn accept_loop(
     listener: TcpListener,
-    router: Arc<ArcSwap<Router>>,
-    http: Arc<HttpBuilder>,
-    limit: Arc<ConnectionLimit>,
+    shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
     active: mpsc::Sender<()>,
 ) {
@@ -129,16 +136,17 @@ pub async fn accept_loop(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let limit = &shared.limit;
                     let Some(counted) = limit.admit() else {
                         tracing::warn!(client = %peer, max = limit.max.load(Ordering::Relaxed), "too many client connections; refusing one");
                         tokio::spawn(refuse(stream));
                         continue;
                     };
-                    let (router, http, stop, active) = (Arc::clone(&router), Arc::clone(&http), stop.clone(), active.clone());
+                    let (shared, stop, active) = (Arc::clone(&shared), stop.clone(), active.clone());
                     tokio::spawn(async move {
-                        let limit = Arc::clone(&counted.0);
-                        serve(stream, peer, router, http, limit, stop, active).await;
+                        crate::http1::connection::serve(stream, peer, shared, stop).await;
                         drop(counted);
+                        drop(active);
                     });
                 }
                 Err(e) => {
@@ -152,39 +160,39 @@ pub async fn accept_loop(
     }
 }
 
-/// Serves one client connection; on shutdown, finishes the in-flight request and closes.
-async fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
-    router: Arc<ArcSwap<Router>>,
-    http: Arc<HttpBuilder>,
-    listener: Arc<ConnectionLimit>,
-    mut stop: watch::Receiver<bool>,
-    _active: mpsc::Sender<()>,
-) {
-    let _ = stream.set_nodelay(true);
-    let info = Arc::new(ConnInfo::new(peer));
-    let service = service_fn(move |req| {
-        listener.requests.fetch_add(1, Ordering::Relaxed);
-        let router = Arc::clone(&router);
-        let info = Arc::clone(&info);
-        async move { Ok::<_, Infallible>(forward(req, &router, &info).await) }
-    });
-    let conn = http.serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        result = conn.as_mut() => result,
-        () = stopped(&mut stop) => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
-    }
-}
-
 /// Completes when shutdown starts (or the server is gone).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// The default cap on a listener's client connections: half the process's file descriptors
+/// (each proxied request may need a backend connection too), less a reserve for listeners,
+/// logs and health checks. Raises the soft descriptor limit to the hard one first, as nginx's
+/// `worker_rlimit_nofile` and Go's runtime do.
+pub fn default_max_client_connections() -> usize {
+    static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit read and write the struct we pass, nothing else.
+        let soft = unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                return 1024;
+            }
+            if lim.rlim_cur < lim.rlim_max {
+                let raised = libc::rlimit {
+                    rlim_cur: lim.rlim_max,
+                    rlim_max: lim.rlim_max,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                    lim.rlim_cur = lim.rlim_max;
+                }
+            }
+            lim.rlim_cur
+        };
+        let soft = usize::try_from(soft).unwrap_or(usize::MAX / 4).min(1 << 22);
+        (soft.saturating_sub(256) / 2).max(64)
+    })
 }

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::admin::{AdminState, AdminView};
 use crate::config::{self, Config, ListenerConfig};
+use crate::http1::connection::{Registry, Shared};
 use crate::proxy::access_log::{AccessLog, AccessLogConfig};
 use crate::proxy::Router;
 use crate::upstream::registry::BackendRegistry;
@@ -60,15 +61,24 @@ struct RunningListener {
     addr: SocketAddr,
     router: Arc<ArcSwap<Router>>,
     limit: Arc<listener::ConnectionLimit>,
+    /// Its open HTTP/1 connections, closed when idle at shutdown.
+    registry: Arc<Registry>,
     /// Set to stop accepting and drain this listener's connections.
     stop: watch::Sender<bool>,
+}
+
+impl RunningListener {
+    /// Stops accepting; idle connections close now, busy ones after their request.
+    fn stop(&self) {
+        let _ = self.stop.send(true);
+        self.registry.stop();
+    }
 }
 
 /// Everything a serving server holds; replaced piece by piece on reload.
 struct Running {
     config: Config,
     registry: BackendRegistry,
-    http: Arc<listener::HttpBuilder>,
     /// Each accept loop and connection holds a clone; when all are gone, draining is done.
     active: mpsc::Sender<()>,
     listeners: Vec<RunningListener>,
@@ -143,7 +153,6 @@ impl Server {
         let mut running = Running {
             workers,
             registry: BackendRegistry::new(),
-            http: Arc::new(listener::http_builder()),
             active,
             listeners: Vec::new(),
             pools: Vec::new(),
@@ -183,7 +192,7 @@ impl Server {
         let drain = running.config.drain_timeout;
         tracing::info!("shutting down: no longer accepting; draining in-flight requests for up to {drain:?}");
         for l in &running.listeners {
-            let _ = l.stop.send(true);
+            l.stop();
         }
         let Running {
             active,
@@ -296,7 +305,17 @@ impl Running {
         let router = self.router(&config)?;
         tracing::info!(listener = %config.name, "listening on http://{addr}, routing {}", router.describe());
         let router = Arc::new(ArcSwap::from_pointee(router));
-        let limit = listener::ConnectionLimit::new(config.max_client_connections.unwrap_or(usize::MAX));
+        let limit = listener::ConnectionLimit::new(
+            config
+                .max_client_connections
+                .unwrap_or_else(listener::default_max_client_connections),
+        );
+        let registry = Arc::new(Registry::default());
+        let shared = Arc::new(Shared {
+            router: Arc::clone(&router),
+            limit: Arc::clone(&limit),
+            registry: Arc::clone(&registry),
+        });
         let (stop, stopped) = watch::channel(false);
         // One socket per worker, all bound to the same address; the first is already bound.
         let mut sockets = vec![socket];
@@ -304,11 +323,11 @@ impl Running {
             sockets.push(listener::bind(addr, true)?);
         }
         for (worker, socket) in self.workers.handles().iter().zip(sockets) {
-            let (router, http, limit) = (Arc::clone(&router), Arc::clone(&self.http), Arc::clone(&limit));
+            let shared = Arc::clone(&shared);
             let (stopped, active) = (stopped.clone(), self.active.clone());
             worker.spawn(async move {
                 match tokio::net::TcpListener::from_std(socket) {
-                    Ok(socket) => listener::accept_loop(socket, router, http, limit, stopped, active).await,
+                    Ok(socket) => listener::accept_loop(socket, shared, stopped, active).await,
                     Err(e) => tracing::error!("cannot accept on {addr}: {e}"),
                 }
             });
@@ -318,6 +337,7 @@ impl Running {
             addr,
             router,
             limit,
+            registry,
             stop,
         });
         Ok(())

@@ -162,7 +162,10 @@ impl Running {
                     if let Some(router) = routers.next() {
                         running.router.store(std::sync::Arc::new(router));
                     }
-                    running.limit.set_max(l.max_client_connections.unwrap_or(usize::MAX));
+                    running.limit.set_max(
+                        l.max_client_connections
+                            .unwrap_or_else(listener::default_max_client_connections),
+                    );
                     running.config = l;
                     listeners.push(running);
                 }
@@ -175,7 +178,7 @@ impl Running {
         }
         for removed in old.into_iter().flatten() {
             tracing::info!(listener = %removed.config.name, "listener removed; draining its connections");
-            let _ = removed.stop.send(true);
+            removed.stop();
         }
         self.listeners = listeners;
         let summary = ReloadSummary {

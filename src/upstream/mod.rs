@@ -4,6 +4,7 @@ pub mod backend;
 pub mod connection;
 pub mod hash;
 pub mod hash_key;
+pub mod idle;
 pub mod pool;
 pub mod registry;
 pub mod retry_budget;
@@ -11,5 +12,5 @@ pub mod select;
 pub mod sticky;
 
 pub use backend::{Backend, InFlight};
-pub use hash_key::{HashKey, RequestView};
+pub use hash_key::{HashKey, Headers, RequestView};
 pub use pool::{Member, Picked, Pool, Selection};

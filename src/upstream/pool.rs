@@ -15,6 +15,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use super::backend::clock_nanos;
 use super::connection::ConnectionPool;
+use super::idle::IdleConnections;
 use super::registry::BackendRegistry;
 use super::retry_budget::RetryBudget;
 use super::select::{self, PickContext, Select, SelectOptions};
@@ -27,8 +28,10 @@ use crate::config::{Algorithm, PoolConfig, StickyConfig};
 pub struct Member {
     /// The backend and its live figures.
     pub backend: Arc<Backend>,
-    /// Its idle keep-alive connections.
+    /// Its idle keep-alive connections for requests that arrived over HTTP/2 (hyper's client).
     pub connections: Arc<ConnectionPool>,
+    /// Its idle keep-alive connections for the HTTP/1 engine.
+    pub idle: Arc<IdleConnections>,
     /// Slots under `max_connections`, if limited.
     pub slots: Option<Arc<Semaphore>>,
 }
@@ -135,6 +138,11 @@ impl Pool {
                     Some(_) => {}
                 }
                 Member {
+                    idle: Arc::new(IdleConnections::new(
+                        b.address,
+                        config.timeouts.connect,
+                        config.timeouts.idle,
+                    )),
                     connections: Arc::new(ConnectionPool::new(
                         b.address,
                         config.timeouts.connect,
@@ -344,7 +352,7 @@ impl Pool {
         let local = match selection
             .sticky
             .as_ref()
-            .and_then(|s| s.requested(req.headers))
+            .and_then(|s| s.requested(&req.headers))
             .filter(|&i| ctx.allows(i))
         {
             Some(i) => i,
@@ -416,7 +424,10 @@ fn spawn_rebuilder(pool: Weak<Pool>, changed: Arc<Notify>) {
 /// Closes idle connections past their idle timeout, about twice per timeout, until the pool is
 /// dropped.
 fn spawn_idle_sweeper(members: &[Member], idle: Duration) {
-    let weak: Vec<Weak<ConnectionPool>> = members.iter().map(|m| Arc::downgrade(&m.connections)).collect();
+    let weak: Vec<(Weak<ConnectionPool>, Weak<IdleConnections>)> = members
+        .iter()
+        .map(|m| (Arc::downgrade(&m.connections), Arc::downgrade(&m.idle)))
+        .collect();
     let period = (idle / 2).max(Duration::from_millis(100));
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(period);
@@ -425,9 +436,15 @@ fn spawn_idle_sweeper(members: &[Member], idle: Duration) {
         loop {
             tick.tick().await;
             let mut alive = false;
-            for pool in weak.iter().filter_map(Weak::upgrade) {
-                pool.sweep();
-                alive = true;
+            for (pool, idle) in &weak {
+                if let Some(pool) = pool.upgrade() {
+                    pool.sweep();
+                    alive = true;
+                }
+                if let Some(idle) = idle.upgrade() {
+                    idle.sweep();
+                    alive = true;
+                }
             }
             if !alive {
                 return;

@@ -3,10 +3,9 @@
 use std::sync::Arc;
 
 use http::header::HeaderValue;
-use http::HeaderMap;
 
 use super::hash::hash64_seeded;
-use super::hash_key::cookie;
+use super::hash_key::{cookie, Headers};
 use super::Backend;
 use crate::config::StickyConfig;
 
@@ -49,7 +48,7 @@ impl Sticky {
     }
 
     /// The backend index the request's cookie names, if it names one of ours.
-    pub fn requested(&self, headers: &HeaderMap) -> Option<usize> {
+    pub fn requested(&self, headers: &Headers) -> Option<usize> {
         let value = cookie(headers, &self.cookie)?;
         let id = u64::from_str_radix(value, 16).ok()?;
         self.ids.iter().position(|&i| i == id)

@@ -1,0 +1,321 @@
+//! The client connection: one task that waits for bytes holding no buffer, serves each
+//! request in turn (pipelined ones in order), hands HTTP/2 prior-knowledge connections to
+//! hyper, and closes on timeouts, errors or shutdown.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use arc_swap::ArcSwap;
+use http::header::HeaderValue;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::buffer::{Buffer, BUF_SIZE};
+use super::io::Timer;
+use super::recycle::Recycled;
+use crate::proxy::h1::{self, Next};
+use crate::proxy::Router;
+use crate::server::listener::ConnectionLimit;
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What every connection of one listener shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// The listener's routes (swapped on reload).
+    pub router: Arc<ArcSwap<Router>>,
+    /// Its connection counts and limit.
+    pub limit: Arc<ConnectionLimit>,
+    /// Its open connections, to close idle ones at shutdown.
+    pub registry: Arc<Registry>,
+}
+
+impl Shared {
+    /// True once shutdown started: finish the request in hand and close.
+    pub fn stopping(&self) -> bool {
+        self.registry.stopping.load(Ordering::SeqCst)
+    }
+}
+
+/// What the request path knows about the client connection.
+#[derive(Debug)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Its IP, rendered once for `X-Forwarded-For`.
+    pub client_ip: HeaderValue,
+}
+
+/// A client connection: its socket, its (pooled, usually absent) buffer, who it is.
+#[derive(Debug)]
+pub struct Client {
+    /// The socket.
+    pub stream: TcpStream,
+    /// Bytes read and not yet consumed; holds no memory while empty.
+    pub buf: Buffer,
+    /// Who it is.
+    pub info: ConnInfo,
+}
+
+/// The open connections of a listener, so that shutdown can close the idle ones at once
+/// (locked per connection, never per request).
+#[derive(Debug, Default)]
+pub struct Registry {
+    stopping: AtomicBool,
+    open: Mutex<Vec<Option<Entry>>>,
+}
+
+/// A registered connection: its descriptor and whether it waits idle.
+type Entry = (i32, Arc<AtomicBool>);
+
+/// A connection's entry in the registry; removed (before the socket closes) on drop.
+struct Registration<'a> {
+    registry: &'a Registry,
+    slot: usize,
+    idle: Arc<AtomicBool>,
+}
+
+impl Registry {
+    fn register(&self, stream: &TcpStream) -> Registration<'_> {
+        use std::os::fd::AsRawFd;
+        let idle = Arc::new(AtomicBool::new(false));
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = Some((stream.as_raw_fd(), Arc::clone(&idle)));
+        let slot = match open.iter().position(Option::is_none) {
+            Some(i) => {
+                open[i] = entry;
+                i
+            }
+            None => {
+                open.push(entry);
+                open.len() - 1
+            }
+        };
+        Registration {
+            registry: self,
+            slot,
+            idle,
+        }
+    }
+
+    /// Starts shutdown: connections finish the request in hand; idle ones are closed now.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        for (fd, idle) in open.iter().flatten() {
+            if idle.load(Ordering::SeqCst) {
+                // Entries are removed under this lock before their socket closes, so `fd`
+                // is still this connection's. Its read wakes with EOF and it closes.
+                shutdown_read(*fd);
+            }
+        }
+    }
+}
+
+fn shutdown_read(fd: i32) {
+    // SAFETY: `shutdown(2)` takes a descriptor number and touches no memory of ours.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RD);
+    }
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        let mut open = self.registry.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = open.get_mut(self.slot) {
+            *entry = None;
+        }
+    }
+}
+
+/// Serves one client connection until it closes.
+pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+    let _ = stream.set_nodelay(true);
+    let registration = shared.registry.register(&stream);
+    let ip = peer.ip().to_canonical();
+    let client_ip = HeaderValue::try_from(ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"));
+    let mut conn = Client {
+        stream,
+        buf: Buffer::default(),
+        info: ConnInfo { peer, client_ip },
+    };
+    let settings = *shared.router.load().client_settings();
+    let mut deadline = Instant::now() + settings.head_timeout;
+    let sleep = tokio::time::sleep_until(deadline);
+    tokio::pin!(sleep);
+    let mut timer = Timer::new(sleep.as_mut());
+    let mut first = true;
+    loop {
+        if conn.buf.is_empty() {
+            // Idle: no buffer held, one timer armed.
+            conn.buf.release_if_empty();
+            registration.idle.store(true, Ordering::SeqCst);
+            if shared.stopping() {
+                break;
+            }
+            timer.require(deadline);
+            let ready = loop {
+                tokio::select! {
+                    biased;
+                    r = conn.stream.readable() => break r.is_ok(),
+                    () = timer.fired() => {
+                        if Instant::now() >= deadline {
+                            break false;
+                        }
+                        timer.set(deadline);
+                    }
+                }
+            };
+            registration.idle.store(false, Ordering::SeqCst);
+            if !ready {
+                break;
+            }
+            match conn.stream.try_read(conn.buf.spare(BUF_SIZE)) {
+                Ok(0) => break,
+                Ok(n) => conn.buf.filled(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    conn.buf.release_if_empty();
+                    continue;
+                }
+                Err(_) => break,
+            }
+            if !first {
+                deadline = Instant::now() + settings.head_timeout;
+            }
+        }
+        if first {
+            first = false;
+            if is_h2_preface(&mut conn).await {
+                drop(registration);
+                serve_h2(conn, shared, stop).await;
+                return;
+            }
+        }
+        let next = Recycled::new(h1::serve(&mut conn, &shared, &mut timer, deadline)).await;
+        match next {
+            Next::KeepAlive => {
+                let settings = shared.router.load().client_settings().to_owned();
+                deadline = Instant::now() + settings.keep_alive_timeout;
+                if !conn.buf.is_empty() {
+                    // A pipelined request: its head timer starts now.
+                    deadline = Instant::now() + settings.head_timeout;
+                }
+            }
+            Next::Close => break,
+        }
+    }
+    drop(registration);
+}
+
+/// True when the connection starts with the HTTP/2 preface (reads more while what arrived is
+/// a prefix of it).
+async fn is_h2_preface(conn: &mut Client) -> bool {
+    use tokio::io::AsyncReadExt;
+    loop {
+        let unread = conn.buf.unread();
+        let n = unread.len().min(H2_PREFACE.len());
+        if unread[..n] != H2_PREFACE[..n] {
+            return false;
+        }
+        if n == H2_PREFACE.len() {
+            return true;
+        }
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            conn.stream.read(conn.buf.spare(BUF_SIZE)),
+        )
+        .await;
+        match read {
+            Ok(Ok(k)) if k > 0 => conn.buf.filled(k),
+            _ => return false,
+        }
+    }
+}
+
+/// Serves an HTTP/2 (prior knowledge) connection with hyper, on the hyper-based request path.
+async fn serve_h2(conn: Client, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let info = Arc::new(crate::proxy::forward::ConnInfo::new(conn.info.peer));
+    let router = Arc::clone(&shared.router);
+    let limit = Arc::clone(&shared.limit);
+    let service = hyper::service::service_fn(move |req| {
+        limit.count_request();
+        let router = Arc::clone(&router);
+        let info = Arc::clone(&info);
+        async move { Ok::<_, std::convert::Infallible>(crate::proxy::forward::forward(req, &router, &info).await) }
+    });
+    let io = Rewind {
+        prefix: conn.buf.unread().to_vec(),
+        pos: 0,
+        inner: conn.stream,
+    };
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(std::time::Duration::from_secs(60)));
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        r = connection.as_mut() => r,
+        () = async { let _ = stop.wait_for(|s| *s).await; } => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "HTTP/2 client connection ended with an error");
+    }
+}
+
+/// A stream whose first bytes were already read: they are read again first.
+struct Rewind {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        if self.pos < self.prefix.len() {
+            let n = (self.prefix.len() - self.pos).min(buf.remaining());
+            let start = self.pos;
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.pos += n;
+            if self.pos == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,471 @@
+//! One attempt's I/O with a backend: the request body going up and the response coming down,
+//! driven side by side on the client's task (a backend may answer, or echo, before the
+//! request body ends), then an upgraded connection's tunnel.
+
+use std::io::IoSlice;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::buffer::{Buffer, BUF_SIZE};
+use super::chunked::{self, ChunkError, Decoder, Event};
+use super::head::{self, Field, Framing, HeadError, Method, ResponseHead};
+use super::io::write_all_vectored;
+use super::write::{self, ClientFraming};
+
+/// Largest response head accepted from a backend.
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// What both halves of an exchange report as they go, for timeouts and the outcome.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Bumped on every read or write, either side.
+    pub any: AtomicU64,
+    /// Bumped on every read from the backend.
+    pub upstream: AtomicU64,
+    /// Set once a final response head arrived.
+    pub head_received: AtomicBool,
+    /// Set once response bytes went to the client (nothing can be retried or replaced then).
+    pub client_written: AtomicBool,
+    /// Request body bytes sent to the backend.
+    pub body_sent: AtomicU64,
+    /// Response body bytes sent to the client.
+    pub body_received: AtomicU64,
+}
+
+impl Progress {
+    fn tick(&self) {
+        self.any.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// How the upload half ended without a client-side failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Uploaded {
+    /// The whole body went up.
+    Done,
+    /// Writing to the backend failed; the body did not all go up.
+    UpstreamGone,
+}
+
+/// Why the upload half failed on the client's side.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// The client closed or reset the connection mid-body.
+    #[error("client went away mid-body")]
+    ClientGone,
+    /// The client's chunked body is malformed.
+    #[error(transparent)]
+    Malformed(#[from] ChunkError),
+    /// The body is larger than the listener allows.
+    #[error("request body too large")]
+    TooLarge,
+}
+
+/// Streams the rest of the request body (framed by `framing`, `remaining` bytes left for a
+/// length) from the client to the backend, re-encoding chunks. Leaves any bytes after the body
+/// (a pipelined request) unread in `cbuf`.
+pub async fn upload<R, W>(
+    crd: &mut R,
+    cbuf: &mut Buffer,
+    uwr: &mut W,
+    framing: Framing,
+    mut remaining: u64,
+    max_body: Option<u64>,
+    progress: &Progress,
+) -> Result<Uploaded, UploadError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut upstream_ok = true;
+    let mut total = 0u64;
+    let mut decoder = Decoder::new();
+    loop {
+        match framing {
+            Framing::Empty | Framing::Close => return Ok(Uploaded::Done),
+            Framing::Length(_) => {
+                if remaining == 0 {
+                    return Ok(if upstream_ok {
+                        Uploaded::Done
+                    } else {
+                        Uploaded::UpstreamGone
+                    });
+                }
+                let unread = cbuf.unread();
+                if !unread.is_empty() {
+                    let n = unread.len().min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                    if upstream_ok {
+                        if uwr.write_all(&unread[..n]).await.is_ok() {
+                            progress.body_sent.fetch_add(n as u64, Ordering::Relaxed);
+                        } else {
+                            upstream_ok = false;
+                        }
+                    }
+                    progress.tick();
+                    cbuf.consume(n);
+                    remaining -= n as u64;
+                    continue;
+                }
+            }
+            Framing::Chunked => {
+                let unread = cbuf.unread();
+                if !unread.is_empty() {
+                    let (used, event) = decoder.decode(unread)?;
+                    let mut done = false;
+                    match event {
+                        Some(Event::Data { start, len }) => {
+                            total += len as u64;
+                            if max_body.is_some_and(|m| total > m) {
+                                return Err(UploadError::TooLarge);
+                            }
+                            let mut size = [0u8; 18];
+                            let s = chunked::size_line(len, &mut size);
+                            let mut slices = [
+                                IoSlice::new(&size[..s]),
+                                IoSlice::new(&unread[start..start + len]),
+                                IoSlice::new(b"\r\n"),
+                            ];
+                            if upstream_ok {
+                                if write_all_vectored(uwr, &mut slices).await.is_ok() {
+                                    progress.body_sent.fetch_add(len as u64, Ordering::Relaxed);
+                                } else {
+                                    upstream_ok = false;
+                                }
+                            }
+                        }
+                        Some(Event::End { start, len }) => {
+                            let mut slices = [
+                                IoSlice::new(b"0\r\n"),
+                                IoSlice::new(&unread[start..start + len]),
+                                IoSlice::new(b"\r\n"),
+                            ];
+                            if upstream_ok && write_all_vectored(uwr, &mut slices).await.is_err() {
+                                upstream_ok = false;
+                            }
+                            done = true;
+                        }
+                        None => {}
+                    }
+                    progress.tick();
+                    cbuf.consume(used);
+                    if done {
+                        return Ok(if upstream_ok {
+                            Uploaded::Done
+                        } else {
+                            Uploaded::UpstreamGone
+                        });
+                    }
+                    if event.is_some() {
+                        continue;
+                    }
+                }
+            }
+        }
+        // Room for more after what is unread (an incomplete chunk line or trailers).
+        let limit = cbuf.prefix().len() + BUF_SIZE + chunked::MAX_TRAILERS;
+        let spare = cbuf.spare(limit);
+        if spare.is_empty() {
+            return Err(UploadError::Malformed(ChunkError("chunk line too long")));
+        }
+        match crd.read(spare).await {
+            Ok(0) | Err(_) => return Err(UploadError::ClientGone),
+            Ok(n) => {
+                cbuf.filled(n);
+                progress.tick();
+            }
+        }
+    }
+}
+
+/// What the download half needs to know about the request.
+#[derive(Debug, Clone, Copy)]
+pub struct ResponsePlan<'a> {
+    /// The request's method (HEAD: no body).
+    pub method: Method,
+    /// The client's HTTP minor version.
+    pub client_minor: u8,
+    /// The request asked to upgrade: a 101 opens a tunnel.
+    pub upgrade: bool,
+    /// The client connection may stay open after this response.
+    pub keep_alive: bool,
+    /// Field lines to add to the response (a sticky cookie), CRLF-terminated.
+    pub extra: &'a [u8],
+}
+
+/// How the download half ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Downloaded {
+    /// The response went to the client whole.
+    Complete {
+        /// Its status.
+        status: u16,
+        /// The backend connection can carry another request.
+        reusable: bool,
+        /// The client connection can carry another request.
+        keep_alive: bool,
+    },
+    /// A 101 went to the client: the connection is now a tunnel.
+    Upgraded,
+    /// The final status is one to retry elsewhere; nothing went to the client.
+    Retry {
+        /// The status.
+        status: u16,
+    },
+}
+
+/// Why the download half failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    /// The backend closed, reset or failed before a whole response head.
+    #[error("backend connection failed before the response: {0}")]
+    Upstream(&'static str),
+    /// The backend's response head is malformed.
+    #[error("malformed response head: {0}")]
+    MalformedHead(HeadError),
+    /// The backend failed mid-body (the client gets a truncated response).
+    #[error("backend failed mid-response: {0}")]
+    Body(&'static str),
+    /// Writing to the client failed.
+    #[error("client went away")]
+    Client,
+}
+
+/// Reads the backend's response (relaying 100 and 103 to HTTP/1.1 clients), writes its head to
+/// the client rewritten, and streams its body, re-framed when needed.
+#[allow(clippy::too_many_arguments)]
+pub async fn download<R, W>(
+    urd: &mut R,
+    ubuf: &mut Buffer,
+    cwr: &mut W,
+    out: &mut Vec<u8>,
+    fields: &mut Vec<Field>,
+    plan: &ResponsePlan<'_>,
+    retry_on: impl Fn(u16) -> bool,
+    progress: &Progress,
+) -> Result<Downloaded, DownloadError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let res: ResponseHead = loop {
+        let res = loop {
+            match head::parse_response(ubuf.unread(), MAX_RESPONSE_HEAD, fields) {
+                Ok(Some(res)) => break res,
+                Ok(None) => {}
+                Err(e) => return Err(DownloadError::MalformedHead(e)),
+            }
+            match urd.read(ubuf.spare(MAX_RESPONSE_HEAD)).await {
+                Ok(0) => return Err(DownloadError::Upstream("connection closed")),
+                Err(_) => return Err(DownloadError::Upstream("connection reset")),
+                Ok(n) => {
+                    ubuf.filled(n);
+                    progress.upstream.fetch_add(1, Ordering::Relaxed);
+                    progress.tick();
+                }
+            }
+        };
+        if res.status == 101 {
+            if !plan.upgrade {
+                return Err(DownloadError::MalformedHead(HeadError::Malformed(
+                    "101 without an upgrade request",
+                )));
+            }
+            write::response_head(out, ubuf.unread(), &res, fields, ClientFraming::Empty, true, 1, b"");
+            progress.client_written.store(true, Ordering::Relaxed);
+            cwr.write_all(out).await.map_err(|_| DownloadError::Client)?;
+            ubuf.consume(res.len);
+            return Ok(Downloaded::Upgraded);
+        }
+        if res.status < 200 {
+            // 1xx: relayed to HTTP/1.1 clients (never to 1.0 ones), then the next head.
+            if plan.client_minor == 1 {
+                write::response_head(out, ubuf.unread(), &res, fields, ClientFraming::Empty, true, 1, b"");
+                cwr.write_all(out).await.map_err(|_| DownloadError::Client)?;
+            }
+            ubuf.consume(res.len);
+            continue;
+        }
+        break res;
+    };
+    progress.head_received.store(true, Ordering::Relaxed);
+    if retry_on(res.status) {
+        return Ok(Downloaded::Retry { status: res.status });
+    }
+    let framing = write::client_framing(&res, plan.method, plan.client_minor);
+    let has_body = !(plan.method == Method::Head || res.status == 204 || res.status == 304);
+    let upstream_framing = if has_body { res.framing } else { Framing::Empty };
+    let keep_alive = plan.keep_alive && framing != ClientFraming::Close;
+    write::response_head(
+        out,
+        ubuf.unread(),
+        &res,
+        fields,
+        framing,
+        keep_alive,
+        plan.client_minor,
+        plan.extra,
+    );
+    ubuf.consume(res.len);
+    progress.client_written.store(true, Ordering::Relaxed);
+
+    // The head and whatever of a sized body already arrived go out in one write.
+    let mut remaining = match upstream_framing {
+        Framing::Length(n) => n,
+        _ => 0,
+    };
+    {
+        let prefix = match upstream_framing {
+            Framing::Length(n) => {
+                let u = ubuf.unread();
+                &u[..u.len().min(usize::try_from(n).unwrap_or(usize::MAX))]
+            }
+            _ => &[],
+        };
+        let sent = prefix.len();
+        let mut slices = [IoSlice::new(out), IoSlice::new(prefix)];
+        write_all_vectored(cwr, &mut slices)
+            .await
+            .map_err(|_| DownloadError::Client)?;
+        progress.tick();
+        remaining -= sent as u64;
+        progress.body_received.fetch_add(sent as u64, Ordering::Relaxed);
+        ubuf.consume(sent);
+    }
+    let mut decoder = Decoder::new();
+    let chunked_out = framing == ClientFraming::Chunked;
+    loop {
+        match upstream_framing {
+            Framing::Empty => break,
+            Framing::Length(_) => {
+                if remaining == 0 {
+                    break;
+                }
+                let u = ubuf.unread();
+                if !u.is_empty() {
+                    let n = u.len().min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                    cwr.write_all(&u[..n]).await.map_err(|_| DownloadError::Client)?;
+                    progress.body_received.fetch_add(n as u64, Ordering::Relaxed);
+                    progress.tick();
+                    ubuf.consume(n);
+                    remaining -= n as u64;
+                    continue;
+                }
+            }
+            Framing::Chunked => {
+                let u = ubuf.unread();
+                if !u.is_empty() {
+                    let (used, event) = decoder.decode(u).map_err(|e| DownloadError::Body(e.0))?;
+                    let mut done = false;
+                    match event {
+                        Some(Event::Data { start, len }) => {
+                            write_chunk(cwr, &u[start..start + len], chunked_out).await?;
+                            progress.body_received.fetch_add(len as u64, Ordering::Relaxed);
+                        }
+                        Some(Event::End { start, len }) => {
+                            if chunked_out {
+                                let mut slices = [
+                                    IoSlice::new(b"0\r\n"),
+                                    IoSlice::new(&u[start..start + len]),
+                                    IoSlice::new(b"\r\n"),
+                                ];
+                                write_all_vectored(cwr, &mut slices)
+                                    .await
+                                    .map_err(|_| DownloadError::Client)?;
+                            }
+                            done = true;
+                        }
+                        None => {}
+                    }
+                    progress.tick();
+                    ubuf.consume(used);
+                    if done {
+                        break;
+                    }
+                    if event.is_some() {
+                        continue;
+                    }
+                }
+            }
+            Framing::Close => {
+                let u = ubuf.unread();
+                if !u.is_empty() {
+                    let n = u.len();
+                    write_chunk(cwr, u, chunked_out).await?;
+                    progress.body_received.fetch_add(n as u64, Ordering::Relaxed);
+                    progress.tick();
+                    ubuf.consume(n);
+                    continue;
+                }
+            }
+        }
+        let spare = ubuf.spare(BUF_SIZE + chunked::MAX_TRAILERS);
+        if spare.is_empty() {
+            return Err(DownloadError::Body("chunk line too long"));
+        }
+        match urd.read(spare).await {
+            Ok(0) if upstream_framing == Framing::Close => {
+                if chunked_out {
+                    cwr.write_all(b"0\r\n\r\n").await.map_err(|_| DownloadError::Client)?;
+                }
+                break;
+            }
+            Ok(0) => return Err(DownloadError::Body("connection closed mid-body")),
+            Err(_) => return Err(DownloadError::Body("connection reset mid-body")),
+            Ok(n) => {
+                ubuf.filled(n);
+                progress.upstream.fetch_add(1, Ordering::Relaxed);
+                progress.tick();
+            }
+        }
+    }
+    let reusable = res.keep_alive && upstream_framing != Framing::Close && ubuf.is_empty();
+    Ok(Downloaded::Complete {
+        status: res.status,
+        reusable,
+        keep_alive,
+    })
+}
+
+async fn write_chunk<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8], chunked: bool) -> Result<(), DownloadError> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    if chunked {
+        let mut size = [0u8; 18];
+        let s = chunked::size_line(data.len(), &mut size);
+        let mut slices = [IoSlice::new(&size[..s]), IoSlice::new(data), IoSlice::new(b"\r\n")];
+        write_all_vectored(w, &mut slices).await
+    } else {
+        w.write_all(data).await
+    }
+    .map_err(|_| DownloadError::Client)
+}
+
+/// Copies bytes one way until EOF, then half-closes the other side. `buf` starts with bytes
+/// already read (sent first).
+pub async fn pipe<R, W>(from: &mut R, to: &mut W, buf: &mut Buffer, progress: &Progress) -> std::io::Result<u64>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut total = 0u64;
+    loop {
+        let u = buf.unread();
+        if !u.is_empty() {
+            let n = u.len();
+            to.write_all(u).await?;
+            buf.consume(n);
+            total += n as u64;
+            progress.tick();
+        }
+        let n = from.read(buf.spare(BUF_SIZE)).await?;
+        if n == 0 {
+            buf.release_if_empty();
+            let _ = to.shutdown().await;
+            return Ok(total);
+        }
+        buf.filled(n);
+        progress.tick();
+    }
+}

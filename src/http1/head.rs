@@ -1,0 +1,842 @@
+//! Request and response heads: parsed once with `httparse`, checked against RFC 9112/9110,
+//! and kept as offsets into the connection's buffer (no copies, no header map).
+//!
+//! Everything a forwarding decision needs (framing, keep-alive, upgrade, host) is decided here,
+//! in one place, before a byte goes anywhere. What fails a check never leaves the proxy.
+
+use std::mem::MaybeUninit;
+
+/// Most header fields the parser looks at in one head (the configured limits are lower).
+pub const MAX_FIELDS: usize = 512;
+
+/// A range of bytes in the buffer the head was parsed from (offsets from the head's start).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Span {
+    /// First byte.
+    pub start: u32,
+    /// Length.
+    pub len: u32,
+}
+
+impl Span {
+    fn of_slice(base: &[u8], part: &[u8]) -> Span {
+        Span {
+            start: (part.as_ptr() as usize - base.as_ptr() as usize) as u32,
+            len: part.len() as u32,
+        }
+    }
+
+    /// The bytes it covers in `head`.
+    pub fn get<'a>(&self, head: &'a [u8]) -> &'a [u8] {
+        let start = self.start as usize;
+        head.get(start..start + self.len as usize).unwrap_or(&[])
+    }
+}
+
+/// Header fields the proxy treats specially; everything else is [`Kind::Other`] and passes
+/// through untouched, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Any other field.
+    Other,
+    /// `Host`.
+    Host,
+    /// `Content-Length`.
+    ContentLength,
+    /// `Transfer-Encoding`.
+    TransferEncoding,
+    /// `Connection`.
+    Connection,
+    /// `Keep-Alive`.
+    KeepAlive,
+    /// `Proxy-Connection`.
+    ProxyConnection,
+    /// `TE`.
+    Te,
+    /// `Trailer`.
+    Trailer,
+    /// `Upgrade`.
+    Upgrade,
+    /// `X-Forwarded-For`.
+    XForwardedFor,
+    /// `X-Forwarded-Proto`.
+    XForwardedProto,
+    /// `X-Forwarded-Host`.
+    XForwardedHost,
+    /// `Via`.
+    Via,
+    /// `X-Request-Id`.
+    XRequestId,
+    /// `Max-Forwards`.
+    MaxForwards,
+    /// `Expect`.
+    Expect,
+    /// A field that `Connection` names: hop-by-hop, never forwarded.
+    Named,
+}
+
+impl Kind {
+    /// Hop-by-hop fields (RFC 9110 §7.6.1), removed before forwarding in either direction.
+    pub fn is_hop_by_hop(self) -> bool {
+        matches!(
+            self,
+            Kind::Connection
+                | Kind::KeepAlive
+                | Kind::ProxyConnection
+                | Kind::Te
+                | Kind::Trailer
+                | Kind::TransferEncoding
+                | Kind::Upgrade
+                | Kind::Named
+        )
+    }
+}
+
+fn kind_of(name: &[u8]) -> Kind {
+    let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
+    match name.len() {
+        2 if is("te") => Kind::Te,
+        3 if is("via") => Kind::Via,
+        4 if is("host") => Kind::Host,
+        6 if is("expect") => Kind::Expect,
+        7 if is("trailer") => Kind::Trailer,
+        7 if is("upgrade") => Kind::Upgrade,
+        10 if is("connection") => Kind::Connection,
+        10 if is("keep-alive") => Kind::KeepAlive,
+        12 if is("x-request-id") => Kind::XRequestId,
+        12 if is("max-forwards") => Kind::MaxForwards,
+        14 if is("content-length") => Kind::ContentLength,
+        15 if is("x-forwarded-for") => Kind::XForwardedFor,
+        16 if is("proxy-connection") => Kind::ProxyConnection,
+        16 if is("x-forwarded-host") => Kind::XForwardedHost,
+        17 if is("transfer-encoding") => Kind::TransferEncoding,
+        17 if is("x-forwarded-proto") => Kind::XForwardedProto,
+        _ => Kind::Other,
+    }
+}
+
+/// One header field: where its name and value are, and what it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Field {
+    /// The name, as received.
+    pub name: Span,
+    /// The value, without surrounding whitespace.
+    pub value: Span,
+    /// What it is to the proxy.
+    pub kind: Kind,
+}
+
+/// Request methods the proxy treats specially.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// GET
+    Get,
+    /// HEAD: the response has no body.
+    Head,
+    /// POST
+    Post,
+    /// PUT
+    Put,
+    /// DELETE
+    Delete,
+    /// OPTIONS: `Max-Forwards` applies.
+    Options,
+    /// TRACE: `Max-Forwards` applies.
+    Trace,
+    /// CONNECT: refused.
+    Connect,
+    /// PATCH
+    Patch,
+    /// Any other token.
+    Other,
+}
+
+impl Method {
+    fn of(token: &str) -> Method {
+        match token {
+            "GET" => Method::Get,
+            "HEAD" => Method::Head,
+            "POST" => Method::Post,
+            "PUT" => Method::Put,
+            "DELETE" => Method::Delete,
+            "OPTIONS" => Method::Options,
+            "TRACE" => Method::Trace,
+            "CONNECT" => Method::Connect,
+            "PATCH" => Method::Patch,
+            _ => Method::Other,
+        }
+    }
+
+    /// RFC 9110 §9.2.2: sending it twice does what sending it once does.
+    pub fn is_idempotent(self) -> bool {
+        matches!(
+            self,
+            Method::Get | Method::Head | Method::Put | Method::Delete | Method::Options | Method::Trace
+        )
+    }
+}
+
+/// How a message body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    Empty,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Until the connection closes (responses only).
+    Close,
+}
+
+/// Limits on a request head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadLimits {
+    /// Most bytes in the whole head (431 past it).
+    pub max_bytes: usize,
+    /// Most header fields (431 past it).
+    pub max_fields: usize,
+    /// Longest request target (414 past it).
+    pub max_uri: usize,
+}
+
+impl Default for HeadLimits {
+    fn default() -> HeadLimits {
+        HeadLimits {
+            max_bytes: 64 * 1024,
+            max_fields: 100,
+            max_uri: 8 * 1024,
+        }
+    }
+}
+
+/// Why a head was refused; each maps to one status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    /// Malformed (400 for a request, 502 for a response).
+    #[error("malformed: {0}")]
+    Malformed(&'static str),
+    /// Head larger than allowed, or too many fields (431).
+    #[error("head too large")]
+    TooLarge,
+    /// Request target longer than allowed (414).
+    #[error("request target too long")]
+    UriTooLong,
+    /// An HTTP version other than 1.0 and 1.1 (505).
+    #[error("HTTP version not supported")]
+    Version,
+    /// A transfer coding other than chunked (501).
+    #[error("transfer coding not implemented")]
+    Coding,
+    /// CONNECT (405).
+    #[error("method not allowed")]
+    Method,
+}
+
+impl HeadError {
+    /// The status a client gets for its request.
+    pub fn status(self) -> u16 {
+        match self {
+            HeadError::Malformed(_) => 400,
+            HeadError::TooLarge => 431,
+            HeadError::UriTooLong => 414,
+            HeadError::Version => 505,
+            HeadError::Coding => 501,
+            HeadError::Method => 405,
+        }
+    }
+}
+
+/// A parsed, checked request head. Spans point into the buffer it was parsed from.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHead {
+    /// Bytes of the head, final empty line included.
+    pub len: usize,
+    /// The method.
+    pub method: Method,
+    /// The method token.
+    pub method_span: Span,
+    /// The target as received.
+    pub target: Span,
+    /// The target to forward: origin-form `/path?query`, or `*`.
+    pub path: Span,
+    /// The host the request is for: the absolute-form target's authority, else `Host`.
+    pub host: Option<Span>,
+    /// True when the host came from an absolute-form target (a `Host` field is then replaced).
+    pub host_from_target: bool,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor: u8,
+    /// How the body is delimited.
+    pub framing: Framing,
+    /// True when the client allows the connection to stay open after the response.
+    pub keep_alive: bool,
+    /// The `Upgrade` field's value, when the request asks to switch protocols (never `h2c`).
+    pub upgrade: Option<Span>,
+    /// `Expect: 100-continue`.
+    pub expect_continue: bool,
+    /// `Max-Forwards`, when present and the method is TRACE or OPTIONS.
+    pub max_forwards: Option<u64>,
+    /// `X-Request-Id` from the client.
+    pub request_id: Option<Span>,
+}
+
+/// A parsed, checked response head.
+#[derive(Debug, Clone, Copy)]
+pub struct ResponseHead {
+    /// Bytes of the head, final empty line included.
+    pub len: usize,
+    /// Status code.
+    pub status: u16,
+    /// Reason phrase.
+    pub reason: Span,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor: u8,
+    /// How the body is delimited (before the request method is taken into account).
+    pub framing: Framing,
+    /// True when the backend keeps the connection open after this response.
+    pub keep_alive: bool,
+}
+
+/// Parses a request head from the start of `buf`. `Ok(None)`: incomplete, read more.
+/// `fields` receives the header fields (cleared first).
+pub fn parse_request(
+    buf: &[u8],
+    limits: &HeadLimits,
+    fields: &mut Vec<Field>,
+) -> Result<Option<RequestHead>, HeadError> {
+    fields.clear();
+    let mut raw: [MaybeUninit<httparse::Header<'_>>; MAX_FIELDS] = [const { MaybeUninit::uninit() }; MAX_FIELDS];
+    let mut req = httparse::Request::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut req, buf, &mut raw);
+    let len = match parsed {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            if let Some(path) = req.path {
+                if path.len() > limits.max_uri {
+                    return Err(HeadError::UriTooLong);
+                }
+            } else if buf.len() > limits.max_uri + 64 && memchr::memchr(b'\n', buf).is_none() {
+                return Err(HeadError::UriTooLong);
+            }
+            if buf.len() >= limits.max_bytes {
+                return Err(HeadError::TooLarge);
+            }
+            return Ok(None);
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(httparse::Error::Version) => return Err(version_error(buf)),
+        Err(e) => return Err(HeadError::Malformed(httparse_reason(e))),
+    };
+    if len > limits.max_bytes {
+        return Err(HeadError::TooLarge);
+    }
+    let head = &buf[..len];
+    check_line_endings(head)?;
+    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
+        return Err(HeadError::Malformed("incomplete request line"));
+    };
+    if target.len() > limits.max_uri {
+        return Err(HeadError::UriTooLong);
+    }
+    if !target.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(HeadError::Malformed("request target outside visible ASCII"));
+    }
+    if req.headers.len() > limits.max_fields {
+        return Err(HeadError::TooLarge);
+    }
+    let method_kind = Method::of(method);
+    if method_kind == Method::Connect {
+        return Err(HeadError::Method);
+    }
+    collect_fields(head, req.headers, fields);
+
+    // The target: origin-form, absolute-form (its authority wins over Host), or `*`.
+    let target_span = Span::of_slice(buf, target.as_bytes());
+    let (path, authority) = split_target(target, method_kind)?;
+    let path = Span::of_slice(buf, path.as_bytes());
+    let authority = authority.map(|a| Span::of_slice(buf, a.as_bytes()));
+
+    let mut host = None;
+    let mut hosts = 0;
+    let mut framing = Framing::Empty;
+    let mut chunked = false;
+    let mut te_seen = false;
+    let mut length: Option<u64> = None;
+    let mut keep_alive = minor == 1;
+    let mut connection_upgrade = false;
+    let mut upgrade = None;
+    let mut expect_continue = false;
+    let mut max_forwards = None;
+    let mut request_id = None;
+    let mut names_others = false;
+    for f in fields.iter() {
+        let value = f.value.get(head);
+        match f.kind {
+            Kind::Host => {
+                hosts += 1;
+                if !valid_host(value) {
+                    return Err(HeadError::Malformed("invalid Host"));
+                }
+                host = Some(f.value);
+            }
+            Kind::ContentLength => {
+                let n = content_length(value).ok_or(HeadError::Malformed("invalid Content-Length"))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(HeadError::Malformed("differing Content-Length values"));
+                }
+                length = Some(n);
+            }
+            Kind::TransferEncoding => {
+                te_seen = true;
+                for coding in list(value) {
+                    if chunked {
+                        // Anything after chunked (another coding or chunked again).
+                        return Err(HeadError::Malformed("chunked is not the last transfer coding"));
+                    }
+                    if coding.eq_ignore_ascii_case(b"chunked") {
+                        chunked = true;
+                    } else if coding.iter().all(|&b| is_token(b)) {
+                        return Err(HeadError::Coding);
+                    } else {
+                        return Err(HeadError::Malformed("invalid Transfer-Encoding"));
+                    }
+                }
+            }
+            Kind::Connection => {
+                for token in list(value) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        keep_alive = false;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        keep_alive |= minor == 0;
+                    } else if token.eq_ignore_ascii_case(b"upgrade") {
+                        connection_upgrade = true;
+                    } else {
+                        names_others = true;
+                    }
+                }
+            }
+            Kind::Upgrade => upgrade = Some(f.value),
+            Kind::Expect => expect_continue = value.eq_ignore_ascii_case(b"100-continue"),
+            Kind::MaxForwards if matches!(method_kind, Method::Trace | Method::Options) => {
+                max_forwards = Some(content_length(value).ok_or(HeadError::Malformed("invalid Max-Forwards"))?);
+            }
+            Kind::XRequestId => request_id = Some(f.value),
+            _ => {}
+        }
+    }
+    if hosts > 1 {
+        return Err(HeadError::Malformed("more than one Host"));
+    }
+    if hosts == 0 && minor == 1 && authority.is_none() {
+        return Err(HeadError::Malformed("HTTP/1.1 request without Host"));
+    }
+    if te_seen {
+        if minor == 0 {
+            return Err(HeadError::Malformed("Transfer-Encoding in an HTTP/1.0 request"));
+        }
+        if !chunked {
+            return Err(HeadError::Malformed("empty Transfer-Encoding"));
+        }
+        if length.is_some() {
+            return Err(HeadError::Malformed("both Content-Length and Transfer-Encoding"));
+        }
+        framing = Framing::Chunked;
+    } else if let Some(n) = length {
+        if n > 0 {
+            framing = Framing::Length(n);
+        }
+    }
+    if names_others {
+        mark_named(head, fields);
+    }
+    let upgrade = upgrade.filter(|u| connection_upgrade && !u.get(head).eq_ignore_ascii_case(b"h2c"));
+    Ok(Some(RequestHead {
+        len,
+        method: method_kind,
+        method_span: Span::of_slice(buf, method.as_bytes()),
+        target: target_span,
+        path,
+        host_from_target: authority.is_some(),
+        host: authority.or(host),
+        minor,
+        framing,
+        keep_alive,
+        upgrade,
+        expect_continue,
+        max_forwards,
+        request_id,
+    }))
+}
+
+/// Parses a response head from the start of `buf`. `Ok(None)`: incomplete, read more.
+/// Malformed heads (a 502 for the client) are held to the request's framing rules; a head
+/// longer than `max_bytes` or with more than [`MAX_FIELDS`] fields is refused.
+pub fn parse_response(
+    buf: &[u8],
+    max_bytes: usize,
+    fields: &mut Vec<Field>,
+) -> Result<Option<ResponseHead>, HeadError> {
+    fields.clear();
+    let mut raw: [MaybeUninit<httparse::Header<'_>>; MAX_FIELDS] = [const { MaybeUninit::uninit() }; MAX_FIELDS];
+    let mut res = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut res, buf, &mut raw);
+    let len = match parsed {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= max_bytes => return Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(e) => return Err(HeadError::Malformed(httparse_reason(e))),
+    };
+    let head = &buf[..len];
+    check_line_endings(head)?;
+    let (Some(status), Some(minor)) = (res.code, res.version) else {
+        return Err(HeadError::Malformed("incomplete status line"));
+    };
+    if !(100..=999).contains(&status) {
+        return Err(HeadError::Malformed("invalid status code"));
+    }
+    let reason = res
+        .reason
+        .map_or(Span::default(), |r| Span::of_slice(buf, r.as_bytes()));
+    collect_fields(head, res.headers, fields);
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut te_seen = false;
+    let mut keep_alive = minor == 1;
+    let mut names_others = false;
+    for f in fields.iter() {
+        let value = f.value.get(head);
+        match f.kind {
+            Kind::ContentLength => {
+                let n = content_length(value).ok_or(HeadError::Malformed("invalid Content-Length"))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(HeadError::Malformed("differing Content-Length values"));
+                }
+                length = Some(n);
+            }
+            Kind::TransferEncoding => {
+                te_seen = true;
+                for coding in list(value) {
+                    if chunked || !coding.eq_ignore_ascii_case(b"chunked") {
+                        return Err(HeadError::Malformed("Transfer-Encoding other than chunked"));
+                    }
+                    chunked = true;
+                }
+            }
+            Kind::Connection => {
+                for token in list(value) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        keep_alive = false;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        keep_alive |= minor == 0;
+                    } else if !token.eq_ignore_ascii_case(b"upgrade") {
+                        names_others = true;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if names_others {
+        mark_named(head, fields);
+    }
+    let framing = if te_seen {
+        if !chunked {
+            return Err(HeadError::Malformed("empty Transfer-Encoding"));
+        }
+        if length.is_some() {
+            // RFC 9112 §6.3: chunked wins; the length is dropped and the connection not reused.
+            keep_alive = false;
+            for f in fields.iter_mut().filter(|f| f.kind == Kind::ContentLength) {
+                f.kind = Kind::Named;
+            }
+        }
+        Framing::Chunked
+    } else {
+        match length {
+            Some(0) => Framing::Empty,
+            Some(n) => Framing::Length(n),
+            None => Framing::Close,
+        }
+    };
+    Ok(Some(ResponseHead {
+        len,
+        status,
+        reason,
+        minor,
+        framing,
+        keep_alive,
+    }))
+}
+
+fn collect_fields(head: &[u8], raw: &[httparse::Header<'_>], fields: &mut Vec<Field>) {
+    fields.extend(raw.iter().map(|h| Field {
+        name: Span::of_slice(head, h.name.as_bytes()),
+        value: Span::of_slice(head, trim(h.value)),
+        kind: kind_of(h.name.as_bytes()),
+    }));
+}
+
+/// Marks every field that a `Connection` field names as hop-by-hop.
+fn mark_named(head: &[u8], fields: &mut [Field]) {
+    for i in 0..fields.len() {
+        if fields[i].kind != Kind::Connection {
+            continue;
+        }
+        let value = fields[i].value;
+        for token in list(value.get(head)) {
+            for f in fields.iter_mut() {
+                if f.kind == Kind::Other && f.name.get(head).eq_ignore_ascii_case(token) {
+                    f.kind = Kind::Named;
+                }
+            }
+        }
+    }
+}
+
+/// 400 for a malformed version, 505 for a well-formed one we do not speak.
+fn version_error(buf: &[u8]) -> HeadError {
+    let line = buf.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let version = line.rsplit(|&b| b == b' ').next().unwrap_or(&[]);
+    match version {
+        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor] if major.is_ascii_digit() && minor.is_ascii_digit() => {
+            HeadError::Version
+        }
+        _ => HeadError::Malformed("invalid HTTP version"),
+    }
+}
+
+fn httparse_reason(e: httparse::Error) -> &'static str {
+    match e {
+        httparse::Error::HeaderName => "invalid header name",
+        httparse::Error::HeaderValue => "invalid header value",
+        httparse::Error::NewLine => "invalid line ending",
+        httparse::Error::Status => "invalid status",
+        httparse::Error::Token => "invalid token",
+        httparse::Error::TooManyHeaders => "too many headers",
+        httparse::Error::Version => "invalid version",
+    }
+}
+
+/// Every line ends in CRLF: no bare LF (httparse accepts it), no bare CR.
+fn check_line_endings(head: &[u8]) -> Result<(), HeadError> {
+    for i in memchr::memchr_iter(b'\n', head) {
+        if i == 0 || head[i - 1] != b'\r' {
+            return Err(HeadError::Malformed("bare LF"));
+        }
+    }
+    for i in memchr::memchr_iter(b'\r', head) {
+        if head.get(i + 1) != Some(&b'\n') {
+            return Err(HeadError::Malformed("bare CR"));
+        }
+    }
+    Ok(())
+}
+
+/// `(path to forward, authority)` for each request-target form (RFC 9112 §3.2).
+fn split_target(target: &str, method: Method) -> Result<(&str, Option<&str>), HeadError> {
+    if target.starts_with('/') {
+        return Ok((target, None));
+    }
+    if target == "*" {
+        return if method == Method::Options {
+            Ok((target, None))
+        } else {
+            Err(HeadError::Malformed(
+                "asterisk-form target on a method other than OPTIONS",
+            ))
+        };
+    }
+    let rest = if target.len() > 7 && target[..7].eq_ignore_ascii_case("http://") {
+        &target[7..]
+    } else if target.len() > 8 && target[..8].eq_ignore_ascii_case("https://") {
+        &target[8..]
+    } else {
+        return Err(HeadError::Malformed("invalid request target"));
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    if authority.is_empty() || authority.contains('@') || !valid_host(authority.as_bytes()) {
+        return Err(HeadError::Malformed("invalid authority in request target"));
+    }
+    let path = if path.is_empty() { "/" } else { path };
+    if path.starts_with('#') {
+        return Err(HeadError::Malformed("fragment in request target"));
+    }
+    // "?q" with no path forwards as "/?q" would need a copy; require a path instead.
+    if !path.starts_with('/') {
+        return Err(HeadError::Malformed("absolute-form target without a path"));
+    }
+    Ok((path, Some(authority)))
+}
+
+/// A `Host` value: `reg-name`/IPv4/`[IPv6]`, optionally `:port`. No spaces, no userinfo.
+fn valid_host(v: &[u8]) -> bool {
+    !v.is_empty()
+        && v.len() <= 255
+        && v.iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']' | b'~' | b'%'))
+}
+
+/// `Content-Length`: digits only, no sign, no spaces, no overflow.
+pub fn content_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    v.iter()
+        .try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+}
+
+/// RFC 9110 token characters.
+pub fn is_token(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// The elements of a comma-separated list, trimmed, empty ones skipped.
+pub fn list(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    v.split(|&b| b == b',').map(trim).filter(|t| !t.is_empty())
+}
+
+fn trim(v: &[u8]) -> &[u8] {
+    let start = v.iter().position(|&b| b != b' ' && b != b'\t').unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|&b| b != b' ' && b != b'\t')
+        .map_or(start, |e| e + 1);
+    &v[start..end.max(start)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(raw: &str) -> Result<Option<RequestHead>, HeadError> {
+        parse_request(raw.as_bytes(), &HeadLimits::default(), &mut Vec::new())
+    }
+
+    #[test]
+    fn parses_a_browser_request() {
+        let raw = "GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nCookie: a=b\r\n\r\n";
+        let mut fields = Vec::new();
+        let head = parse_request(raw.as_bytes(), &HeadLimits::default(), &mut fields)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(head.len, raw.len());
+        assert_eq!(head.method, Method::Get);
+        assert_eq!(head.path.get(raw.as_bytes()), b"/a?b=1");
+        assert_eq!(head.host.map(|h| h.get(raw.as_bytes())), Some(&b"example.com"[..]));
+        assert!(head.keep_alive);
+        assert_eq!(head.framing, Framing::Empty);
+        let kinds: Vec<Kind> = fields.iter().map(|f| f.kind).collect();
+        assert_eq!(kinds, [Kind::Host, Kind::Connection, Kind::Named, Kind::Other]);
+    }
+
+    #[test]
+    fn partial_heads_ask_for_more() {
+        assert_eq!(request("GET / HTTP/1.1\r\nHost: a\r\n").map(|h| h.is_some()), Ok(false));
+    }
+
+    #[test]
+    fn absolute_form_authority_wins() {
+        let raw = "GET http://a.test:8080/x?y HTTP/1.1\r\nHost: b.test\r\n\r\n";
+        let head = request(raw).expect("valid").expect("complete");
+        assert_eq!(head.host.map(|h| h.get(raw.as_bytes())), Some(&b"a.test:8080"[..]));
+        assert_eq!(head.path.get(raw.as_bytes()), b"/x?y");
+        assert!(head.host_from_target);
+    }
+
+    #[test]
+    fn refuses_what_rfc_9112_forbids() {
+        let cases: &[(&str, u16)] = &[
+            ("GET / HTTP/1.1\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                400,
+            ),
+            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +1\r\n\r\n", 400),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                400,
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+                400,
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+                400,
+            ),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+            ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n", 400),
+            ("GET / HTTP/1.1\nHost: a\n\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a\rX: b\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHo st: a\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost : a\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a\r\nX: a\x01b\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a\r\nX: a\0b\r\n\r\n", 400),
+            ("GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+            ("GET / HTTX/1.1\r\nHost: a\r\n\r\n", 400),
+            ("GET /\u{e9} HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            ("CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n", 405),
+            ("GET  / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            ("GET * HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400),
+        ];
+        for (raw, status) in cases {
+            match request(raw) {
+                Err(e) => assert_eq!(e.status(), *status, "{raw:?}: {e}"),
+                Ok(h) => panic!("{raw:?} accepted: {h:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn enforces_limits() {
+        let limits = HeadLimits {
+            max_bytes: 100,
+            max_fields: 2,
+            max_uri: 10,
+        };
+        let mut f = Vec::new();
+        let long_uri = "GET /0123456789abc HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(
+            parse_request(long_uri.as_bytes(), &limits, &mut f).err(),
+            Some(HeadError::UriTooLong)
+        );
+        let many = "GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\n\r\n";
+        assert_eq!(
+            parse_request(many.as_bytes(), &limits, &mut f).err(),
+            Some(HeadError::TooLarge)
+        );
+        let big = format!("GET / HTTP/1.1\r\nHost: a\r\nA: {}\r\n", "x".repeat(100));
+        assert_eq!(
+            parse_request(big.as_bytes(), &limits, &mut f).err(),
+            Some(HeadError::TooLarge)
+        );
+    }
+
+    #[test]
+    fn response_framing() {
+        let mut f = Vec::new();
+        let parse = |raw: &str, f: &mut Vec<Field>| parse_response(raw.as_bytes(), 65536, f);
+        let r = parse("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", &mut f)
+            .expect("ok")
+            .expect("complete");
+        assert_eq!((r.status, r.framing, r.keep_alive), (200, Framing::Length(5), true));
+        let r = parse("HTTP/1.0 200 OK\r\n\r\n", &mut f).expect("ok").expect("complete");
+        assert_eq!((r.framing, r.keep_alive), (Framing::Close, false));
+        let r = parse(
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            &mut f,
+        )
+        .expect("ok")
+        .expect("complete");
+        assert_eq!((r.framing, r.keep_alive), (Framing::Chunked, false));
+        assert_eq!(f[0].kind, Kind::Named, "the length is dropped");
+        assert!(parse("HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n", &mut f).is_err());
+        assert!(parse("HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\n", &mut f).is_err());
+    }
+}

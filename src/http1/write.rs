@@ -1,0 +1,277 @@
+//! Writing heads: the request head a backend gets and the response head a client gets, each
+//! copied from the bytes received with the proxy's edits, never rebuilt from a map.
+
+use super::head::{Field, Framing, Kind, Method, RequestHead, ResponseHead};
+
+/// What the proxy adds to a forwarded request.
+#[derive(Debug, Clone, Copy)]
+pub struct Forwarding<'a> {
+    /// The client's IP, for `X-Forwarded-For`.
+    pub client_ip: &'a [u8],
+    /// `http` or `https`, for `X-Forwarded-Proto`.
+    pub proto: &'a [u8],
+    /// The backend's `host:port`, the `Host` of a request that named none.
+    pub backend_authority: &'a [u8],
+    /// The request id to send when the client sent none.
+    pub request_id: &'a [u8],
+}
+
+fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The field as received (`name: value`), CRLF-terminated.
+fn copy(out: &mut Vec<u8>, head: &[u8], f: &Field) {
+    let start = f.name.start as usize;
+    let end = (f.value.start + f.value.len) as usize;
+    let end = end.max(start + f.name.len as usize + 1);
+    out.extend_from_slice(head.get(start..end).unwrap_or(&[]));
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes the head to send upstream into `out` (cleared first): origin-form target, HTTP/1.1,
+/// hop-by-hop fields removed, `Host` from an absolute-form target, `X-Forwarded-*`, `Via`,
+/// a request id, `Max-Forwards` decremented, framing regenerated.
+pub fn request_head(out: &mut Vec<u8>, head: &[u8], req: &RequestHead, fields: &[Field], fwd: &Forwarding) {
+    out.clear();
+    out.extend_from_slice(req.method_span.get(head));
+    out.push(b' ');
+    out.extend_from_slice(req.path.get(head));
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut host_written = false;
+    let last_xff = fields.iter().rposition(|f| f.kind == Kind::XForwardedFor);
+    let last_via = fields.iter().rposition(|f| f.kind == Kind::Via);
+    for (i, f) in fields.iter().enumerate() {
+        match f.kind {
+            k if k.is_hop_by_hop() => {}
+            Kind::Host => {
+                if !req.host_from_target {
+                    copy(out, head, f);
+                    host_written = true;
+                }
+            }
+            Kind::XForwardedFor if Some(i) == last_xff => {
+                copy_appending(out, head, f, fwd.client_ip);
+            }
+            Kind::Via if Some(i) == last_via => {
+                let via: &[u8] = if req.minor == 0 {
+                    b"1.0 steelyard"
+                } else {
+                    b"1.1 steelyard"
+                };
+                copy_appending(out, head, f, via);
+            }
+            Kind::XForwardedProto | Kind::XForwardedHost => {}
+            Kind::MaxForwards if req.max_forwards.is_some() => {
+                let n = req.max_forwards.unwrap_or(1).saturating_sub(1);
+                line(out, f.name.get(head), itoa::Buffer::new().format(n).as_bytes());
+            }
+            _ => copy(out, head, f),
+        }
+    }
+    if !host_written {
+        let host = match req.host {
+            Some(h) if req.host_from_target => h.get(head),
+            _ => fwd.backend_authority,
+        };
+        line(out, b"Host", host);
+    }
+    if last_xff.is_none() {
+        line(out, b"X-Forwarded-For", fwd.client_ip);
+    }
+    line(out, b"X-Forwarded-Proto", fwd.proto);
+    if let Some(h) = req.host {
+        line(out, b"X-Forwarded-Host", h.get(head));
+    }
+    if last_via.is_none() {
+        line(
+            out,
+            b"Via",
+            if req.minor == 0 {
+                b"1.0 steelyard"
+            } else {
+                b"1.1 steelyard"
+            },
+        );
+    }
+    if req.request_id.is_none() {
+        line(out, b"X-Request-Id", fwd.request_id);
+    }
+    match req.framing {
+        Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        Framing::Empty | Framing::Length(_) | Framing::Close => {}
+    }
+    if let Some(u) = req.upgrade {
+        out.extend_from_slice(b"Connection: upgrade\r\n");
+        line(out, b"Upgrade", u.get(head));
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn copy_appending(out: &mut Vec<u8>, head: &[u8], f: &Field, value: &[u8]) {
+    let start = f.name.start as usize;
+    let end = (f.value.start + f.value.len) as usize;
+    out.extend_from_slice(head.get(start..end).unwrap_or(&[]));
+    if f.value.len > 0 {
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How the body of a response travels to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFraming {
+    /// No body (HEAD, 1xx, 204, 304, or an empty one).
+    Empty,
+    /// `Content-Length`, copied from the backend.
+    Length(u64),
+    /// Re-encoded as chunks (a chunked or close-delimited body to an HTTP/1.1 client).
+    Chunked,
+    /// Until the connection closes (a 1.0 client, or an upgraded connection).
+    Close,
+}
+
+/// Decides how a response body reaches a client of HTTP/1.`client_minor`.
+pub fn client_framing(res: &ResponseHead, method: Method, client_minor: u8) -> ClientFraming {
+    if method == Method::Head || res.status < 200 || res.status == 204 || res.status == 304 {
+        return match res.framing {
+            Framing::Length(n) if method == Method::Head => ClientFraming::Length(n),
+            _ => ClientFraming::Empty,
+        };
+    }
+    match res.framing {
+        Framing::Empty => ClientFraming::Length(0),
+        Framing::Length(n) => ClientFraming::Length(n),
+        Framing::Chunked | Framing::Close if client_minor == 1 => ClientFraming::Chunked,
+        Framing::Chunked | Framing::Close => ClientFraming::Close,
+    }
+}
+
+/// Writes the response head for the client into `out` (cleared first): our own `HTTP/1.1`
+/// status line with the backend's status and reason, its fields minus hop-by-hop ones,
+/// framing regenerated, plus `extra` (already formatted field lines) and the connection's
+/// fate.
+#[allow(clippy::too_many_arguments)]
+pub fn response_head(
+    out: &mut Vec<u8>,
+    head: &[u8],
+    res: &ResponseHead,
+    fields: &[Field],
+    framing: ClientFraming,
+    keep_alive: bool,
+    client_minor: u8,
+    extra: &[u8],
+) {
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa::Buffer::new().format(res.status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(res.reason.get(head));
+    out.extend_from_slice(b"\r\n");
+    let upgrade = res.status == 101;
+    for f in fields {
+        match f.kind {
+            Kind::Upgrade if upgrade => copy(out, head, f),
+            k if k.is_hop_by_hop() => {}
+            // Re-framed bodies carry no length; HEAD answers keep the backend's.
+            Kind::ContentLength if framing == ClientFraming::Chunked || framing == ClientFraming::Close => {}
+            _ => copy(out, head, f),
+        }
+    }
+    if framing == ClientFraming::Chunked {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
+    out.extend_from_slice(extra);
+    if upgrade {
+        out.extend_from_slice(b"Connection: upgrade\r\n");
+    } else if !keep_alive {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if client_minor == 0 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A response the proxy writes itself: status line, a short text body, closing or not.
+pub fn local_response(out: &mut Vec<u8>, status: u16, extra: &[u8], body: &[u8], keep_alive: bool) {
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason(status).as_bytes());
+    out.extend_from_slice(b"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(extra);
+    if !keep_alive {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}
+
+/// The canonical reason phrase of the statuses the proxy writes itself.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        431 => "Request Header Fields Too Large",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http1::head::{parse_request, parse_response, HeadLimits};
+
+    #[test]
+    fn rewrites_a_request_head() {
+        let raw = b"GET http://a.test/x HTTP/1.1\r\nHost: b.test\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\nX-Forwarded-For: 10.0.0.9\r\nVia: 1.1 edge\r\nX-Forwarded-Proto: https\r\nUser-Agent: t\r\n\r\n";
+        let mut fields = Vec::new();
+        let req = parse_request(raw, &HeadLimits::default(), &mut fields)
+            .expect("ok")
+            .expect("complete");
+        let mut out = Vec::new();
+        let fwd = Forwarding {
+            client_ip: b"127.0.0.1",
+            proto: b"http",
+            backend_authority: b"127.0.0.1:9000",
+            request_id: b"00ff",
+        };
+        request_head(&mut out, raw, &req, &fields, &fwd);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "GET /x HTTP/1.1\r\nX-Forwarded-For: 10.0.0.9, 127.0.0.1\r\nVia: 1.1 edge, 1.1 steelyard\r\nUser-Agent: t\r\nHost: a.test\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: a.test\r\nX-Request-Id: 00ff\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn reframes_a_close_delimited_response() {
+        let raw = b"HTTP/1.0 200 Fine\r\nKeep-Alive: timeout=5\r\nX-A: 1\r\n\r\n";
+        let mut fields = Vec::new();
+        let res = parse_response(raw, 65536, &mut fields).expect("ok").expect("complete");
+        let framing = client_framing(&res, Method::Get, 1);
+        assert_eq!(framing, ClientFraming::Chunked);
+        let mut out = Vec::new();
+        response_head(&mut out, raw, &res, &fields, framing, true, 1, b"");
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "HTTP/1.1 200 Fine\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+    }
+}

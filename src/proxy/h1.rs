@@ -1,0 +1,848 @@
+//! One HTTP/1 request's life on the engine: parse its head, answer locally or route it, pick
+//! a backend, exchange with it (retrying where that is safe), and hand the connection back
+//! ready for the next request, or closed.
+
+use std::io::IoSlice;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::HeaderValue;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::access_log::AccessRecord;
+use super::ProxyError;
+use crate::http1::buffer::{self, Buffer};
+use crate::http1::connection::{Client, Shared};
+use crate::http1::exchange::{self, DownloadError, Downloaded, Progress, ResponsePlan, UploadError, Uploaded};
+use crate::http1::head::{self, Field, Framing, HeadError, HeadLimits, Method, RequestHead};
+use crate::http1::io::{write_all_vectored, Timer};
+use crate::http1::write::{self, Forwarding};
+use crate::upstream::idle::ConnectError;
+use crate::upstream::{Pool, RequestView};
+
+/// What the connection does after a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Wait for (or parse) the next request.
+    KeepAlive,
+    /// Close the connection.
+    Close,
+}
+
+/// Most attempts of one request: the first plus at most 10 retries (the config's limit).
+const MAX_ATTEMPTS: usize = 11;
+
+/// Header tables and the head-writing vector, back to their pools when the request ends.
+struct Scratch {
+    fields: Vec<Field>,
+    response_fields: Vec<Field>,
+    out: Vec<u8>,
+}
+
+impl Scratch {
+    fn take() -> Scratch {
+        Scratch {
+            fields: buffer::take_fields(),
+            response_fields: buffer::take_fields(),
+            out: buffer::take_scratch(),
+        }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        buffer::give_fields(std::mem::take(&mut self.fields));
+        buffer::give_fields(std::mem::take(&mut self.response_fields));
+        buffer::give_scratch(std::mem::take(&mut self.out));
+    }
+}
+
+/// Serves the request whose first bytes are in `conn`'s buffer. `head_deadline` bounds the
+/// time to receive its whole head.
+pub async fn serve(conn: &mut Client, shared: &Shared, timer: &mut Timer<'_>, head_deadline: Instant) -> Next {
+    let router = shared.router.load_full();
+    let settings = *router.client_settings();
+    let limits = HeadLimits {
+        max_bytes: settings.max_header_bytes,
+        max_fields: settings.max_header_count,
+        max_uri: settings.max_uri_bytes,
+    };
+    let mut scratch = Scratch::take();
+    conn.buf.compact();
+    let req = loop {
+        match head::parse_request(conn.buf.unread(), &limits, &mut scratch.fields) {
+            Ok(Some(req)) => break req,
+            Ok(None) => {}
+            Err(e) => {
+                shared.limit.count_request();
+                tracing::debug!(client = %conn.info.peer, error = %e, "refused a request head");
+                return refuse(conn, &mut scratch.out, e).await;
+            }
+        }
+        timer.require(head_deadline);
+        let read = loop {
+            tokio::select! {
+                biased;
+                r = conn.stream.read(conn.buf.spare(limits.max_bytes)) => break r,
+                () = timer.fired() => {
+                    if Instant::now() >= head_deadline {
+                        tracing::debug!(client = %conn.info.peer, "request head timeout");
+                        local(conn, &mut scratch.out, 408, b"", false).await;
+                        return Next::Close;
+                    }
+                    timer.set(head_deadline);
+                }
+            }
+        };
+        match read {
+            Ok(0) | Err(_) => return Next::Close,
+            Ok(n) => conn.buf.filled(n),
+        }
+    };
+    shared.limit.count_request();
+    conn.buf.pin(req.len);
+    let next = route(conn, shared, &router, &settings, &req, timer, &mut scratch).await;
+    conn.buf.unpin();
+    next
+}
+
+/// Answers a refused head and closes.
+async fn refuse(conn: &mut Client, out: &mut Vec<u8>, e: HeadError) -> Next {
+    local(conn, out, e.status(), b"", false).await;
+    Next::Close
+}
+
+/// Writes a response of the proxy's own: `{status} {reason}` as its body.
+async fn local(conn: &mut Client, out: &mut Vec<u8>, status: u16, extra: &[u8], keep_alive: bool) -> u64 {
+    let mut body = [0u8; 64];
+    let text = format_status_body(status, &mut body);
+    let len = text.len() as u64;
+    write::local_response(out, status, extra, text, keep_alive);
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.stream.write_all(out)).await;
+    if !keep_alive {
+        let _ = conn.stream.shutdown().await;
+    }
+    len
+}
+
+fn format_status_body(status: u16, buf: &mut [u8; 64]) -> &[u8] {
+    let mut n = 0;
+    for part in [
+        itoa::Buffer::new().format(status).as_bytes(),
+        b" ",
+        write::reason(status).as_bytes(),
+        b"\n",
+    ] {
+        let take = part.len().min(buf.len() - n);
+        buf[n..n + take].copy_from_slice(&part[..take]);
+        n += take;
+    }
+    &buf[..n]
+}
+
+/// A 16-hex-digit request id.
+fn request_id() -> [u8; 16] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = fastrand::u64(..);
+    let mut id = [0u8; 16];
+    for b in id.iter_mut() {
+        *b = HEX[(n & 15) as usize];
+        n >>= 4;
+    }
+    id
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn route(
+    conn: &mut Client,
+    shared: &Shared,
+    router: &super::Router,
+    settings: &crate::config::ClientSettings,
+    req: &RequestHead,
+    timer: &mut Timer<'_>,
+    scratch: &mut Scratch,
+) -> Next {
+    let started = Instant::now();
+    // A body we do not forward must not be parsed as the next request: close after answering.
+    let keep_alive = req.keep_alive && req.framing == Framing::Empty && !shared.stopping();
+    if req.max_forwards == Some(0) {
+        let extra: &[u8] = if req.method == Method::Options {
+            b"Allow: GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH\r\n"
+        } else {
+            b""
+        };
+        local(conn, &mut scratch.out, 200, extra, keep_alive).await;
+        return if keep_alive { Next::KeepAlive } else { Next::Close };
+    }
+    if let (Some(max), Framing::Length(n)) = (settings.max_request_body, req.framing) {
+        if n > max {
+            local(conn, &mut scratch.out, 413, b"", false).await;
+            return Next::Close;
+        }
+    }
+    let head_bytes = conn.buf.prefix();
+    let host = req.host.and_then(|h| std::str::from_utf8(h.get(head_bytes)).ok());
+    let target = std::str::from_utf8(req.path.get(head_bytes)).unwrap_or("/");
+    let path = target.split('?').next().unwrap_or(target);
+    let pool = router.route(host, path).cloned();
+    let log = router.access_log().cloned();
+    let id_buf = request_id();
+    let id: &[u8] = match req.request_id {
+        Some(span) => span.get(head_bytes),
+        None => &id_buf,
+    };
+    let mut record = log
+        .as_ref()
+        .map(|_| record_of(conn, req, head_bytes, &scratch.fields, id));
+    let (status, next, bytes) = match pool {
+        None => {
+            let bytes = local(conn, &mut scratch.out, 404, b"", keep_alive).await;
+            (404, if keep_alive { Next::KeepAlive } else { Next::Close }, bytes)
+        }
+        Some(pool) => {
+            if let Some(r) = record.as_mut() {
+                r.pool = Some(Arc::from(pool.name()));
+            }
+            let mut id_copy = [0u8; 64];
+            let id_len = id.len().min(64);
+            id_copy[..id_len].copy_from_slice(&id[..id_len]);
+            proxy(
+                conn,
+                shared,
+                settings,
+                req,
+                &pool,
+                &id_copy[..id_len],
+                timer,
+                scratch,
+                record.as_mut(),
+            )
+            .await
+        }
+    };
+    if let (Some(mut record), Some(log)) = (record, log) {
+        record.status = status;
+        record.bytes = bytes;
+        record.duration = started.elapsed();
+        log.log(record);
+    }
+    next
+}
+
+fn record_of(conn: &Client, req: &RequestHead, head: &[u8], fields: &[Field], id: &[u8]) -> AccessRecord {
+    let value = |name: &str| {
+        fields
+            .iter()
+            .find(|f| f.name.get(head).eq_ignore_ascii_case(name.as_bytes()))
+            .and_then(|f| HeaderValue::from_bytes(f.value.get(head)).ok())
+    };
+    let method = http::Method::from_bytes(req.method_span.get(head)).unwrap_or(http::Method::GET);
+    let uri = http::Uri::try_from(req.target.get(head)).unwrap_or_default();
+    let mut record = AccessRecord::start(
+        conn.info.peer,
+        &method,
+        &uri,
+        &http::HeaderMap::new(),
+        HeaderValue::from_bytes(id).unwrap_or(HeaderValue::from_static("-")),
+    );
+    record.host = req.host.and_then(|h| HeaderValue::from_bytes(h.get(head)).ok());
+    record.user_agent = value("user-agent");
+    record.referer = value("referer");
+    record
+}
+
+/// How one exchange with a backend ended, for the retry loop.
+enum Attempt {
+    /// The response went to the client (whole, or as far as it could).
+    Done { status: u16, next: Next, bytes: u64 },
+    /// The backend failed before anything went to the client; maybe retried.
+    Failed {
+        error: ProxyError,
+        why: &'static str,
+        retry: RetryKind,
+    },
+    /// The final status is one to retry on.
+    RetryStatus { status: u16 },
+    /// Stop: the client is gone or was answered by the engine itself.
+    Abort { status: u16 },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RetryKind {
+    /// Nothing reached the backend: always safe.
+    Connect,
+    /// After the request went out: needs a replayable request and the policy.
+    Reset,
+    Timeout,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn proxy(
+    conn: &mut Client,
+    shared: &Shared,
+    settings: &crate::config::ClientSettings,
+    req: &RequestHead,
+    pool: &Arc<Pool>,
+    request_id: &[u8],
+    timer: &mut Timer<'_>,
+    scratch: &mut Scratch,
+    mut record: Option<&mut AccessRecord>,
+) -> (u16, Next, u64) {
+    let config = pool.config();
+    let policy = &config.retries;
+    pool.retry_budget().deposit();
+    let deadline = config.timeouts.request.map(|d| Instant::now() + d);
+    let after_send = policy.attempts > 0 && (policy.on_reset || policy.on_timeout || !policy.on_status.0.is_empty());
+    // A replayable body is held whole in the buffer so that every attempt can send it.
+    let mut replay = match req.framing {
+        Framing::Empty => Some(0usize),
+        Framing::Length(n)
+            if after_send && req.method.is_idempotent() && n <= policy.buffer_body_bytes && !req.expect_continue =>
+        {
+            let n = n as usize;
+            if !read_body(conn, n, settings.body_idle_timeout, timer).await {
+                return (400, Next::Close, 0);
+            }
+            Some(n)
+        }
+        _ => None,
+    };
+    let replayable = replay.is_some();
+    let mut tried = [0usize; MAX_ATTEMPTS];
+    let mut attempts = 0usize;
+    let mut last_failure = ProxyError::NoBackend;
+    let mut body_touched = false;
+    loop {
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
+            tracing::warn!(pool = pool.name(), client = %conn.info.peer, "request timeout reached");
+            return answer(
+                conn,
+                scratch,
+                ProxyError::RequestTimeout,
+                body_touched || req.framing != Framing::Empty,
+            )
+            .await;
+        }
+        if body_touched && !replayable {
+            // The streamed body already went to a backend: it cannot be sent again.
+            return answer(conn, scratch, last_failure, true).await;
+        }
+        let picked = {
+            let head_bytes = conn.buf.prefix();
+            let target = std::str::from_utf8(req.path.get(head_bytes)).unwrap_or("/");
+            let view = RequestView::of_raw(conn.info.peer.ip(), head_bytes, &scratch.fields, target);
+            pool.pick(&view, &tried[..attempts]).map(|p| (p.index, p.set_cookie))
+        };
+        let Some((index, set_cookie)) = picked else {
+            return answer(conn, scratch, last_failure, req.framing != Framing::Empty).await;
+        };
+        let member = &pool.members()[index];
+        tried[attempts] = index;
+        attempts += 1;
+        let may_retry = attempts <= policy.attempts as usize;
+        let backend = &member.backend;
+        let _slot = match &member.slots {
+            None => None,
+            Some(slots) => match tokio::time::timeout(config.queue_timeout, Arc::clone(slots).acquire_owned()).await {
+                Ok(Ok(permit)) => Some(permit),
+                _ => {
+                    tracing::warn!(pool = pool.name(), backend = %backend.address(), "no backend slot within queue_timeout");
+                    return answer(conn, scratch, ProxyError::QueueTimeout, req.framing != Framing::Empty).await;
+                }
+            },
+        };
+        let in_flight = backend.start_request();
+        let attempt_started = Instant::now();
+        let mut attempt_deadline = attempt_started + config.timeouts.response_header;
+        if let Some(d) = deadline {
+            attempt_deadline = attempt_deadline.min(d);
+        }
+        let mut extra = [0u8; 256];
+        let extra_len = match &set_cookie {
+            Some(c) if c.len() + 14 <= extra.len() => {
+                let line = [b"Set-Cookie: ", c.as_bytes(), b"\r\n"];
+                let mut n = 0;
+                for part in line {
+                    extra[n..n + part.len()].copy_from_slice(part);
+                    n += part.len();
+                }
+                n
+            }
+            _ => 0,
+        };
+        let retry_status = |status: u16| {
+            replayable && may_retry && policy.on_status.contains(status) && pool.retry_budget().try_withdraw()
+        };
+        let outcome = attempt(
+            conn,
+            shared,
+            settings,
+            req,
+            member,
+            request_id,
+            &mut replay,
+            &mut body_touched,
+            attempt_deadline,
+            timer,
+            scratch,
+            &extra[..extra_len],
+            &retry_status,
+        )
+        .await;
+        let latency = attempt_started.elapsed();
+        match outcome {
+            Attempt::Done { status, next, bytes } => {
+                if status >= 500 && config.passive.eject_on_5xx {
+                    pool.record_failure(index);
+                } else {
+                    backend.record_success();
+                }
+                backend.observe_latency(latency, config.ewma_decay);
+                backend.record_response(status, latency);
+                if let Some(r) = record.as_deref_mut() {
+                    r.upstream = Some(backend.address());
+                    r.upstream_duration = Some(latency);
+                    r.retries = attempts as u32 - 1;
+                }
+                drop(in_flight);
+                return (status, next, bytes);
+            }
+            Attempt::Abort { status } => return (status, Next::Close, 0),
+            Attempt::RetryStatus { status } => {
+                if config.passive.eject_on_5xx && status >= 500 {
+                    pool.record_failure(index);
+                }
+                tracing::debug!(pool = pool.name(), backend = %backend.address(), status, "retrying on status");
+                last_failure = ProxyError::BadGateway;
+                continue;
+            }
+            Attempt::Failed { error, why, retry } => {
+                pool.record_failure(index);
+                tracing::warn!(
+                    backend = %backend.address(),
+                    pool = pool.name(),
+                    client = %conn.info.peer,
+                    status = error.status().as_u16(),
+                    error = why,
+                    "backend request failed"
+                );
+                last_failure = error;
+                let wanted = match retry {
+                    RetryKind::Connect => policy.on_connect_failure,
+                    RetryKind::Reset => replayable && policy.on_reset,
+                    RetryKind::Timeout => replayable && policy.on_timeout,
+                };
+                if error == ProxyError::RequestTimeout {
+                    return answer(conn, scratch, error, true).await;
+                }
+                if may_retry && wanted && (!body_touched || replayable) && pool.retry_budget().try_withdraw() {
+                    continue;
+                }
+                return answer(conn, scratch, error, body_touched || req.framing != Framing::Empty).await;
+            }
+        }
+    }
+}
+
+/// Answers with a failure status; closes when the request body was not (all) read.
+async fn answer(conn: &mut Client, scratch: &mut Scratch, error: ProxyError, close: bool) -> (u16, Next, u64) {
+    let status = error.status().as_u16();
+    let extra: &[u8] = if matches!(error, ProxyError::NoBackend | ProxyError::QueueTimeout) {
+        b"Retry-After: 1\r\n"
+    } else {
+        b""
+    };
+    let bytes = local(conn, &mut scratch.out, status, extra, !close).await;
+    (status, if close { Next::Close } else { Next::KeepAlive }, bytes)
+}
+
+/// Reads until `n` body bytes are unread in the buffer (a replayable body). False when the
+/// client went away or stalled past `idle`.
+async fn read_body(conn: &mut Client, n: usize, idle: Duration, timer: &mut Timer<'_>) -> bool {
+    while conn.buf.unread().len() < n {
+        let limit = conn.buf.prefix().len() + n.max(buffer::BUF_SIZE);
+        let deadline = Instant::now() + idle;
+        timer.require(deadline);
+        let read = loop {
+            tokio::select! {
+                biased;
+                r = conn.stream.read(conn.buf.spare(limit)) => break r,
+                () = timer.fired() => {
+                    if Instant::now() >= deadline {
+                        return false;
+                    }
+                    timer.set(deadline);
+                }
+            }
+        };
+        match read {
+            Ok(0) | Err(_) => return false,
+            Ok(k) => conn.buf.filled(k),
+        }
+    }
+    true
+}
+
+/// One exchange with `member`'s backend, on a pooled connection or a new one; a pooled one
+/// that turns out closed before any response byte is replaced once by a new one when the
+/// request can be sent again.
+#[allow(clippy::too_many_arguments)]
+async fn attempt(
+    conn: &mut Client,
+    shared: &Shared,
+    settings: &crate::config::ClientSettings,
+    req: &RequestHead,
+    member: &crate::upstream::Member,
+    request_id: &[u8],
+    replay: &mut Option<usize>,
+    body_touched: &mut bool,
+    attempt_deadline: Instant,
+    timer: &mut Timer<'_>,
+    scratch: &mut Scratch,
+    extra: &[u8],
+    retry_status: &(dyn Fn(u16) -> bool + Sync),
+) -> Attempt {
+    let mut pooled = member.idle.checkout();
+    loop {
+        let reused = pooled.is_some();
+        let mut upstream = match pooled.take() {
+            Some(s) => s,
+            None => {
+                let wait = member.idle.connect_timeout();
+                let connect_deadline = (Instant::now() + wait).min(attempt_deadline);
+                match tokio::time::timeout_at(connect_deadline, member.idle.connect()).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(ConnectError::Failed(_))) => {
+                        return Attempt::Failed {
+                            error: ProxyError::BadGateway,
+                            why: "connect failed",
+                            retry: RetryKind::Connect,
+                        }
+                    }
+                    Ok(Err(ConnectError::TimedOut(_))) | Err(_) => {
+                        return Attempt::Failed {
+                            error: ProxyError::ConnectTimeout,
+                            why: "connect timed out",
+                            retry: RetryKind::Connect,
+                        }
+                    }
+                }
+            }
+        };
+        let touched_before = *body_touched;
+        let result = exchange(
+            conn,
+            shared,
+            settings,
+            req,
+            &mut upstream,
+            member,
+            request_id,
+            replay,
+            body_touched,
+            attempt_deadline,
+            timer,
+            scratch,
+            extra,
+            retry_status,
+        )
+        .await;
+        match result {
+            Exchanged::Stale if reused && (!touched_before || replay.is_some()) => {
+                // The backend closed the pooled connection just as it was reused.
+                continue;
+            }
+            Exchanged::Stale => {
+                return Attempt::Failed {
+                    error: ProxyError::BadGateway,
+                    why: "backend closed the connection",
+                    retry: RetryKind::Reset,
+                }
+            }
+            Exchanged::Attempt(a) => return a,
+            Exchanged::Reusable(a) => {
+                member.idle.checkin(upstream);
+                return a;
+            }
+        }
+    }
+}
+
+enum Exchanged {
+    /// The backend closed or reset before any response byte.
+    Stale,
+    /// Finished; the backend connection is spent.
+    Attempt(Attempt),
+    /// Finished; the backend connection can carry another request.
+    Reusable(Attempt),
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn exchange(
+    conn: &mut Client,
+    shared: &Shared,
+    settings: &crate::config::ClientSettings,
+    req: &RequestHead,
+    upstream: &mut TcpStream,
+    member: &crate::upstream::Member,
+    request_id: &[u8],
+    replay: &mut Option<usize>,
+    body_touched: &mut bool,
+    attempt_deadline: Instant,
+    timer: &mut Timer<'_>,
+    scratch: &mut Scratch,
+    extra: &[u8],
+    retry_status: &(dyn Fn(u16) -> bool + Sync),
+) -> Exchanged {
+    let backend = &member.backend;
+    let (head_bytes, unread) = conn.buf.prefix_and_unread();
+    write::request_head(
+        &mut scratch.out,
+        head_bytes,
+        req,
+        &scratch.fields,
+        &Forwarding {
+            client_ip: conn.info.client_ip.as_bytes(),
+            proto: b"http",
+            backend_authority: backend.authority().as_str().as_bytes(),
+            request_id,
+        },
+    );
+    // The head and the body bytes already here go out in one write.
+    let (prefix_len, remaining) = match (req.framing, *replay) {
+        (_, Some(n)) => (n, 0),
+        (Framing::Length(n), None) => {
+            let k = unread.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+            (k, n - k as u64)
+        }
+        _ => (0, 0),
+    };
+    {
+        let mut slices = [IoSlice::new(&scratch.out), IoSlice::new(&unread[..prefix_len])];
+        if write_all_vectored(upstream, &mut slices).await.is_err() {
+            return Exchanged::Stale;
+        }
+    }
+    backend.record_bytes_sent(prefix_len as u64);
+    if replay.is_none() && prefix_len > 0 {
+        conn.buf.consume(prefix_len);
+        *body_touched = true;
+    }
+    let upload_framing = if replay.is_some() { Framing::Empty } else { req.framing };
+    if upload_framing == Framing::Chunked || remaining > 0 {
+        *body_touched = true;
+    }
+    let progress = Progress::default();
+    let keep_alive = req.keep_alive && !shared.stopping();
+    let plan = ResponsePlan {
+        method: req.method,
+        client_minor: req.minor,
+        upgrade: req.upgrade.is_some(),
+        keep_alive,
+        extra,
+    };
+    let mut ubuf = Buffer::default();
+    let (uploaded, downloaded, timed_out) = {
+        let Client { stream, buf, .. } = conn;
+        let (mut crd, mut cwr) = stream.split();
+        let (mut urd, mut uwr) = upstream.split();
+        let up = exchange::upload(
+            &mut crd,
+            buf,
+            &mut uwr,
+            upload_framing,
+            remaining,
+            settings.max_request_body,
+            &progress,
+        );
+        let down = exchange::download(
+            &mut urd,
+            &mut ubuf,
+            &mut cwr,
+            &mut scratch.out,
+            &mut scratch.response_fields,
+            &plan,
+            retry_status,
+            &progress,
+        );
+        tokio::pin!(up);
+        tokio::pin!(down);
+        let mut up_result: Option<Result<Uploaded, UploadError>> = None;
+        let mut down_result = None;
+        let mut timed_out = None;
+        let started = Instant::now();
+        let (mut seen_any, mut seen_up) = (0u64, 0u64);
+        let (mut since_any, mut since_up) = (started, started);
+        timer.require(attempt_deadline.min(started + settings.body_idle_timeout));
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut down, if down_result.is_none() => down_result = Some(r),
+                r = &mut up, if up_result.is_none() => up_result = Some(r),
+                () = timer.fired() => {
+                    let now = Instant::now();
+                    let any = progress.any.load(Ordering::Relaxed);
+                    if any != seen_any {
+                        (seen_any, since_any) = (any, now);
+                    }
+                    let upstream_reads = progress.upstream.load(Ordering::Relaxed);
+                    if upstream_reads != seen_up {
+                        (seen_up, since_up) = (upstream_reads, now);
+                    }
+                    let head = progress.head_received.load(Ordering::Relaxed);
+                    if !head && now >= attempt_deadline {
+                        timed_out = Some(true);
+                        break;
+                    }
+                    if now >= since_any + settings.body_idle_timeout
+                        || (head && now >= since_up + settings.response_body_idle_timeout)
+                    {
+                        timed_out = Some(false);
+                        break;
+                    }
+                    let mut next = since_any + settings.body_idle_timeout;
+                    if head {
+                        next = next.min(since_up + settings.response_body_idle_timeout);
+                    } else {
+                        next = next.min(attempt_deadline);
+                    }
+                    timer.set(next);
+                }
+            }
+            if down_result.is_some() || matches!(up_result, Some(Err(_))) {
+                break;
+            }
+        }
+        (up_result, down_result, timed_out)
+    };
+    let sent = progress.body_sent.load(Ordering::Relaxed);
+    backend.record_bytes_sent(sent);
+    backend.record_bytes(progress.body_received.load(Ordering::Relaxed));
+    let client_written = progress.client_written.load(Ordering::Relaxed);
+    let upload_done = upload_framing == Framing::Empty
+        || remaining == 0 && upload_framing != Framing::Chunked
+        || matches!(uploaded, Some(Ok(Uploaded::Done)));
+    if let Some(header_timeout) = timed_out {
+        if header_timeout && !client_written {
+            return Exchanged::Attempt(Attempt::Failed {
+                error: ProxyError::ResponseHeaderTimeout,
+                why: "no response headers within the response_header timeout",
+                retry: RetryKind::Timeout,
+            });
+        }
+        tracing::debug!(client = %conn.info.peer, "body idle timeout");
+        return Exchanged::Attempt(Attempt::Abort { status: 0 });
+    }
+    match (uploaded, downloaded) {
+        (Some(Err(e)), _) => {
+            tracing::debug!(client = %conn.info.peer, error = %e, "request body failed");
+            if client_written {
+                return Exchanged::Attempt(Attempt::Abort { status: 0 });
+            }
+            let status = match e {
+                UploadError::ClientGone => return Exchanged::Attempt(Attempt::Abort { status: 0 }),
+                UploadError::Malformed(_) => 400,
+                UploadError::TooLarge => 413,
+            };
+            local(conn, &mut scratch.out, status, b"", false).await;
+            Exchanged::Attempt(Attempt::Abort { status })
+        }
+        (
+            _,
+            Some(Ok(Downloaded::Complete {
+                status,
+                reusable,
+                keep_alive,
+            })),
+        ) => {
+            let next = if keep_alive && upload_done {
+                Next::KeepAlive
+            } else {
+                Next::Close
+            };
+            *replay = None;
+            let done = Attempt::Done {
+                status,
+                next,
+                bytes: progress.body_received.load(Ordering::Relaxed),
+            };
+            if reusable && upload_done {
+                Exchanged::Reusable(done)
+            } else {
+                Exchanged::Attempt(done)
+            }
+        }
+        (_, Some(Ok(Downloaded::Retry { status }))) => Exchanged::Attempt(Attempt::RetryStatus { status }),
+        (_, Some(Ok(Downloaded::Upgraded))) => {
+            tunnel(conn, shared, upstream, &mut ubuf, settings.tunnel_idle_timeout, timer).await;
+            Exchanged::Attempt(Attempt::Done {
+                status: 101,
+                next: Next::Close,
+                bytes: 0,
+            })
+        }
+        (_, Some(Err(DownloadError::Upstream(_)))) if !client_written => Exchanged::Stale,
+        (_, Some(Err(DownloadError::MalformedHead(e)))) if !client_written => {
+            tracing::warn!(backend = %backend.address(), error = %e, "malformed response head");
+            Exchanged::Attempt(Attempt::Failed {
+                error: ProxyError::BadGateway,
+                why: "malformed response head",
+                retry: RetryKind::Reset,
+            })
+        }
+        (_, Some(Err(e))) => {
+            tracing::debug!(backend = %backend.address(), error = %e, "response ended early");
+            Exchanged::Attempt(Attempt::Abort { status: 0 })
+        }
+        (_, None) => Exchanged::Attempt(Attempt::Abort { status: 0 }),
+    }
+}
+
+/// Relays bytes both ways after a 101 until both sides close or nothing moves for `idle`.
+async fn tunnel(
+    conn: &mut Client,
+    shared: &Shared,
+    upstream: &mut TcpStream,
+    ubuf: &mut Buffer,
+    idle: Duration,
+    timer: &mut Timer<'_>,
+) {
+    shared.limit.tunnel_opened();
+    let progress = Progress::default();
+    {
+        let Client { stream, buf, .. } = conn;
+        let (mut crd, mut cwr) = stream.split();
+        let (mut urd, mut uwr) = upstream.split();
+        let up = exchange::pipe(&mut crd, &mut uwr, buf, &progress);
+        let down = exchange::pipe(&mut urd, &mut cwr, ubuf, &progress);
+        tokio::pin!(up);
+        tokio::pin!(down);
+        let (mut up_done, mut down_done) = (false, false);
+        let mut seen = 0u64;
+        let mut deadline = Instant::now() + idle;
+        timer.require(deadline);
+        while !(up_done && down_done) {
+            tokio::select! {
+                r = &mut up, if !up_done => { up_done = true; if r.is_err() { break; } }
+                r = &mut down, if !down_done => { down_done = true; if r.is_err() { break; } }
+                () = timer.fired() => {
+                    let any = progress.any.load(Ordering::Relaxed);
+                    let now = Instant::now();
+                    if any == seen && now >= deadline {
+                        break;
+                    }
+                    if any != seen {
+                        seen = any;
+                        deadline = now + idle;
+                    }
+                    timer.set(deadline);
+                }
+            }
+        }
+    }
+    shared.limit.tunnel_closed();
+}

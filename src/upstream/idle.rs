@@ -1,0 +1,119 @@
+//! Idle HTTP/1.1 keep-alive connections to one backend, for the HTTP/1 engine.
+//!
+//! An idle connection is just its socket in a per-worker lock-free queue: no task, no buffer
+//! (nginx keeps its upstream keep-alive connections the same way). A request pops one, checks
+//! that the backend has not closed it (readiness the reactor already recorded: no syscall in
+//! the common case), and pushes it back once its response ended exactly. A periodic sweep
+//! closes connections idle past the pool's idle timeout.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crossbeam_queue::ArrayQueue;
+use tokio::net::TcpStream;
+
+use super::backend::clock_nanos;
+use crate::server::workers;
+
+/// Most idle connections kept per backend and worker; beyond it, released ones are closed.
+pub const MAX_IDLE_PER_WORKER: usize = 512;
+
+/// Why no connection to the backend could be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Refused, unreachable, out of file descriptors...
+    #[error("connect failed: {0}")]
+    Failed(std::io::Error),
+    /// No connection within the connect timeout.
+    #[error("connect timed out after {0:?}")]
+    TimedOut(Duration),
+}
+
+#[derive(Debug)]
+struct Idle {
+    stream: TcpStream,
+    since: u64,
+}
+
+/// The idle connections to one backend, per worker.
+#[derive(Debug)]
+pub struct IdleConnections {
+    address: SocketAddr,
+    connect_timeout: Duration,
+    idle_timeout_nanos: u64,
+    queues: Vec<ArrayQueue<Idle>>,
+}
+
+impl IdleConnections {
+    /// None yet, for the backend at `address`.
+    pub fn new(address: SocketAddr, connect_timeout: Duration, idle_timeout: Duration) -> IdleConnections {
+        IdleConnections {
+            address,
+            connect_timeout,
+            idle_timeout_nanos: u64::try_from(idle_timeout.as_nanos()).unwrap_or(u64::MAX),
+            queues: (0..workers::count())
+                .map(|_| ArrayQueue::new(MAX_IDLE_PER_WORKER))
+                .collect(),
+        }
+    }
+
+    fn local(&self) -> &ArrayQueue<Idle> {
+        &self.queues[workers::current() % self.queues.len()]
+    }
+
+    /// The connect timeout.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// Connections waiting for a request, over all workers.
+    pub fn idle_count(&self) -> usize {
+        self.queues.iter().map(ArrayQueue::len).sum()
+    }
+
+    /// An idle connection of this worker that the backend has not closed, if any.
+    pub fn checkout(&self) -> Option<TcpStream> {
+        let now = clock_nanos();
+        while let Some(idle) = self.local().pop() {
+            if now.saturating_sub(idle.since) > self.idle_timeout_nanos {
+                continue;
+            }
+            // Closed by the backend (or it sent something unasked): not usable.
+            let mut probe = [0u8; 1];
+            match idle.stream.try_read(&mut probe) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(idle.stream),
+                _ => continue,
+            }
+        }
+        None
+    }
+
+    /// Opens a new connection (the caller bounds the wait with the connect timeout).
+    pub async fn connect(&self) -> Result<TcpStream, ConnectError> {
+        let stream = TcpStream::connect(self.address).await.map_err(ConnectError::Failed)?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    /// Keeps `stream` for the next request of this worker. Call only when its last response
+    /// ended exactly and nothing more was read.
+    pub fn checkin(&self, stream: TcpStream) {
+        let _ = self.local().push(Idle {
+            stream,
+            since: clock_nanos(),
+        });
+    }
+
+    /// Closes connections idle past the idle timeout.
+    pub fn sweep(&self) {
+        let now = clock_nanos();
+        for queue in &self.queues {
+            for _ in 0..queue.len() {
+                let Some(idle) = queue.pop() else { break };
+                if now.saturating_sub(idle.since) <= self.idle_timeout_nanos {
+                    let _ = queue.push(idle);
+                }
+            }
+        }
+    }
+}
