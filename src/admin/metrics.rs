@@ -56,6 +56,36 @@ pub fn render(view: &AdminView, reloads: &ReloadStats, started: Instant) -> Stri
 
     header(
         &mut out,
+        "steelyard_upgraded_connections",
+        "gauge",
+        "Client connections upgraded (WebSocket) and tunnelled to a backend now, per listener.",
+    );
+    for (name, _, limit) in &view.listeners {
+        let _ = writeln!(
+            out,
+            "steelyard_upgraded_connections{{listener=\"{}\"}} {}",
+            esc(name),
+            limit.tunnels()
+        );
+    }
+
+    header(
+        &mut out,
+        "steelyard_upgraded_connections_total",
+        "counter",
+        "Client connections upgraded after a 101 from a backend, per listener.",
+    );
+    for (name, _, limit) in &view.listeners {
+        let _ = writeln!(
+            out,
+            "steelyard_upgraded_connections_total{{listener=\"{}\"}} {}",
+            esc(name),
+            limit.tunnels_total()
+        );
+    }
+
+    header(
+        &mut out,
         "steelyard_requests_total",
         "counter",
         "Responses from backends (and errors for them) by status class.",

@@ -7,6 +7,8 @@
 
 use std::cell::RefCell;
 
+use tokio::io::{AsyncRead, AsyncReadExt};
+
 use super::head::Field;
 
 /// Size of a standard I/O buffer: request heads up to this size need nothing more, and bodies
@@ -14,7 +16,7 @@ use super::head::Field;
 pub const BUF_SIZE: usize = 16 * 1024;
 
 /// Most free buffers (and header tables) a worker keeps; more are freed.
-const MAX_FREE: usize = 1024;
+const MAX_FREE: usize = 256;
 
 /// Header fields a pooled table holds before it has to grow.
 const FIELDS: usize = 64;
@@ -24,17 +26,26 @@ thread_local! {
     static TABLES: RefCell<Vec<Vec<Field>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// A zeroed [`BUF_SIZE`]-byte vector (at full length), from this worker's pool.
+/// An empty vector with room for [`BUF_SIZE`] bytes, from this worker's pool.
 pub fn take() -> Vec<u8> {
     BUFFERS
         .with(|b| b.borrow_mut().pop())
-        .unwrap_or_else(|| vec![0; BUF_SIZE])
+        .unwrap_or_else(|| Vec::with_capacity(BUF_SIZE))
 }
 
 /// Gives a vector from [`take`] back to this worker's pool. Vectors grown past the standard
 /// size (for a large head or a buffered body) are freed rather than kept.
-pub fn give(buf: Vec<u8>) {
-    give_full(buf);
+pub fn give(mut buf: Vec<u8>) {
+    if buf.capacity() != BUF_SIZE {
+        return;
+    }
+    buf.clear();
+    BUFFERS.with(|b| {
+        let mut b = b.borrow_mut();
+        if b.len() < MAX_FREE {
+            b.push(buf);
+        }
+    });
 }
 
 /// An empty header table, from this worker's pool.
@@ -59,68 +70,78 @@ pub fn give_fields(mut fields: Vec<Field>) {
 }
 
 /// A byte buffer taken from the pool when bytes arrive and given back once empty
-/// ([`Buffer::release_if_empty`], or on drop). `data[start..end]` are the unread bytes; the
-/// vector is always at its full length (zeroed once, when first allocated), so reading into
-/// `data[end..]` needs no unsafe code. `data[..floor]` is a pinned prefix (a request head
-/// kept while its body streams) that compaction never moves.
+/// ([`Buffer::release_if_empty`], or on drop). `data[start..]` are the unread bytes; reads
+/// append into the vector's spare capacity (never zeroed, never unsafe: tokio's `read_buf`).
+/// `data[..floor]` is a pinned prefix (a request head kept while its body streams) that
+/// compaction never moves.
 #[derive(Debug, Default)]
 pub struct Buffer {
     data: Option<Vec<u8>>,
     floor: usize,
     start: usize,
-    end: usize,
+}
+
+/// Returned by [`Buffer::read_from`] when the buffer is full at its limit.
+pub fn full() -> std::io::Error {
+    std::io::Error::other("buffer full")
 }
 
 impl Buffer {
-    /// True when no bytes are waiting to be read.
-    pub fn is_empty(&self) -> bool {
-        self.start == self.end
+    fn end(&self) -> usize {
+        self.data.as_ref().map_or(0, Vec::len)
     }
 
-    /// True when the buffer holds a pooled vector.
-    pub fn is_held(&self) -> bool {
-        self.data.is_some()
+    /// True when no bytes are waiting to be read.
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end()
     }
 
     /// The unread bytes.
     pub fn unread(&self) -> &[u8] {
         match &self.data {
-            Some(d) => &d[self.start..self.end],
+            Some(d) => &d[self.start..],
             None => &[],
         }
     }
 
     /// Marks `n` unread bytes as consumed.
     pub fn consume(&mut self, n: usize) {
-        debug_assert!(self.start + n <= self.end);
-        self.start = (self.start + n).min(self.end);
-        if self.start == self.end {
+        let end = self.end();
+        debug_assert!(self.start + n <= end);
+        self.start = (self.start + n).min(end);
+        if self.start == end {
             self.start = self.floor;
-            self.end = self.floor;
+            if let Some(d) = &mut self.data {
+                d.truncate(self.floor);
+            }
         }
     }
 
-    /// Room to read into after the unread bytes. Unread bytes are first moved down to the
-    /// pinned prefix when that makes room; the buffer grows (doubling) up to `limit` bytes in
-    /// all. Empty only when the buffer is full at `limit`.
-    pub fn spare(&mut self, limit: usize) -> &mut [u8] {
-        let d = self.data.get_or_insert_with(take_full);
-        if self.end == d.len() && self.start > self.floor {
-            d.copy_within(self.start..self.end, self.floor);
-            self.end -= self.start - self.floor;
+    /// The vector to read into, with spare capacity after the unread bytes: taken from the
+    /// pool if needed, unread bytes moved down to the pinned prefix when that makes room,
+    /// grown (doubling) up to `limit` bytes in all. `None` when full at `limit`.
+    pub fn room(&mut self, limit: usize) -> Option<&mut Vec<u8>> {
+        let d = self.data.get_or_insert_with(take);
+        if d.len() == d.capacity() && self.start > self.floor {
+            d.copy_within(self.start.., self.floor);
+            d.truncate(d.len() - (self.start - self.floor));
             self.start = self.floor;
         }
-        if self.end == d.len() && d.len() < limit {
-            let grown = (d.len() * 2).min(limit);
-            d.resize(grown, 0);
+        if d.len() == d.capacity() {
+            if d.len() >= limit {
+                return None;
+            }
+            let grown = (d.capacity() * 2).min(limit);
+            d.reserve_exact(grown - d.len());
         }
-        &mut d[self.end..]
+        Some(d)
     }
 
-    /// Records that `n` bytes were read into the slice [`Buffer::spare`] returned.
-    pub fn filled(&mut self, n: usize) {
-        self.end += n;
-        debug_assert!(self.data.as_ref().is_some_and(|d| self.end <= d.len()));
+    /// Reads once from `r` into the buffer (at most up to `limit` bytes held in all).
+    /// `Ok(0)` is end of stream; a full buffer is the error [`full`].
+    pub async fn read_from<R: AsyncRead + Unpin>(&mut self, r: &mut R, limit: usize) -> std::io::Result<usize> {
+        let room = self.room(limit).ok_or_else(full)?;
+        r.read_buf(room).await
     }
 
     /// Moves the unread bytes to the front of the buffer (so that a head parsed from them
@@ -129,9 +150,9 @@ impl Buffer {
         debug_assert_eq!(self.floor, 0);
         if self.start > 0 {
             if let Some(d) = &mut self.data {
-                d.copy_within(self.start..self.end, 0);
+                d.copy_within(self.start.., 0);
+                d.truncate(d.len() - self.start);
             }
-            self.end -= self.start;
             self.start = 0;
         }
     }
@@ -142,17 +163,16 @@ impl Buffer {
         debug_assert_eq!(self.start, 0);
         self.floor = n;
         self.start = n;
-        if self.end < n {
-            self.end = n;
-        }
     }
 
     /// Releases the pinned prefix; unread bytes stay unread.
     pub fn unpin(&mut self) {
         self.floor = 0;
-        if self.start == self.end {
+        if self.is_empty() {
             self.start = 0;
-            self.end = 0;
+            if let Some(d) = &mut self.data {
+                d.clear();
+            }
         }
     }
 
@@ -167,7 +187,7 @@ impl Buffer {
     /// The pinned prefix and the unread bytes, together.
     pub fn prefix_and_unread(&self) -> (&[u8], &[u8]) {
         match &self.data {
-            Some(d) => (&d[..self.floor], &d[self.start..self.end]),
+            Some(d) => (&d[..self.floor], &d[self.start..]),
             None => (&[], &[]),
         }
     }
@@ -176,10 +196,9 @@ impl Buffer {
     pub fn release_if_empty(&mut self) {
         if self.is_empty() && self.floor == 0 {
             if let Some(d) = self.data.take() {
-                give_full(d);
+                give(d);
             }
             self.start = 0;
-            self.end = 0;
         }
     }
 }
@@ -187,7 +206,7 @@ impl Buffer {
 impl Drop for Buffer {
     fn drop(&mut self) {
         if let Some(d) = self.data.take() {
-            give_full(d);
+            give(d);
         }
     }
 }
@@ -213,28 +232,6 @@ pub fn give_scratch(mut v: Vec<u8>) {
         let mut s = s.borrow_mut();
         if s.len() < MAX_FREE {
             s.push(v);
-        }
-    });
-}
-
-/// A full-length (zeroed) standard buffer from the pool.
-fn take_full() -> Vec<u8> {
-    let mut d = take();
-    if d.len() != BUF_SIZE {
-        d.resize(BUF_SIZE, 0);
-    }
-    d
-}
-
-/// Gives back a full-length buffer; grown ones are freed.
-fn give_full(d: Vec<u8>) {
-    if d.len() != BUF_SIZE || d.capacity() != BUF_SIZE {
-        return;
-    }
-    BUFFERS.with(|b| {
-        let mut b = b.borrow_mut();
-        if b.len() < MAX_FREE {
-            b.push(d);
         }
     });
 }

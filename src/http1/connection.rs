@@ -35,6 +35,8 @@ pub struct Shared {
     pub limit: Arc<ConnectionLimit>,
     /// Its open connections, to close idle ones at shutdown.
     pub registry: Arc<Registry>,
+    /// Turns true at shutdown (HTTP/2 connections wait on it; HTTP/1 ones use the registry).
+    pub stop: watch::Receiver<bool>,
 }
 
 impl Shared {
@@ -51,6 +53,8 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// Its IP, rendered once for `X-Forwarded-For`.
     pub client_ip: HeaderValue,
+    /// True while the connection waits for a request (shutdown closes it then).
+    idle: AtomicBool,
 }
 
 /// A client connection: its socket, its (pooled, usually absent) buffer, who it is.
@@ -60,8 +64,8 @@ pub struct Client {
     pub stream: TcpStream,
     /// Bytes read and not yet consumed; holds no memory while empty.
     pub buf: Buffer,
-    /// Who it is.
-    pub info: ConnInfo,
+    /// Who it is (shared with the registry; kept out of the task to keep idle tasks small).
+    pub info: Arc<ConnInfo>,
 }
 
 /// The open connections of a listener, so that shutdown can close the idle ones at once
@@ -73,21 +77,19 @@ pub struct Registry {
 }
 
 /// A registered connection: its descriptor and whether it waits idle.
-type Entry = (i32, Arc<AtomicBool>);
+type Entry = (i32, Arc<ConnInfo>);
 
 /// A connection's entry in the registry; removed (before the socket closes) on drop.
 struct Registration<'a> {
     registry: &'a Registry,
     slot: usize,
-    idle: Arc<AtomicBool>,
 }
 
 impl Registry {
-    fn register(&self, stream: &TcpStream) -> Registration<'_> {
+    fn register(&self, stream: &TcpStream, info: &Arc<ConnInfo>) -> Registration<'_> {
         use std::os::fd::AsRawFd;
-        let idle = Arc::new(AtomicBool::new(false));
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = Some((stream.as_raw_fd(), Arc::clone(&idle)));
+        let entry = Some((stream.as_raw_fd(), Arc::clone(info)));
         let slot = match open.iter().position(Option::is_none) {
             Some(i) => {
                 open[i] = entry;
@@ -98,19 +100,15 @@ impl Registry {
                 open.len() - 1
             }
         };
-        Registration {
-            registry: self,
-            slot,
-            idle,
-        }
+        Registration { registry: self, slot }
     }
 
     /// Starts shutdown: connections finish the request in hand; idle ones are closed now.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        for (fd, idle) in open.iter().flatten() {
-            if idle.load(Ordering::SeqCst) {
+        for (fd, info) in open.iter().flatten() {
+            if info.idle.load(Ordering::SeqCst) {
                 // Entries are removed under this lock before their socket closes, so `fd`
                 // is still this connection's. Its read wakes with EOF and it closes.
                 shutdown_read(*fd);
@@ -136,18 +134,27 @@ impl Drop for Registration<'_> {
 }
 
 /// Serves one client connection until it closes.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
-    let registration = shared.registry.register(&stream);
     let ip = peer.ip().to_canonical();
     let client_ip = HeaderValue::try_from(ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"));
+    let info = Arc::new(ConnInfo {
+        peer,
+        client_ip,
+        idle: AtomicBool::new(false),
+    });
+    let registration = shared.registry.register(&stream, &info);
     let mut conn = Client {
         stream,
         buf: Buffer::default(),
-        info: ConnInfo { peer, client_ip },
+        info,
     };
-    let settings = *shared.router.load().client_settings();
-    let mut deadline = Instant::now() + settings.head_timeout;
+    let (head_timeout, keep_alive) = {
+        let settings = shared.router.load();
+        let s = settings.client_settings();
+        (s.head_timeout, s.keep_alive_timeout)
+    };
+    let mut deadline = Instant::now() + head_timeout;
     let sleep = tokio::time::sleep_until(deadline);
     tokio::pin!(sleep);
     let mut timer = Timer::new(sleep.as_mut());
@@ -156,30 +163,34 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, sto
         if conn.buf.is_empty() {
             // Idle: no buffer held, one timer armed.
             conn.buf.release_if_empty();
-            registration.idle.store(true, Ordering::SeqCst);
+            conn.info.idle.store(true, Ordering::SeqCst);
             if shared.stopping() {
                 break;
             }
             timer.require(deadline);
-            let ready = loop {
-                tokio::select! {
-                    biased;
-                    r = conn.stream.readable() => break r.is_ok(),
-                    () = timer.fired() => {
-                        if Instant::now() >= deadline {
-                            break false;
-                        }
-                        timer.set(deadline);
-                    }
+            // Polled by hand: a `readable()` future or `select!` would add their state to
+            // every idle connection's task.
+            let ready = std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = conn.stream.poll_read_ready(cx) {
+                    return Poll::Ready(r.is_ok());
                 }
-            };
-            registration.idle.store(false, Ordering::SeqCst);
+                while timer.poll_fired(cx).is_ready() {
+                    if Instant::now() >= deadline {
+                        return Poll::Ready(false);
+                    }
+                    timer.set(deadline);
+                }
+                Poll::Pending
+            })
+            .await;
+            conn.info.idle.store(false, Ordering::SeqCst);
             if !ready {
                 break;
             }
-            match conn.stream.try_read(conn.buf.spare(BUF_SIZE)) {
+            let Some(room) = conn.buf.room(BUF_SIZE) else { break };
+            match conn.stream.try_read_buf(room) {
                 Ok(0) => break,
-                Ok(n) => conn.buf.filled(n),
+                Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     conn.buf.release_if_empty();
                     continue;
@@ -187,26 +198,23 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, sto
                 Err(_) => break,
             }
             if !first {
-                deadline = Instant::now() + settings.head_timeout;
+                deadline = Instant::now() + head_timeout;
             }
         }
         if first {
             first = false;
-            if is_h2_preface(&mut conn).await {
+            // Boxed: only a connection's first bytes need it, so no idle connection pays for it.
+            if Box::pin(is_h2_preface(&mut conn)).await {
                 drop(registration);
-                serve_h2(conn, shared, stop).await;
+                // Boxed: hyper's connection state would otherwise size every connection's task.
+                Box::pin(serve_h2(conn, shared)).await;
                 return;
             }
         }
         let next = Recycled::new(h1::serve(&mut conn, &shared, &mut timer, deadline)).await;
         match next {
             Next::KeepAlive => {
-                let settings = shared.router.load().client_settings().to_owned();
-                deadline = Instant::now() + settings.keep_alive_timeout;
-                if !conn.buf.is_empty() {
-                    // A pipelined request: its head timer starts now.
-                    deadline = Instant::now() + settings.head_timeout;
-                }
+                deadline = Instant::now() + if conn.buf.is_empty() { keep_alive } else { head_timeout };
             }
             Next::Close => break,
         }
@@ -217,7 +225,6 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, sto
 /// True when the connection starts with the HTTP/2 preface (reads more while what arrived is
 /// a prefix of it).
 async fn is_h2_preface(conn: &mut Client) -> bool {
-    use tokio::io::AsyncReadExt;
     loop {
         let unread = conn.buf.unread();
         let n = unread.len().min(H2_PREFACE.len());
@@ -229,18 +236,19 @@ async fn is_h2_preface(conn: &mut Client) -> bool {
         }
         let read = tokio::time::timeout(
             std::time::Duration::from_secs(10),
-            conn.stream.read(conn.buf.spare(BUF_SIZE)),
+            conn.buf.read_from(&mut conn.stream, BUF_SIZE),
         )
         .await;
         match read {
-            Ok(Ok(k)) if k > 0 => conn.buf.filled(k),
+            Ok(Ok(k)) if k > 0 => {}
             _ => return false,
         }
     }
 }
 
 /// Serves an HTTP/2 (prior knowledge) connection with hyper, on the hyper-based request path.
-async fn serve_h2(conn: Client, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+async fn serve_h2(conn: Client, shared: Arc<Shared>) {
+    let mut stop = shared.stop.clone();
     let info = Arc::new(crate::proxy::forward::ConnInfo::new(conn.info.peer));
     let router = Arc::clone(&shared.router);
     let limit = Arc::clone(&shared.limit);
@@ -317,5 +325,32 @@ impl AsyncWrite for Rewind {
     }
     fn is_write_vectored(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// What an idle keep-alive connection costs is its task: keep the connection future small
+    /// (a request's state lives in a recycled block, HTTP/2 in a box of its own).
+    #[tokio::test]
+    async fn the_connection_future_stays_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let config = Config::original_demo();
+        let router = Router::new(&config.listeners[0], &[]);
+        let (_tx, stop) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            router: Arc::new(ArcSwap::from_pointee(router)),
+            limit: ConnectionLimit::new(10),
+            registry: Arc::new(Registry::default()),
+            stop,
+        });
+        let future = serve(stream, addr, shared);
+        let size = std::mem::size_of_val(&future);
+        assert!(size <= 544, "connection future is {size} bytes");
     }
 }

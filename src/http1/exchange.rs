@@ -164,16 +164,12 @@ where
         }
         // Room for more after what is unread (an incomplete chunk line or trailers).
         let limit = cbuf.prefix().len() + BUF_SIZE + chunked::MAX_TRAILERS;
-        let spare = cbuf.spare(limit);
-        if spare.is_empty() {
+        let Some(room) = cbuf.room(limit) else {
             return Err(UploadError::Malformed(ChunkError("chunk line too long")));
-        }
-        match crd.read(spare).await {
+        };
+        match crd.read_buf(room).await {
             Ok(0) | Err(_) => return Err(UploadError::ClientGone),
-            Ok(n) => {
-                cbuf.filled(n);
-                progress.tick();
-            }
+            Ok(_) => progress.tick(),
         }
     }
 }
@@ -255,11 +251,10 @@ where
                 Ok(None) => {}
                 Err(e) => return Err(DownloadError::MalformedHead(e)),
             }
-            match urd.read(ubuf.spare(MAX_RESPONSE_HEAD)).await {
+            match ubuf.read_from(urd, MAX_RESPONSE_HEAD).await {
                 Ok(0) => return Err(DownloadError::Upstream("connection closed")),
                 Err(_) => return Err(DownloadError::Upstream("connection reset")),
-                Ok(n) => {
-                    ubuf.filled(n);
+                Ok(_) => {
                     progress.upstream.fetch_add(1, Ordering::Relaxed);
                     progress.tick();
                 }
@@ -399,11 +394,10 @@ where
                 }
             }
         }
-        let spare = ubuf.spare(BUF_SIZE + chunked::MAX_TRAILERS);
-        if spare.is_empty() {
+        let Some(room) = ubuf.room(BUF_SIZE + chunked::MAX_TRAILERS) else {
             return Err(DownloadError::Body("chunk line too long"));
-        }
-        match urd.read(spare).await {
+        };
+        match urd.read_buf(room).await {
             Ok(0) if upstream_framing == Framing::Close => {
                 if chunked_out {
                     cwr.write_all(b"0\r\n\r\n").await.map_err(|_| DownloadError::Client)?;
@@ -412,8 +406,7 @@ where
             }
             Ok(0) => return Err(DownloadError::Body("connection closed mid-body")),
             Err(_) => return Err(DownloadError::Body("connection reset mid-body")),
-            Ok(n) => {
-                ubuf.filled(n);
+            Ok(_) => {
                 progress.upstream.fetch_add(1, Ordering::Relaxed);
                 progress.tick();
             }
@@ -459,13 +452,12 @@ where
             total += n as u64;
             progress.tick();
         }
-        let n = from.read(buf.spare(BUF_SIZE)).await?;
+        let n = buf.read_from(from, BUF_SIZE).await?;
         if n == 0 {
             buf.release_if_empty();
             let _ = to.shutdown().await;
             return Ok(total);
         }
-        buf.filled(n);
         progress.tick();
     }
 }

@@ -1,6 +1,7 @@
 //! Small I/O helpers for the engine: vectored writes that finish, and the one timer a
 //! connection owns.
 
+use std::future::Future;
 use std::io::IoSlice;
 use std::pin::Pin;
 
@@ -53,6 +54,11 @@ impl<'a> Timer<'a> {
     /// Completes when the armed deadline passes.
     pub async fn fired(&mut self) {
         self.sleep.as_mut().await;
+    }
+
+    /// Polls for the armed deadline passing.
+    pub fn poll_fired(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        self.sleep.as_mut().poll(cx)
     }
 
     /// True when the armed deadline has passed.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::HeaderValue;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -86,7 +86,7 @@ pub async fn serve(conn: &mut Client, shared: &Shared, timer: &mut Timer<'_>, he
         let read = loop {
             tokio::select! {
                 biased;
-                r = conn.stream.read(conn.buf.spare(limits.max_bytes)) => break r,
+                r = conn.buf.read_from(&mut conn.stream, limits.max_bytes) => break r,
                 () = timer.fired() => {
                     if Instant::now() >= head_deadline {
                         tracing::debug!(client = %conn.info.peer, "request head timeout");
@@ -99,7 +99,7 @@ pub async fn serve(conn: &mut Client, shared: &Shared, timer: &mut Timer<'_>, he
         };
         match read {
             Ok(0) | Err(_) => return Next::Close,
-            Ok(n) => conn.buf.filled(n),
+            Ok(_) => {}
         }
     };
     shared.limit.count_request();
@@ -123,10 +123,30 @@ async fn local(conn: &mut Client, out: &mut Vec<u8>, status: u16, extra: &[u8], 
     write::local_response(out, status, extra, text, keep_alive);
     let _ = tokio::time::timeout(Duration::from_secs(5), conn.stream.write_all(out)).await;
     if !keep_alive {
-        let _ = conn.stream.shutdown().await;
+        linger(&mut conn.stream).await;
     }
     len
 }
+
+/// Closes our side, then reads and discards what the client still sends for a moment, so
+/// that closing with unread bytes does not reset the connection and destroy the response
+/// in flight (nginx's lingering close).
+async fn linger(stream: &mut TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 1024];
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Longest lingering close.
+const LINGER: Duration = Duration::from_secs(2);
 
 fn format_status_body(status: u16, buf: &mut [u8; 64]) -> &[u8] {
     let mut n = 0;
@@ -186,7 +206,12 @@ async fn route(
     let head_bytes = conn.buf.prefix();
     let host = req.host.and_then(|h| std::str::from_utf8(h.get(head_bytes)).ok());
     let target = std::str::from_utf8(req.path.get(head_bytes)).unwrap_or("/");
-    let path = target.split('?').next().unwrap_or(target);
+    // `OPTIONS *` is about the server as a whole: it takes the routes of `/`.
+    let path = if target == "*" {
+        "/"
+    } else {
+        target.split('?').next().unwrap_or(target)
+    };
     let pool = router.route(host, path).cloned();
     let log = router.access_log().cloned();
     let id_buf = request_id();
@@ -311,6 +336,7 @@ async fn proxy(
         _ => None,
     };
     let replayable = replay.is_some();
+    let client_keeps = req.keep_alive && !shared.stopping();
     let mut tried = [0usize; MAX_ATTEMPTS];
     let mut attempts = 0usize;
     let mut last_failure = ProxyError::NoBackend;
@@ -338,7 +364,13 @@ async fn proxy(
             pool.pick(&view, &tried[..attempts]).map(|p| (p.index, p.set_cookie))
         };
         let Some((index, set_cookie)) = picked else {
-            return answer(conn, scratch, last_failure, req.framing != Framing::Empty).await;
+            return answer(
+                conn,
+                scratch,
+                last_failure,
+                req.framing != Framing::Empty || !client_keeps,
+            )
+            .await;
         };
         let member = &pool.members()[index];
         tried[attempts] = index;
@@ -351,7 +383,13 @@ async fn proxy(
                 Ok(Ok(permit)) => Some(permit),
                 _ => {
                     tracing::warn!(pool = pool.name(), backend = %backend.address(), "no backend slot within queue_timeout");
-                    return answer(conn, scratch, ProxyError::QueueTimeout, req.framing != Framing::Empty).await;
+                    return answer(
+                        conn,
+                        scratch,
+                        ProxyError::QueueTimeout,
+                        req.framing != Framing::Empty || !client_keeps,
+                    )
+                    .await;
                 }
             },
         };
@@ -442,7 +480,13 @@ async fn proxy(
                 if may_retry && wanted && (!body_touched || replayable) && pool.retry_budget().try_withdraw() {
                     continue;
                 }
-                return answer(conn, scratch, error, body_touched || req.framing != Framing::Empty).await;
+                return answer(
+                    conn,
+                    scratch,
+                    error,
+                    body_touched || req.framing != Framing::Empty || !client_keeps,
+                )
+                .await;
             }
         }
     }
@@ -470,7 +514,7 @@ async fn read_body(conn: &mut Client, n: usize, idle: Duration, timer: &mut Time
         let read = loop {
             tokio::select! {
                 biased;
-                r = conn.stream.read(conn.buf.spare(limit)) => break r,
+                r = conn.buf.read_from(&mut conn.stream, limit) => break r,
                 () = timer.fired() => {
                     if Instant::now() >= deadline {
                         return false;
@@ -481,7 +525,7 @@ async fn read_body(conn: &mut Client, n: usize, idle: Duration, timer: &mut Time
         };
         match read {
             Ok(0) | Err(_) => return false,
-            Ok(k) => conn.buf.filled(k),
+            Ok(_) => {}
         }
     }
     true

@@ -142,9 +142,9 @@ pub async fn accept_loop(
                         tokio::spawn(refuse(stream));
                         continue;
                     };
-                    let (shared, stop, active) = (Arc::clone(&shared), stop.clone(), active.clone());
+                    let (shared, active) = (Arc::clone(&shared), active.clone());
                     tokio::spawn(async move {
-                        crate::http1::connection::serve(stream, peer, shared, stop).await;
+                        crate::http1::connection::serve(stream, peer, shared).await;
                         drop(counted);
                         drop(active);
                     });
@@ -166,8 +166,8 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 }
 
 /// The default cap on a listener's client connections: half the process's file descriptors
-/// (each proxied request may need a backend connection too), less a reserve for listeners,
-/// logs and health checks. Raises the soft descriptor limit to the hard one first, as nginx's
+/// (each proxied request may need a backend connection too) less a reserve of 128 for
+/// listeners, logs and health checks; a quarter of them under 512. Raises the soft descriptor limit to the hard one first, as nginx's
 /// `worker_rlimit_nofile` and Go's runtime do.
 pub fn default_max_client_connections() -> usize {
     static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
@@ -193,6 +193,10 @@ pub fn default_max_client_connections() -> usize {
             lim.rlim_cur
         };
         let soft = usize::try_from(soft).unwrap_or(usize::MAX / 4).min(1 << 22);
-        (soft.saturating_sub(256) / 2).max(64)
+        if soft >= 512 {
+            soft / 2 - 128
+        } else {
+            (soft / 4).max(1)
+        }
     })
 }

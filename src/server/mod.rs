@@ -311,12 +311,13 @@ impl Running {
                 .unwrap_or_else(listener::default_max_client_connections),
         );
         let registry = Arc::new(Registry::default());
+        let (stop, stopped) = watch::channel(false);
         let shared = Arc::new(Shared {
             router: Arc::clone(&router),
             limit: Arc::clone(&limit),
             registry: Arc::clone(&registry),
+            stop: stopped.clone(),
         });
-        let (stop, stopped) = watch::channel(false);
         // One socket per worker, all bound to the same address; the first is already bound.
         let mut sockets = vec![socket];
         for _ in 1..self.workers.handles().len() {

@@ -24,8 +24,11 @@ use tokio::task::JoinHandle;
 use steelyard::{Config, Server};
 
 mod process;
+mod raw_origin;
 #[allow(unused_imports)] // not every test binary runs the compiled binary
 pub use process::{Process, BIN};
+#[allow(unused_imports)] // only the HTTP/1 edge tests record raw bytes
+pub use raw_origin::{spawn_recording_origin, Recording};
 
 /// How long any wait in a test may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(10);

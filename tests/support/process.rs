@@ -19,8 +19,14 @@ pub struct Process {
 
 impl Process {
     pub fn start(args: &[&str]) -> Process {
-        let mut child = Command::new(BIN)
-            .args(args)
+        let mut command = Command::new(BIN);
+        command.args(args);
+        Process::start_command(&mut command)
+    }
+
+    /// Runs `command` (a shell wrapping the binary, say) with its output collected.
+    pub fn start_command(command: &mut Command) -> Process {
+        let mut child = command
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
