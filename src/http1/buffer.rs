@@ -15,8 +15,10 @@ use super::head::Field;
 /// stream through it.
 pub const BUF_SIZE: usize = 16 * 1024;
 
-/// Most free buffers (and header tables) a worker keeps; more are freed.
-const MAX_FREE: usize = 256;
+/// Most free buffers (and header tables) a worker keeps; more are freed. Enough for a few
+/// hundred requests in flight per worker without touching the allocator; a burst beyond it
+/// frees what it took.
+const MAX_FREE: usize = 128;
 
 /// Header fields a pooled table holds before it has to grow.
 const FIELDS: usize = 64;
@@ -219,12 +221,12 @@ thread_local! {
 pub fn take_scratch() -> Vec<u8> {
     SCRATCH
         .with(|s| s.borrow_mut().pop())
-        .unwrap_or_else(|| Vec::with_capacity(4096))
+        .unwrap_or_else(|| Vec::with_capacity(1024))
 }
 
 /// Gives a vector from [`take_scratch`] back.
 pub fn give_scratch(mut v: Vec<u8>) {
-    if v.capacity() > 64 * 1024 {
+    if v.capacity() > 8 * 1024 {
         return;
     }
     v.clear();

@@ -9,14 +9,15 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
-use http::header::HeaderValue;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use std::future::Future;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::buffer::{Buffer, BUF_SIZE};
+use super::buffer::{self, Buffer, BUF_SIZE};
 use super::io::Timer;
 use super::recycle::Recycled;
 use crate::proxy::h1::{self, Next};
@@ -40,32 +41,62 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The listener's (head, keep-alive) timeouts, as configured now.
+    fn timeouts(&self) -> (std::time::Duration, std::time::Duration) {
+        let router = self.router.load();
+        let s = router.client_settings();
+        (s.head_timeout, s.keep_alive_timeout)
+    }
+
     /// True once shutdown started: finish the request in hand and close.
     pub fn stopping(&self) -> bool {
         self.registry.stopping.load(Ordering::SeqCst)
     }
 }
 
-/// What the request path knows about the client connection.
+/// What the request path knows about the client connection; shared with the shutdown
+/// registry, and kept out of the connection's task so that idle tasks stay small.
 #[derive(Debug)]
 pub struct ConnInfo {
     /// The client's address.
     pub peer: SocketAddr,
-    /// Its IP, rendered once for `X-Forwarded-For`.
-    pub client_ip: HeaderValue,
     /// True while the connection waits for a request (shutdown closes it then).
     idle: AtomicBool,
+    /// Its entry in the registry.
+    slot: usize,
+    registry: Arc<Registry>,
 }
 
-/// A client connection: its socket, its (pooled, usually absent) buffer, who it is.
+/// Removes the connection from its registry when dropped: before the socket closes, since
+/// [`Client`] declares it first.
+#[derive(Debug)]
+pub struct Registered(Arc<ConnInfo>);
+
+impl std::ops::Deref for Registered {
+    type Target = ConnInfo;
+    fn deref(&self) -> &ConnInfo {
+        &self.0
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        let mut open = self.0.registry.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = open.get_mut(self.0.slot) {
+            *entry = None;
+        }
+    }
+}
+
+/// A client connection: who it is, its socket, its (pooled, usually absent) buffer.
 #[derive(Debug)]
 pub struct Client {
+    /// Who it is. Declared first: dropped (unregistered) before the socket closes.
+    pub info: Registered,
     /// The socket.
     pub stream: TcpStream,
     /// Bytes read and not yet consumed; holds no memory while empty.
     pub buf: Buffer,
-    /// Who it is (shared with the registry; kept out of the task to keep idle tasks small).
-    pub info: Arc<ConnInfo>,
 }
 
 /// The open connections of a listener, so that shutdown can close the idle ones at once
@@ -79,28 +110,23 @@ pub struct Registry {
 /// A registered connection: its descriptor and whether it waits idle.
 type Entry = (i32, Arc<ConnInfo>);
 
-/// A connection's entry in the registry; removed (before the socket closes) on drop.
-struct Registration<'a> {
-    registry: &'a Registry,
-    slot: usize,
-}
-
 impl Registry {
-    fn register(&self, stream: &TcpStream, info: &Arc<ConnInfo>) -> Registration<'_> {
+    fn register(self: &Arc<Self>, stream: &TcpStream, peer: SocketAddr) -> Registered {
         use std::os::fd::AsRawFd;
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = Some((stream.as_raw_fd(), Arc::clone(info)));
-        let slot = match open.iter().position(Option::is_none) {
-            Some(i) => {
-                open[i] = entry;
-                i
-            }
-            None => {
-                open.push(entry);
-                open.len() - 1
-            }
-        };
-        Registration { registry: self, slot }
+        let slot = open.iter().position(Option::is_none).unwrap_or(open.len());
+        let info = Arc::new(ConnInfo {
+            peer,
+            idle: AtomicBool::new(false),
+            slot,
+            registry: Arc::clone(self),
+        });
+        let entry = Some((stream.as_raw_fd(), Arc::clone(&info)));
+        match open.get_mut(slot) {
+            Some(e) => *e = entry,
+            None => open.push(entry),
+        }
+        Registered(info)
     }
 
     /// Starts shutdown: connections finish the request in hand; idle ones are closed now.
@@ -124,41 +150,28 @@ fn shutdown_read(fd: i32) {
     }
 }
 
-impl Drop for Registration<'_> {
-    fn drop(&mut self) {
-        let mut open = self.registry.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = open.get_mut(self.slot) {
-            *entry = None;
-        }
-    }
-}
-
 /// Serves one client connection until it closes.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+pub fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> impl std::future::Future<Output = ()> + Send {
     let _ = stream.set_nodelay(true);
-    let ip = peer.ip().to_canonical();
-    let client_ip = HeaderValue::try_from(ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"));
-    let info = Arc::new(ConnInfo {
-        peer,
-        client_ip,
-        idle: AtomicBool::new(false),
-    });
-    let registration = shared.registry.register(&stream, &info);
-    let mut conn = Client {
+    let conn = Client {
+        info: shared.registry.register(&stream, peer),
         stream,
         buf: Buffer::default(),
-        info,
     };
-    let (head_timeout, keep_alive) = {
-        let settings = shared.router.load();
-        let s = settings.client_settings();
-        (s.head_timeout, s.keep_alive_timeout)
-    };
+    run(conn, shared)
+}
+
+/// The connection's loop. Its future is the connection's task, paid for by every idle
+/// connection: everything a request needs lives elsewhere (a recycled block), and this
+/// holds only the socket, the timer and the deadline.
+async fn run(mut conn: Client, shared: Arc<Shared>) {
+    let (head_timeout, _) = shared.timeouts();
     let mut deadline = Instant::now() + head_timeout;
     let sleep = tokio::time::sleep_until(deadline);
     tokio::pin!(sleep);
     let mut timer = Timer::new(sleep.as_mut());
     let mut first = true;
+    let mut first_deadline = true;
     loop {
         if conn.buf.is_empty() {
             // Idle: no buffer held, one timer armed.
@@ -169,57 +182,60 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             }
             timer.require(deadline);
             // Polled by hand: a `readable()` future or `select!` would add their state to
-            // every idle connection's task.
-            let ready = std::future::poll_fn(|cx| {
-                if let Poll::Ready(r) = conn.stream.poll_read_ready(cx) {
-                    return Poll::Ready(r.is_ok());
-                }
-                while timer.poll_fired(cx).is_ready() {
-                    if Instant::now() >= deadline {
-                        return Poll::Ready(false);
+            // every idle connection's task. The buffer is taken only once the socket is
+            // readable, and read with `poll_read`, which clears a stale readiness on a
+            // short read (so the next wait costs no extra EAGAIN).
+            let read = std::future::poll_fn(|cx| loop {
+                match conn.stream.poll_read_ready(cx) {
+                    Poll::Ready(Ok(())) => {
+                        let Some(room) = conn.buf.room(BUF_SIZE) else {
+                            return Poll::Ready(Err(buffer::full()));
+                        };
+                        let read = std::pin::pin!(conn.stream.read_buf(room));
+                        match read.poll(cx) {
+                            Poll::Ready(r) => return Poll::Ready(r),
+                            Poll::Pending => conn.buf.release_if_empty(),
+                        }
                     }
-                    timer.set(deadline);
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {}
                 }
-                Poll::Pending
+                if timer.poll_fired(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                if Instant::now() >= deadline {
+                    return Poll::Ready(Ok(0));
+                }
+                timer.set(deadline);
             })
             .await;
             conn.info.idle.store(false, Ordering::SeqCst);
-            if !ready {
-                break;
-            }
-            let Some(room) = conn.buf.room(BUF_SIZE) else { break };
-            match conn.stream.try_read_buf(room) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    conn.buf.release_if_empty();
-                    continue;
-                }
-                Err(_) => break,
-            }
-            if !first {
-                deadline = Instant::now() + head_timeout;
+            match read {
+                Ok(n) if n > 0 => {}
+                _ => break,
             }
         }
         if first {
             first = false;
             // Boxed: only a connection's first bytes need it, so no idle connection pays for it.
             if Box::pin(is_h2_preface(&mut conn)).await {
-                drop(registration);
                 // Boxed: hyper's connection state would otherwise size every connection's task.
                 Box::pin(serve_h2(conn, shared)).await;
                 return;
             }
         }
-        let next = Recycled::new(h1::serve(&mut conn, &shared, &mut timer, deadline)).await;
+        // The first request's head must arrive within the head timeout of the connection's
+        // start; later ones within it of their first byte.
+        let head_deadline = std::mem::take(&mut first_deadline).then_some(deadline);
+        let next = Recycled::new(h1::serve(&mut conn, &shared, &mut timer, head_deadline)).await;
         match next {
-            Next::KeepAlive => {
-                deadline = Instant::now() + if conn.buf.is_empty() { keep_alive } else { head_timeout };
+            Next::KeepAlive(ended) => {
+                let (head, keep_alive) = shared.timeouts();
+                deadline = ended + if conn.buf.is_empty() { keep_alive } else { head };
             }
             Next::Close => break,
         }
     }
-    drop(registration);
 }
 
 /// True when the connection starts with the HTTP/2 preface (reads more while what arrived is
@@ -249,7 +265,11 @@ async fn is_h2_preface(conn: &mut Client) -> bool {
 /// Serves an HTTP/2 (prior knowledge) connection with hyper, on the hyper-based request path.
 async fn serve_h2(conn: Client, shared: Arc<Shared>) {
     let mut stop = shared.stop.clone();
-    let info = Arc::new(crate::proxy::forward::ConnInfo::new(conn.info.peer));
+    let Client { info, stream, buf } = conn;
+    let peer = info.peer;
+    // Unregistered now: shutdown reaches HTTP/2 connections through `stop`.
+    drop(info);
+    let info = Arc::new(crate::proxy::forward::ConnInfo::new(peer));
     let router = Arc::clone(&shared.router);
     let limit = Arc::clone(&shared.limit);
     let service = hyper::service::service_fn(move |req| {
@@ -259,9 +279,9 @@ async fn serve_h2(conn: Client, shared: Arc<Shared>) {
         async move { Ok::<_, std::convert::Infallible>(crate::proxy::forward::forward(req, &router, &info).await) }
     });
     let io = Rewind {
-        prefix: conn.buf.unread().to_vec(),
+        prefix: buf.unread().to_vec(),
         pos: 0,
-        inner: conn.stream,
+        inner: stream,
     };
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
@@ -349,8 +369,22 @@ mod tests {
             registry: Arc::new(Registry::default()),
             stop,
         });
-        let future = serve(stream, addr, shared);
+        let future = serve(stream, addr, Arc::clone(&shared));
         let size = std::mem::size_of_val(&future);
-        assert!(size <= 544, "connection future is {size} bytes");
+        drop(future);
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let mut conn = Client {
+            info: shared.registry.register(&stream, addr),
+            stream,
+            buf: Buffer::default(),
+        };
+        let sleep = tokio::time::sleep(std::time::Duration::from_secs(1));
+        tokio::pin!(sleep);
+        let mut timer = Timer::new(sleep.as_mut());
+        let request = h1::serve(&mut conn, &shared, &mut timer, None);
+        let request_size = std::mem::size_of_val(&request);
+        // A request's state is moved into its recycled block once per request.
+        assert!(request_size <= 3072, "request future is {request_size} bytes");
+        assert!(size <= 384, "connection future is {size} bytes");
     }
 }

@@ -185,8 +185,8 @@ pub struct ResponsePlan<'a> {
     pub upgrade: bool,
     /// The client connection may stay open after this response.
     pub keep_alive: bool,
-    /// Field lines to add to the response (a sticky cookie), CRLF-terminated.
-    pub extra: &'a [u8],
+    /// A sticky-session cookie to set on the response.
+    pub set_cookie: Option<&'a [u8]>,
 }
 
 /// How the download half ended.
@@ -266,7 +266,7 @@ where
                     "101 without an upgrade request",
                 )));
             }
-            write::response_head(out, ubuf.unread(), &res, fields, ClientFraming::Empty, true, 1, b"");
+            write::response_head(out, ubuf.unread(), &res, fields, ClientFraming::Empty, true, 1, None);
             progress.client_written.store(true, Ordering::Relaxed);
             cwr.write_all(out).await.map_err(|_| DownloadError::Client)?;
             ubuf.consume(res.len);
@@ -275,7 +275,7 @@ where
         if res.status < 200 {
             // 1xx: relayed to HTTP/1.1 clients (never to 1.0 ones), then the next head.
             if plan.client_minor == 1 {
-                write::response_head(out, ubuf.unread(), &res, fields, ClientFraming::Empty, true, 1, b"");
+                write::response_head(out, ubuf.unread(), &res, fields, ClientFraming::Empty, true, 1, None);
                 cwr.write_all(out).await.map_err(|_| DownloadError::Client)?;
             }
             ubuf.consume(res.len);
@@ -299,7 +299,7 @@ where
         framing,
         keep_alive,
         plan.client_minor,
-        plan.extra,
+        plan.set_cookie,
     );
     ubuf.consume(res.len);
     progress.client_written.store(true, Ordering::Relaxed);

@@ -27,28 +27,24 @@ pub async fn write_all_vectored<W: AsyncWrite + Unpin>(w: &mut W, slices: &mut [
 /// the owner checks which of its deadlines really passed and re-arms for the next one.
 pub struct Timer<'a> {
     sleep: Pin<&'a mut Sleep>,
-    armed: Instant,
 }
 
 impl<'a> Timer<'a> {
     /// Wraps a pinned `Sleep`.
     pub fn new(sleep: Pin<&'a mut Sleep>) -> Timer<'a> {
-        let armed = sleep.deadline();
-        Timer { sleep, armed }
+        Timer { sleep }
     }
 
     /// Makes sure the timer fires no later than `deadline`.
     pub fn require(&mut self, deadline: Instant) {
-        if deadline < self.armed || self.sleep.is_elapsed() {
+        if deadline < self.sleep.deadline() || self.sleep.is_elapsed() {
             self.sleep.as_mut().reset(deadline);
-            self.armed = deadline;
         }
     }
 
     /// Re-arms for exactly `deadline` (after it fired).
     pub fn set(&mut self, deadline: Instant) {
         self.sleep.as_mut().reset(deadline);
-        self.armed = deadline;
     }
 
     /// Completes when the armed deadline passes.
@@ -69,6 +65,6 @@ impl<'a> Timer<'a> {
 
 impl std::fmt::Debug for Timer<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Timer").field("armed", &self.armed).finish()
+        f.debug_struct("Timer").field("armed", &self.sleep.deadline()).finish()
     }
 }

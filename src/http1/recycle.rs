@@ -16,7 +16,7 @@ use std::ptr::NonNull;
 use std::task::{Context, Poll};
 
 /// Free blocks kept per size, at most.
-const MAX_FREE: usize = 256;
+const MAX_FREE: usize = 64;
 
 thread_local! {
     /// Free blocks, by layout. A worker runs few distinct future types, so a short list.

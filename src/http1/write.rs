@@ -153,8 +153,7 @@ pub fn client_framing(res: &ResponseHead, method: Method, client_minor: u8) -> C
 
 /// Writes the response head for the client into `out` (cleared first): our own `HTTP/1.1`
 /// status line with the backend's status and reason, its fields minus hop-by-hop ones,
-/// framing regenerated, plus `extra` (already formatted field lines) and the connection's
-/// fate.
+/// framing regenerated, plus a sticky-session `Set-Cookie` and the connection's fate.
 #[allow(clippy::too_many_arguments)]
 pub fn response_head(
     out: &mut Vec<u8>,
@@ -164,7 +163,7 @@ pub fn response_head(
     framing: ClientFraming,
     keep_alive: bool,
     client_minor: u8,
-    extra: &[u8],
+    set_cookie: Option<&[u8]>,
 ) {
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -185,7 +184,9 @@ pub fn response_head(
     if framing == ClientFraming::Chunked {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     }
-    out.extend_from_slice(extra);
+    if let Some(cookie) = set_cookie {
+        line(out, b"Set-Cookie", cookie);
+    }
     if upgrade {
         out.extend_from_slice(b"Connection: upgrade\r\n");
     } else if !keep_alive {
@@ -268,7 +269,7 @@ mod tests {
         let framing = client_framing(&res, Method::Get, 1);
         assert_eq!(framing, ClientFraming::Chunked);
         let mut out = Vec::new();
-        response_head(&mut out, raw, &res, &fields, framing, true, 1, b"");
+        response_head(&mut out, raw, &res, &fields, framing, true, 1, None);
         assert_eq!(
             String::from_utf8_lossy(&out),
             "HTTP/1.1 200 Fine\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\n\r\n"

@@ -20,14 +20,15 @@ use crate::http1::exchange::{self, DownloadError, Downloaded, Progress, Response
 use crate::http1::head::{self, Field, Framing, HeadError, HeadLimits, Method, RequestHead};
 use crate::http1::io::{write_all_vectored, Timer};
 use crate::http1::write::{self, Forwarding};
+use crate::upstream::backend::nanos_at;
 use crate::upstream::idle::ConnectError;
 use crate::upstream::{Pool, RequestView};
 
 /// What the connection does after a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
-    /// Wait for (or parse) the next request.
-    KeepAlive,
+    /// Wait for (or parse) the next request; the response ended at this time.
+    KeepAlive(Instant),
     /// Close the connection.
     Close,
 }
@@ -61,10 +62,12 @@ impl Drop for Scratch {
 }
 
 /// Serves the request whose first bytes are in `conn`'s buffer. `head_deadline` bounds the
-/// time to receive its whole head.
-pub async fn serve(conn: &mut Client, shared: &Shared, timer: &mut Timer<'_>, head_deadline: Instant) -> Next {
+/// time to receive its whole head (by default, the head timeout from now).
+pub async fn serve(conn: &mut Client, shared: &Shared, timer: &mut Timer<'_>, head_deadline: Option<Instant>) -> Next {
+    let now = Instant::now();
     let router = shared.router.load_full();
-    let settings = *router.client_settings();
+    let settings = router.client_settings();
+    let head_deadline = head_deadline.unwrap_or(now + settings.head_timeout);
     let limits = HeadLimits {
         max_bytes: settings.max_header_bytes,
         max_fields: settings.max_header_count,
@@ -104,7 +107,7 @@ pub async fn serve(conn: &mut Client, shared: &Shared, timer: &mut Timer<'_>, he
     };
     shared.limit.count_request();
     conn.buf.pin(req.len);
-    let next = route(conn, shared, &router, &settings, &req, timer, &mut scratch).await;
+    let next = route(conn, shared, &router, settings, &req, now, timer, &mut scratch).await;
     conn.buf.unpin();
     next
 }
@@ -115,8 +118,19 @@ async fn refuse(conn: &mut Client, out: &mut Vec<u8>, e: HeadError) -> Next {
     Next::Close
 }
 
-/// Writes a response of the proxy's own: `{status} {reason}` as its body.
-async fn local(conn: &mut Client, out: &mut Vec<u8>, status: u16, extra: &[u8], keep_alive: bool) -> u64 {
+/// Writes a response of the proxy's own: `{status} {reason}` as its body. Boxed (off the
+/// fast path): its timers would otherwise enlarge every request's state.
+fn local<'a>(
+    conn: &'a mut Client,
+    out: &'a mut Vec<u8>,
+    status: u16,
+    extra: &'a [u8],
+    keep_alive: bool,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = u64> + Send + 'a>> {
+    Box::pin(write_local(conn, out, status, extra, keep_alive))
+}
+
+async fn write_local(conn: &mut Client, out: &mut Vec<u8>, status: u16, extra: &[u8], keep_alive: bool) -> u64 {
     let mut body = [0u8; 64];
     let text = format_status_body(status, &mut body);
     let len = text.len() as u64;
@@ -163,6 +177,22 @@ fn format_status_body(status: u16, buf: &mut [u8; 64]) -> &[u8] {
     &buf[..n]
 }
 
+/// The request's id: the client's `X-Request-Id`, or one of ours.
+#[derive(Debug, Clone, Copy)]
+enum RequestId {
+    Client(head::Span),
+    Ours([u8; 16]),
+}
+
+impl RequestId {
+    fn get<'a>(&'a self, head: &'a [u8]) -> &'a [u8] {
+        match self {
+            RequestId::Client(span) => span.get(head),
+            RequestId::Ours(id) => id,
+        }
+    }
+}
+
 /// A 16-hex-digit request id.
 fn request_id() -> [u8; 16] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -182,10 +212,10 @@ async fn route(
     router: &super::Router,
     settings: &crate::config::ClientSettings,
     req: &RequestHead,
+    started: Instant,
     timer: &mut Timer<'_>,
     scratch: &mut Scratch,
 ) -> Next {
-    let started = Instant::now();
     // A body we do not forward must not be parsed as the next request: close after answering.
     let keep_alive = req.keep_alive && req.framing == Framing::Empty && !shared.stopping();
     if req.max_forwards == Some(0) {
@@ -195,7 +225,11 @@ async fn route(
             b""
         };
         local(conn, &mut scratch.out, 200, extra, keep_alive).await;
-        return if keep_alive { Next::KeepAlive } else { Next::Close };
+        return if keep_alive {
+            Next::KeepAlive(Instant::now())
+        } else {
+            Next::Close
+        };
     }
     if let (Some(max), Framing::Length(n)) = (settings.max_request_body, req.framing) {
         if n > max {
@@ -214,36 +248,42 @@ async fn route(
     };
     let pool = router.route(host, path).cloned();
     let log = router.access_log().cloned();
-    let id_buf = request_id();
-    let id: &[u8] = match req.request_id {
-        Some(span) => span.get(head_bytes),
-        None => &id_buf,
+    let id = match req.request_id {
+        Some(span) => RequestId::Client(span),
+        None => RequestId::Ours(request_id()),
     };
+    // Boxed: built only when the listener logs, and large.
     let mut record = log
         .as_ref()
-        .map(|_| record_of(conn, req, head_bytes, &scratch.fields, id));
+        .map(|_| Box::new(record_of(conn, req, head_bytes, &scratch.fields, id.get(head_bytes))));
     let (status, next, bytes) = match pool {
         None => {
             let bytes = local(conn, &mut scratch.out, 404, b"", keep_alive).await;
-            (404, if keep_alive { Next::KeepAlive } else { Next::Close }, bytes)
+            (
+                404,
+                if keep_alive {
+                    Next::KeepAlive(Instant::now())
+                } else {
+                    Next::Close
+                },
+                bytes,
+            )
         }
         Some(pool) => {
             if let Some(r) = record.as_mut() {
                 r.pool = Some(Arc::from(pool.name()));
             }
-            let mut id_copy = [0u8; 64];
-            let id_len = id.len().min(64);
-            id_copy[..id_len].copy_from_slice(&id[..id_len]);
             proxy(
                 conn,
                 shared,
                 settings,
                 req,
                 &pool,
-                &id_copy[..id_len],
+                &id,
+                started,
                 timer,
                 scratch,
-                record.as_mut(),
+                record.as_deref_mut(),
             )
             .await
         }
@@ -252,7 +292,7 @@ async fn route(
         record.status = status;
         record.bytes = bytes;
         record.duration = started.elapsed();
-        log.log(record);
+        log.log(*record);
     }
     next
 }
@@ -311,7 +351,8 @@ async fn proxy(
     settings: &crate::config::ClientSettings,
     req: &RequestHead,
     pool: &Arc<Pool>,
-    request_id: &[u8],
+    request_id: &RequestId,
+    started: Instant,
     timer: &mut Timer<'_>,
     scratch: &mut Scratch,
     mut record: Option<&mut AccessRecord>,
@@ -319,7 +360,7 @@ async fn proxy(
     let config = pool.config();
     let policy = &config.retries;
     pool.retry_budget().deposit();
-    let deadline = config.timeouts.request.map(|d| Instant::now() + d);
+    let deadline = config.timeouts.request.map(|d| started + d);
     let after_send = policy.attempts > 0 && (policy.on_reset || policy.on_timeout || !policy.on_status.0.is_empty());
     // A replayable body is held whole in the buffer so that every attempt can send it.
     let mut replay = match req.framing {
@@ -328,7 +369,7 @@ async fn proxy(
             if after_send && req.method.is_idempotent() && n <= policy.buffer_body_bytes && !req.expect_continue =>
         {
             let n = n as usize;
-            if !read_body(conn, n, settings.body_idle_timeout, timer).await {
+            if !Box::pin(read_body(conn, n, settings.body_idle_timeout, timer)).await {
                 return (400, Next::Close, 0);
             }
             Some(n)
@@ -342,8 +383,7 @@ async fn proxy(
     let mut last_failure = ProxyError::NoBackend;
     let mut body_touched = false;
     loop {
-        let now = Instant::now();
-        if deadline.is_some_and(|d| now >= d) {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
             tracing::warn!(pool = pool.name(), client = %conn.info.peer, "request timeout reached");
             return answer(
                 conn,
@@ -379,7 +419,12 @@ async fn proxy(
         let backend = &member.backend;
         let _slot = match &member.slots {
             None => None,
-            Some(slots) => match tokio::time::timeout(config.queue_timeout, Arc::clone(slots).acquire_owned()).await {
+            Some(slots) => match Box::pin(tokio::time::timeout(
+                config.queue_timeout,
+                Arc::clone(slots).acquire_owned(),
+            ))
+            .await
+            {
                 Ok(Ok(permit)) => Some(permit),
                 _ => {
                     tracing::warn!(pool = pool.name(), backend = %backend.address(), "no backend slot within queue_timeout");
@@ -394,24 +439,11 @@ async fn proxy(
             },
         };
         let in_flight = backend.start_request();
-        let attempt_started = Instant::now();
+        let attempt_started = if attempts == 1 { started } else { Instant::now() };
         let mut attempt_deadline = attempt_started + config.timeouts.response_header;
         if let Some(d) = deadline {
             attempt_deadline = attempt_deadline.min(d);
         }
-        let mut extra = [0u8; 256];
-        let extra_len = match &set_cookie {
-            Some(c) if c.len() + 14 <= extra.len() => {
-                let line = [b"Set-Cookie: ", c.as_bytes(), b"\r\n"];
-                let mut n = 0;
-                for part in line {
-                    extra[n..n + part.len()].copy_from_slice(part);
-                    n += part.len();
-                }
-                n
-            }
-            _ => 0,
-        };
         let retry_status = |status: u16| {
             replayable && may_retry && policy.on_status.contains(status) && pool.retry_budget().try_withdraw()
         };
@@ -425,13 +457,15 @@ async fn proxy(
             &mut replay,
             &mut body_touched,
             attempt_deadline,
+            attempt_started,
             timer,
             scratch,
-            &extra[..extra_len],
+            set_cookie.as_ref().map(|c| c.as_bytes()),
             &retry_status,
         )
         .await;
-        let latency = attempt_started.elapsed();
+        let ended = Instant::now();
+        let latency = ended - attempt_started;
         match outcome {
             Attempt::Done { status, next, bytes } => {
                 if status >= 500 && config.passive.eject_on_5xx {
@@ -439,7 +473,7 @@ async fn proxy(
                 } else {
                     backend.record_success();
                 }
-                backend.observe_latency(latency, config.ewma_decay);
+                backend.observe_latency_at(latency, config.ewma_decay, nanos_at(ended.into_std()));
                 backend.record_response(status, latency);
                 if let Some(r) = record.as_deref_mut() {
                     r.upstream = Some(backend.address());
@@ -447,6 +481,10 @@ async fn proxy(
                     r.retries = attempts as u32 - 1;
                 }
                 drop(in_flight);
+                let next = match next {
+                    Next::KeepAlive(_) => Next::KeepAlive(ended),
+                    Next::Close => Next::Close,
+                };
                 return (status, next, bytes);
             }
             Attempt::Abort { status } => return (status, Next::Close, 0),
@@ -501,7 +539,15 @@ async fn answer(conn: &mut Client, scratch: &mut Scratch, error: ProxyError, clo
         b""
     };
     let bytes = local(conn, &mut scratch.out, status, extra, !close).await;
-    (status, if close { Next::Close } else { Next::KeepAlive }, bytes)
+    (
+        status,
+        if close {
+            Next::Close
+        } else {
+            Next::KeepAlive(Instant::now())
+        },
+        bytes,
+    )
 }
 
 /// Reads until `n` body bytes are unread in the buffer (a replayable body). False when the
@@ -541,16 +587,17 @@ async fn attempt(
     settings: &crate::config::ClientSettings,
     req: &RequestHead,
     member: &crate::upstream::Member,
-    request_id: &[u8],
+    request_id: &RequestId,
     replay: &mut Option<usize>,
     body_touched: &mut bool,
     attempt_deadline: Instant,
+    attempt_started: Instant,
     timer: &mut Timer<'_>,
     scratch: &mut Scratch,
-    extra: &[u8],
+    set_cookie: Option<&[u8]>,
     retry_status: &(dyn Fn(u16) -> bool + Sync),
 ) -> Attempt {
-    let mut pooled = member.idle.checkout();
+    let mut pooled = member.idle.checkout(nanos_at(attempt_started.into_std()));
     loop {
         let reused = pooled.is_some();
         let mut upstream = match pooled.take() {
@@ -558,7 +605,8 @@ async fn attempt(
             None => {
                 let wait = member.idle.connect_timeout();
                 let connect_deadline = (Instant::now() + wait).min(attempt_deadline);
-                match tokio::time::timeout_at(connect_deadline, member.idle.connect()).await {
+                // Boxed: a new connection is rare on the keep-alive path, and its future large.
+                match Box::pin(tokio::time::timeout_at(connect_deadline, member.idle.connect())).await {
                     Ok(Ok(s)) => s,
                     Ok(Err(ConnectError::Failed(_))) => {
                         return Attempt::Failed {
@@ -589,9 +637,10 @@ async fn attempt(
             replay,
             body_touched,
             attempt_deadline,
+            attempt_started,
             timer,
             scratch,
-            extra,
+            set_cookie,
             retry_status,
         )
         .await;
@@ -609,7 +658,7 @@ async fn attempt(
             }
             Exchanged::Attempt(a) => return a,
             Exchanged::Reusable(a) => {
-                member.idle.checkin(upstream);
+                member.idle.checkin(upstream, nanos_at(attempt_started.into_std()));
                 return a;
             }
         }
@@ -633,16 +682,19 @@ async fn exchange(
     req: &RequestHead,
     upstream: &mut TcpStream,
     member: &crate::upstream::Member,
-    request_id: &[u8],
+    request_id: &RequestId,
     replay: &mut Option<usize>,
     body_touched: &mut bool,
     attempt_deadline: Instant,
+    attempt_started: Instant,
     timer: &mut Timer<'_>,
     scratch: &mut Scratch,
-    extra: &[u8],
+    set_cookie: Option<&[u8]>,
     retry_status: &(dyn Fn(u16) -> bool + Sync),
 ) -> Exchanged {
     let backend = &member.backend;
+    let mut ip_text = [0u8; 48];
+    let client_ip = render_ip(conn.info.peer.ip(), &mut ip_text);
     let (head_bytes, unread) = conn.buf.prefix_and_unread();
     write::request_head(
         &mut scratch.out,
@@ -650,10 +702,10 @@ async fn exchange(
         req,
         &scratch.fields,
         &Forwarding {
-            client_ip: conn.info.client_ip.as_bytes(),
+            client_ip,
             proto: b"http",
             backend_authority: backend.authority().as_str().as_bytes(),
-            request_id,
+            request_id: request_id.get(head_bytes),
         },
     );
     // The head and the body bytes already here go out in one write.
@@ -687,7 +739,7 @@ async fn exchange(
         client_minor: req.minor,
         upgrade: req.upgrade.is_some(),
         keep_alive,
-        extra,
+        set_cookie,
     };
     let mut ubuf = Buffer::default();
     let (uploaded, downloaded, timed_out) = {
@@ -718,7 +770,7 @@ async fn exchange(
         let mut up_result: Option<Result<Uploaded, UploadError>> = None;
         let mut down_result = None;
         let mut timed_out = None;
-        let started = Instant::now();
+        let started = attempt_started;
         let (mut seen_any, mut seen_up) = (0u64, 0u64);
         let (mut since_any, mut since_up) = (started, started);
         timer.require(attempt_deadline.min(started + settings.body_idle_timeout));
@@ -804,7 +856,7 @@ async fn exchange(
             })),
         ) => {
             let next = if keep_alive && upload_done {
-                Next::KeepAlive
+                Next::KeepAlive(attempt_started)
             } else {
                 Next::Close
             };
@@ -822,7 +874,16 @@ async fn exchange(
         }
         (_, Some(Ok(Downloaded::Retry { status }))) => Exchanged::Attempt(Attempt::RetryStatus { status }),
         (_, Some(Ok(Downloaded::Upgraded))) => {
-            tunnel(conn, shared, upstream, &mut ubuf, settings.tunnel_idle_timeout, timer).await;
+            // Boxed: only upgraded connections need its state.
+            Box::pin(tunnel(
+                conn,
+                shared,
+                upstream,
+                &mut ubuf,
+                settings.tunnel_idle_timeout,
+                timer,
+            ))
+            .await;
             Exchanged::Attempt(Attempt::Done {
                 status: 101,
                 next: Next::Close,
@@ -889,4 +950,27 @@ async fn tunnel(
         }
     }
     shared.limit.tunnel_closed();
+}
+
+/// The client's IP as text (IPv4-mapped IPv6 as IPv4), written into `buf` without allocating.
+fn render_ip(ip: std::net::IpAddr, buf: &mut [u8; 48]) -> &[u8] {
+    use std::io::Write as _;
+    if let std::net::IpAddr::V4(v4) = ip.to_canonical() {
+        let mut n = 0;
+        for (i, octet) in v4.octets().iter().enumerate() {
+            if i > 0 {
+                buf[n] = b'.';
+                n += 1;
+            }
+            let mut text = itoa::Buffer::new();
+            let digits = text.format(*octet).as_bytes();
+            buf[n..n + digits.len()].copy_from_slice(digits);
+            n += digits.len();
+        }
+        return &buf[..n];
+    }
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cursor, "{}", ip.to_canonical());
+    let n = cursor.position() as usize;
+    &buf[..n]
 }

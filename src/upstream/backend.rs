@@ -53,9 +53,14 @@ pub const LATENCY_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
 
 /// Nanoseconds since the first call in this process: a cheap monotonic clock for atomics.
 pub fn clock_nanos() -> u64 {
+    nanos_at(Instant::now())
+}
+
+/// [`clock_nanos`] at `t`, for callers that already read the clock.
+pub fn nanos_at(t: Instant) -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     let epoch = *EPOCH.get_or_init(Instant::now);
-    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    u64::try_from(t.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl Backend {
@@ -284,7 +289,7 @@ impl Backend {
     }
 
     /// [`Backend::observe_latency`] at a given [`clock_nanos`] time.
-    fn observe_latency_at(&self, rtt: Duration, decay: Duration, now: u64) {
+    pub fn observe_latency_at(&self, rtt: Duration, decay: Duration, now: u64) {
         let sample = (rtt.as_nanos() as f64).max(1.0);
         let prev = f64::from_bits(self.latency_ewma.load(Ordering::Relaxed));
         let next = if prev <= 0.0 || sample > prev {

@@ -71,9 +71,9 @@ impl IdleConnections {
         self.queues.iter().map(ArrayQueue::len).sum()
     }
 
-    /// An idle connection of this worker that the backend has not closed, if any.
-    pub fn checkout(&self) -> Option<TcpStream> {
-        let now = clock_nanos();
+    /// An idle connection of this worker that the backend has not closed, if any; `now` is
+    /// [`clock_nanos`] time.
+    pub fn checkout(&self, now: u64) -> Option<TcpStream> {
         while let Some(idle) = self.local().pop() {
             if now.saturating_sub(idle.since) > self.idle_timeout_nanos {
                 continue;
@@ -97,11 +97,8 @@ impl IdleConnections {
 
     /// Keeps `stream` for the next request of this worker. Call only when its last response
     /// ended exactly and nothing more was read.
-    pub fn checkin(&self, stream: TcpStream) {
-        let _ = self.local().push(Idle {
-            stream,
-            since: clock_nanos(),
-        });
+    pub fn checkin(&self, stream: TcpStream, now: u64) {
+        let _ = self.local().push(Idle { stream, since: now });
     }
 
     /// Closes connections idle past the idle timeout.
