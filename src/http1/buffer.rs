@@ -11,9 +11,13 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::head::Field;
 
-/// Size of a standard I/O buffer: request heads up to this size need nothing more, and bodies
-/// stream through it.
+/// Size of a large I/O buffer: bodies stream through it, and heads up to this size fit.
 pub const BUF_SIZE: usize = 16 * 1024;
+
+/// Size of the small buffer every read starts with: a typical request head, or a small
+/// response, fits (nginx starts client heads in 1 KiB). A buffer that fills up moves to a
+/// large one, so a burst of small requests holds little memory.
+pub const SMALL_SIZE: usize = 2 * 1024;
 
 /// Most free buffers (and header tables) a worker keeps; more are freed. Enough for a few
 /// hundred requests in flight per worker without touching the allocator; a burst beyond it
@@ -21,10 +25,11 @@ pub const BUF_SIZE: usize = 16 * 1024;
 const MAX_FREE: usize = 128;
 
 /// Header fields a pooled table holds before it has to grow.
-const FIELDS: usize = 64;
+const FIELDS: usize = 32;
 
 thread_local! {
     static BUFFERS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static SMALL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
     static TABLES: RefCell<Vec<Vec<Field>>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -35,14 +40,23 @@ pub fn take() -> Vec<u8> {
         .unwrap_or_else(|| Vec::with_capacity(BUF_SIZE))
 }
 
-/// Gives a vector from [`take`] back to this worker's pool. Vectors grown past the standard
-/// size (for a large head or a buffered body) are freed rather than kept.
+/// An empty vector with room for [`SMALL_SIZE`] bytes, from this worker's pool.
+pub fn take_small() -> Vec<u8> {
+    SMALL
+        .with(|b| b.borrow_mut().pop())
+        .unwrap_or_else(|| Vec::with_capacity(SMALL_SIZE))
+}
+
+/// Gives a vector from [`take`] or [`take_small`] back to this worker's pool. Vectors grown
+/// past those sizes (for a large head or a buffered body) are freed rather than kept.
 pub fn give(mut buf: Vec<u8>) {
-    if buf.capacity() != BUF_SIZE {
-        return;
-    }
+    let pool = match buf.capacity() {
+        BUF_SIZE => &BUFFERS,
+        SMALL_SIZE => &SMALL,
+        _ => return,
+    };
     buf.clear();
-    BUFFERS.with(|b| {
+    pool.with(|b| {
         let mut b = b.borrow_mut();
         if b.len() < MAX_FREE {
             b.push(buf);
@@ -79,8 +93,9 @@ pub fn give_fields(mut fields: Vec<Field>) {
 #[derive(Debug, Default)]
 pub struct Buffer {
     data: Option<Vec<u8>>,
-    floor: usize,
-    start: usize,
+    // u32: heads and buffers are far below 4 GiB, and every byte here is in every idle task.
+    floor: u32,
+    start: u32,
 }
 
 /// Returned by [`Buffer::read_from`] when the buffer is full at its limit.
@@ -89,19 +104,27 @@ pub fn full() -> std::io::Error {
 }
 
 impl Buffer {
+    fn start(&self) -> usize {
+        self.start as usize
+    }
+
+    fn floor(&self) -> usize {
+        self.floor as usize
+    }
+
     fn end(&self) -> usize {
         self.data.as_ref().map_or(0, Vec::len)
     }
 
     /// True when no bytes are waiting to be read.
     pub fn is_empty(&self) -> bool {
-        self.start == self.end()
+        self.start() == self.end()
     }
 
     /// The unread bytes.
     pub fn unread(&self) -> &[u8] {
         match &self.data {
-            Some(d) => &d[self.start..],
+            Some(d) => &d[self.start()..],
             None => &[],
         }
     }
@@ -109,32 +132,43 @@ impl Buffer {
     /// Marks `n` unread bytes as consumed.
     pub fn consume(&mut self, n: usize) {
         let end = self.end();
-        debug_assert!(self.start + n <= end);
-        self.start = (self.start + n).min(end);
-        if self.start == end {
+        debug_assert!(self.start() + n <= end);
+        let start = (self.start() + n).min(end);
+        if start == end {
             self.start = self.floor;
+            let floor = self.floor();
             if let Some(d) = &mut self.data {
-                d.truncate(self.floor);
+                d.truncate(floor);
             }
+        } else {
+            self.start = start as u32;
         }
     }
 
     /// The vector to read into, with spare capacity after the unread bytes: taken from the
-    /// pool if needed, unread bytes moved down to the pinned prefix when that makes room,
-    /// grown (doubling) up to `limit` bytes in all. `None` when full at `limit`.
+    /// pool if needed (small first), unread bytes moved down to the pinned prefix when that
+    /// makes room, moved to a large buffer or grown (doubling) up to `limit` bytes in all.
+    /// `None` when full at `limit`.
     pub fn room(&mut self, limit: usize) -> Option<&mut Vec<u8>> {
-        let d = self.data.get_or_insert_with(take);
-        if d.len() == d.capacity() && self.start > self.floor {
-            d.copy_within(self.start.., self.floor);
-            d.truncate(d.len() - (self.start - self.floor));
+        let (start, floor) = (self.start(), self.floor());
+        let d = self.data.get_or_insert_with(take_small);
+        if d.len() == d.capacity() && start > floor {
+            d.copy_within(start.., floor);
+            d.truncate(d.len() - (start - floor));
             self.start = self.floor;
         }
         if d.len() == d.capacity() {
             if d.len() >= limit {
                 return None;
             }
-            let grown = (d.capacity() * 2).min(limit);
-            d.reserve_exact(grown - d.len());
+            if d.capacity() == SMALL_SIZE && limit >= BUF_SIZE {
+                let mut large = take();
+                large.extend_from_slice(d);
+                give(std::mem::replace(d, large));
+            } else {
+                let grown = (d.capacity() * 2).min(limit);
+                d.reserve_exact(grown - d.len());
+            }
         }
         Some(d)
     }
@@ -150,10 +184,11 @@ impl Buffer {
     /// starts at offset 0).
     pub fn compact(&mut self) {
         debug_assert_eq!(self.floor, 0);
-        if self.start > 0 {
+        let start = self.start();
+        if start > 0 {
             if let Some(d) = &mut self.data {
-                d.copy_within(self.start.., 0);
-                d.truncate(d.len() - self.start);
+                d.copy_within(start.., 0);
+                d.truncate(d.len() - start);
             }
             self.start = 0;
         }
@@ -163,8 +198,8 @@ impl Buffer {
     /// put: they are no longer unread, and [`Buffer::prefix`] returns them.
     pub fn pin(&mut self, n: usize) {
         debug_assert_eq!(self.start, 0);
-        self.floor = n;
-        self.start = n;
+        self.floor = n as u32;
+        self.start = n as u32;
     }
 
     /// Releases the pinned prefix; unread bytes stay unread.
@@ -181,7 +216,7 @@ impl Buffer {
     /// The pinned prefix.
     pub fn prefix(&self) -> &[u8] {
         match &self.data {
-            Some(d) => &d[..self.floor],
+            Some(d) => &d[..self.floor()],
             None => &[],
         }
     }
@@ -189,7 +224,7 @@ impl Buffer {
     /// The pinned prefix and the unread bytes, together.
     pub fn prefix_and_unread(&self) -> (&[u8], &[u8]) {
         match &self.data {
-            Some(d) => (&d[..self.floor], &d[self.start..]),
+            Some(d) => (&d[..self.floor()], &d[self.start()..]),
             None => (&[], &[]),
         }
     }

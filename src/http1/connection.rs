@@ -15,14 +15,13 @@ use std::future::Future;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::Instant;
 
 use super::buffer::{self, Buffer, BUF_SIZE};
 use super::io::Timer;
 use super::recycle::Recycled;
 use crate::proxy::h1::{self, Next};
 use crate::proxy::Router;
-use crate::server::listener::ConnectionLimit;
+use crate::server::listener::{ConnectionLimit, Counted};
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -65,7 +64,13 @@ pub struct ConnInfo {
     /// Its entry in the registry.
     slot: usize,
     registry: Arc<Registry>,
+    /// What the connection holds until it closes: its place under the listener's connection
+    /// limit, and the token shutdown waits for.
+    _held: Held,
 }
+
+/// A connection's place under its listener's limit and its drain token.
+pub type Held = (Counted, tokio::sync::mpsc::Sender<()>);
 
 /// Removes the connection from its registry when dropped: before the socket closes, since
 /// [`Client`] declares it first.
@@ -111,7 +116,7 @@ pub struct Registry {
 type Entry = (i32, Arc<ConnInfo>);
 
 impl Registry {
-    fn register(self: &Arc<Self>, stream: &TcpStream, peer: SocketAddr) -> Registered {
+    fn register(self: &Arc<Self>, stream: &TcpStream, peer: SocketAddr, held: Held) -> Registered {
         use std::os::fd::AsRawFd;
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let slot = open.iter().position(Option::is_none).unwrap_or(open.len());
@@ -120,6 +125,7 @@ impl Registry {
             idle: AtomicBool::new(false),
             slot,
             registry: Arc::clone(self),
+            _held: held,
         });
         let entry = Some((stream.as_raw_fd(), Arc::clone(&info)));
         match open.get_mut(slot) {
@@ -151,89 +157,81 @@ fn shutdown_read(fd: i32) {
 }
 
 /// Serves one client connection until it closes.
-pub fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> impl std::future::Future<Output = ()> + Send {
+///
+/// The returned future is the connection's task, paid for by every idle connection: it holds
+/// only the connection, the listener's shared state and one timer. Everything a request needs
+/// lives in a recycled block while the request runs. (An `async move` block rather than an
+/// `async fn`, whose arguments would be stored twice.)
+pub fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, held: Held) -> impl Future<Output = ()> + Send {
     let _ = stream.set_nodelay(true);
-    let conn = Client {
-        info: shared.registry.register(&stream, peer),
+    let mut conn = Client {
+        info: shared.registry.register(&stream, peer, held),
         stream,
         buf: Buffer::default(),
     };
-    run(conn, shared)
-}
-
-/// The connection's loop. Its future is the connection's task, paid for by every idle
-/// connection: everything a request needs lives elsewhere (a recycled block), and this
-/// holds only the socket, the timer and the deadline.
-async fn run(mut conn: Client, shared: Arc<Shared>) {
-    let (head_timeout, _) = shared.timeouts();
-    let mut deadline = Instant::now() + head_timeout;
-    let sleep = tokio::time::sleep_until(deadline);
-    tokio::pin!(sleep);
-    let mut timer = Timer::new(sleep.as_mut());
-    let mut first = true;
-    let mut first_deadline = true;
-    loop {
-        if conn.buf.is_empty() {
-            // Idle: no buffer held, one timer armed.
-            conn.buf.release_if_empty();
-            conn.info.idle.store(true, Ordering::SeqCst);
-            if shared.stopping() {
-                break;
-            }
-            timer.require(deadline);
-            // Polled by hand: a `readable()` future or `select!` would add their state to
-            // every idle connection's task. The buffer is taken only once the socket is
-            // readable, and read with `poll_read`, which clears a stale readiness on a
-            // short read (so the next wait costs no extra EAGAIN).
-            let read = std::future::poll_fn(|cx| loop {
-                match conn.stream.poll_read_ready(cx) {
-                    Poll::Ready(Ok(())) => {
-                        let Some(room) = conn.buf.room(BUF_SIZE) else {
-                            return Poll::Ready(Err(buffer::full()));
-                        };
-                        let read = std::pin::pin!(conn.stream.read_buf(room));
-                        match read.poll(cx) {
-                            Poll::Ready(r) => return Poll::Ready(r),
-                            Poll::Pending => conn.buf.release_if_empty(),
+    async move {
+        // The timer's deadline is the idle deadline: the first request's head timeout from
+        // now, then the keep-alive timeout from the end of each response.
+        let sleep = std::pin::pin!(tokio::time::sleep(shared.timeouts().0));
+        let mut timer = Timer::new(sleep);
+        let mut first = true;
+        loop {
+            if conn.buf.is_empty() {
+                // Idle: no buffer held, one timer armed.
+                conn.buf.release_if_empty();
+                conn.info.idle.store(true, Ordering::SeqCst);
+                if shared.stopping() {
+                    break;
+                }
+                // Polled by hand: a `readable()` future or `select!` would add their state to
+                // every idle connection's task. The buffer is taken only once the socket is
+                // readable, and read with `poll_read`, which clears a stale readiness on a
+                // short read (so the next wait costs no extra EAGAIN).
+                let read = std::future::poll_fn(|cx| {
+                    match conn.stream.poll_read_ready(cx) {
+                        Poll::Ready(Ok(())) => {
+                            let Some(room) = conn.buf.room(BUF_SIZE) else {
+                                return Poll::Ready(Err(buffer::full()));
+                            };
+                            let read = std::pin::pin!(conn.stream.read_buf(room));
+                            match read.poll(cx) {
+                                Poll::Ready(r) => return Poll::Ready(r),
+                                Poll::Pending => conn.buf.release_if_empty(),
+                            }
                         }
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => {}
                     }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => {}
+                    // The idle deadline passed: close.
+                    timer.poll_fired(cx).map(|()| Ok(0))
+                })
+                .await;
+                conn.info.idle.store(false, Ordering::SeqCst);
+                match read {
+                    Ok(n) if n > 0 => {}
+                    _ => break,
                 }
-                if timer.poll_fired(cx).is_pending() {
-                    return Poll::Pending;
+            }
+            // The first request's head must arrive within the head timeout of the
+            // connection's start; later ones within it of their first byte.
+            let head_deadline = first.then(|| timer.deadline());
+            if first {
+                first = false;
+                // Boxed: only a connection's first bytes need it, so no idle connection pays.
+                if Box::pin(is_h2_preface(&mut conn)).await {
+                    // Boxed: hyper's connection state would otherwise size every task.
+                    Box::pin(serve_h2(conn, shared)).await;
+                    return;
                 }
-                if Instant::now() >= deadline {
-                    return Poll::Ready(Ok(0));
+            }
+            let next = Recycled::new(h1::serve(&mut conn, &shared, &mut timer, head_deadline)).await;
+            match next {
+                Next::KeepAlive(ended) => {
+                    let (head, keep_alive) = shared.timeouts();
+                    timer.set(ended + if conn.buf.is_empty() { keep_alive } else { head });
                 }
-                timer.set(deadline);
-            })
-            .await;
-            conn.info.idle.store(false, Ordering::SeqCst);
-            match read {
-                Ok(n) if n > 0 => {}
-                _ => break,
+                Next::Close => break,
             }
-        }
-        if first {
-            first = false;
-            // Boxed: only a connection's first bytes need it, so no idle connection pays for it.
-            if Box::pin(is_h2_preface(&mut conn)).await {
-                // Boxed: hyper's connection state would otherwise size every connection's task.
-                Box::pin(serve_h2(conn, shared)).await;
-                return;
-            }
-        }
-        // The first request's head must arrive within the head timeout of the connection's
-        // start; later ones within it of their first byte.
-        let head_deadline = std::mem::take(&mut first_deadline).then_some(deadline);
-        let next = Recycled::new(h1::serve(&mut conn, &shared, &mut timer, head_deadline)).await;
-        match next {
-            Next::KeepAlive(ended) => {
-                let (head, keep_alive) = shared.timeouts();
-                deadline = ended + if conn.buf.is_empty() { keep_alive } else { head };
-            }
-            Next::Close => break,
         }
     }
 }
@@ -369,12 +367,13 @@ mod tests {
             registry: Arc::new(Registry::default()),
             stop,
         });
-        let future = serve(stream, addr, Arc::clone(&shared));
+        let held = || (shared.limit.admit().expect("admitted"), tokio::sync::mpsc::channel(1).0);
+        let future = serve(stream, addr, Arc::clone(&shared), held());
         let size = std::mem::size_of_val(&future);
         drop(future);
         let stream = TcpStream::connect(addr).await.expect("connect");
         let mut conn = Client {
-            info: shared.registry.register(&stream, addr),
+            info: shared.registry.register(&stream, addr, held()),
             stream,
             buf: Buffer::default(),
         };
@@ -385,6 +384,6 @@ mod tests {
         let request_size = std::mem::size_of_val(&request);
         // A request's state is moved into its recycled block once per request.
         assert!(request_size <= 3072, "request future is {request_size} bytes");
-        assert!(size <= 384, "connection future is {size} bytes");
+        assert!(size <= 256, "connection future is {size} bytes");
     }
 }

@@ -35,6 +35,11 @@ impl<'a> Timer<'a> {
         Timer { sleep }
     }
 
+    /// The deadline the timer is armed for.
+    pub fn deadline(&self) -> Instant {
+        self.sleep.deadline()
+    }
+
     /// Makes sure the timer fires no later than `deadline`.
     pub fn require(&mut self, deadline: Instant) {
         if deadline < self.sleep.deadline() || self.sleep.is_elapsed() {

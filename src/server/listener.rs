@@ -47,7 +47,8 @@ pub struct ConnectionLimit {
 }
 
 /// One counted client connection; uncounted on drop.
-struct Counted(Arc<ConnectionLimit>);
+#[derive(Debug)]
+pub struct Counted(Arc<ConnectionLimit>);
 
 impl Drop for Counted {
     fn drop(&mut self) {
@@ -108,7 +109,8 @@ impl ConnectionLimit {
         self.max.store(max, Ordering::Relaxed);
     }
 
-    fn admit(self: &Arc<Self>) -> Option<Counted> {
+    /// Counts a new connection; `None` (and uncounted again) when over the limit.
+    pub fn admit(self: &Arc<Self>) -> Option<Counted> {
         let previous = self.open.fetch_add(1, Ordering::Relaxed);
         let counted = Counted(Arc::clone(self));
         (previous < self.max.load(Ordering::Relaxed)).then_some(counted)
@@ -142,12 +144,9 @@ pub async fn accept_loop(
                         tokio::spawn(refuse(stream));
                         continue;
                     };
-                    let (shared, active) = (Arc::clone(&shared), active.clone());
-                    tokio::spawn(async move {
-                        crate::http1::connection::serve(stream, peer, shared).await;
-                        drop(counted);
-                        drop(active);
-                    });
+                    // The connection holds its count and its drain token until it closes.
+                    let held = (counted, active.clone());
+                    tokio::spawn(crate::http1::connection::serve(stream, peer, Arc::clone(&shared), held));
                 }
                 Err(e) => {
                     // Typically EMFILE: back off briefly rather than spin.
