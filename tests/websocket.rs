@@ -174,3 +174,22 @@ async fn a_refused_upgrade_is_an_ordinary_response() {
     let seen = origin.last_headers();
     assert_eq!(seen["upgrade"], "websocket", "the Upgrade header reached the backend");
 }
+
+/// A reload (even one that changes the pool's backends) leaves an open tunnel working.
+#[tokio::test]
+async fn tunnels_survive_a_reload() {
+    let (origin, _ended) = spawn_ws_origin().await;
+    let sy = spawn_steelyard(config(&ws_toml(origin, ""))).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/chat", sy.addr))
+        .await
+        .expect("upgrade");
+    ws.send(Message::text("before")).await.expect("send");
+    assert_eq!(ws.next().await.expect("frame").expect("ok"), Message::text("before"));
+    let other = spawn_origin("other").await;
+    // Same listener (matched by its configured address), another backend.
+    sy.reload.apply(config(&ws_toml(other.addr, ""))).await.expect("reload");
+    ws.send(Message::text("after")).await.expect("send");
+    assert_eq!(ws.next().await.expect("frame").expect("ok"), Message::text("after"));
+    // New requests go to the new backend.
+    assert_eq!(get(&client(), &sy.url("/")).await.1, "other");
+}

@@ -23,6 +23,12 @@ use crate::proxy::h1::{self, Next};
 use crate::proxy::Router;
 use crate::server::listener::{ConnectionLimit, Counted};
 
+/// Most concurrent streams an HTTP/2 client may open on one connection.
+const H2_MAX_STREAMS: u32 = 256;
+/// How often an HTTP/2 connection is pinged, and how long an answer may take.
+const H2_PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+const H2_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -281,11 +287,16 @@ async fn serve_h2(conn: Client, shared: Arc<Shared>) {
         pos: 0,
         inner: stream,
     };
+    let max_header_bytes = shared.router.load().client_settings().max_header_bytes;
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    // HTTP/2's own limits: streams per connection, the listener's head limit for a header
+    // list, and a keep-alive ping that closes connections whose peer stopped answering.
     builder
         .timer(hyper_util::rt::TokioTimer::new())
-        .max_concurrent_streams(256)
-        .keep_alive_interval(Some(std::time::Duration::from_secs(60)));
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(H2_PING_INTERVAL))
+        .keep_alive_timeout(H2_PING_TIMEOUT);
     let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
     let result = tokio::select! {

@@ -16,7 +16,7 @@ use super::backend::clock_nanos;
 use crate::server::workers;
 
 /// Most idle connections kept per backend and worker; beyond it, released ones are closed.
-pub const MAX_IDLE_PER_WORKER: usize = 512;
+pub const MAX_IDLE_PER_WORKER: usize = 128;
 
 /// Why no connection to the backend could be opened.
 #[derive(Debug, thiserror::Error)]
