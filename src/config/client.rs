@@ -131,3 +131,47 @@ pub(super) fn validate(
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::config::Config;
+
+    fn listener(extra: &str) -> Result<super::ClientSettings, String> {
+        let text = format!(
+            "[[listeners]]\nlisten = \"127.0.0.1:0\"\n{extra}\nroutes = [{{ pool = \"p\" }}]\n[pools.p]\nbackends = [\"127.0.0.1:1\"]\n"
+        );
+        Config::from_toml(&text, "t.toml")
+            .map(|c| c.listeners[0].client)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        let d = listener("").expect("valid");
+        assert_eq!(d, super::ClientSettings::default());
+        assert_eq!(d.head_timeout, Duration::from_secs(10));
+        assert_eq!(d.max_request_body, None);
+        let s = listener(
+            "timeouts = { head = \"2s\", tunnel_idle = \"5m\" }\nlimits = { header_count = 50, request_body = 1024 }",
+        )
+        .expect("valid");
+        assert_eq!(s.head_timeout, Duration::from_secs(2));
+        assert_eq!(s.tunnel_idle_timeout, Duration::from_secs(300));
+        assert_eq!(s.keep_alive_timeout, Duration::from_secs(60));
+        assert_eq!(s.max_header_count, 50);
+        assert_eq!(s.max_request_body, Some(1024));
+    }
+
+    #[test]
+    fn bad_values_name_file_line_and_key() {
+        let e = listener("timeouts = { keep_alive = \"0s\" }").expect_err("zero");
+        assert!(
+            e.contains("t.toml:3:") && e.contains("listeners[0].timeouts.keep_alive: must be more than 0"),
+            "{e}"
+        );
+        let e = listener("limits = { uri_bytes = 1 }").expect_err("too small");
+        assert!(e.contains("listeners[0].limits.uri_bytes: must be from 16"), "{e}");
+    }
+}
