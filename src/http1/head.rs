@@ -379,13 +379,7 @@ pub fn parse_request(
                 }
                 host = Some(f.value);
             }
-            Kind::ContentLength => {
-                let n = content_length(value).ok_or(HeadError::Malformed("invalid Content-Length"))?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(HeadError::Malformed("differing Content-Length values"));
-                }
-                length = Some(n);
-            }
+            Kind::ContentLength => add_length(&mut length, value)?,
             Kind::TransferEncoding => {
                 te_seen = true;
                 for coding in list(value) {
@@ -507,13 +501,7 @@ pub fn parse_response(
     for f in fields.iter() {
         let value = f.value.get(head);
         match f.kind {
-            Kind::ContentLength => {
-                let n = content_length(value).ok_or(HeadError::Malformed("invalid Content-Length"))?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(HeadError::Malformed("differing Content-Length values"));
-                }
-                length = Some(n);
-            }
+            Kind::ContentLength => add_length(&mut length, value)?,
             Kind::TransferEncoding => {
                 te_seen = true;
                 for coding in list(value) {
@@ -677,6 +665,17 @@ fn valid_host(v: &[u8]) -> bool {
         && v.len() <= 255
         && v.iter()
             .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']' | b'~' | b'%'))
+}
+
+/// Folds one `Content-Length` field into the length so far: each must be digits only, and
+/// all of them the same.
+fn add_length(length: &mut Option<u64>, value: &[u8]) -> Result<(), HeadError> {
+    let n = content_length(value).ok_or(HeadError::Malformed("invalid Content-Length"))?;
+    if length.is_some_and(|l| l != n) {
+        return Err(HeadError::Malformed("differing Content-Length values"));
+    }
+    *length = Some(n);
+    Ok(())
 }
 
 /// `Content-Length`: digits only, no sign, no spaces, no overflow.

@@ -319,6 +319,22 @@ fn record_of(conn: &Client, req: &RequestHead, head: &[u8], fields: &[Field], id
     record
 }
 
+/// What one attempt at a backend works from.
+#[derive(Clone, Copy)]
+struct AttemptPlan<'a> {
+    settings: &'a crate::config::ClientSettings,
+    req: &'a RequestHead,
+    member: &'a crate::upstream::Member,
+    request_id: &'a RequestId,
+    /// Response headers must arrive by then.
+    deadline: Instant,
+    started: Instant,
+    /// A sticky-session cookie for the response.
+    set_cookie: Option<&'a [u8]>,
+    /// Whether a final status is one to retry on (and the budget allows it).
+    retry_status: &'a (dyn Fn(u16) -> bool + Sync),
+}
+
 /// How one exchange with a backend ended, for the retry loop.
 enum Attempt {
     /// The response went to the client (whole, or as far as it could).
@@ -447,23 +463,17 @@ async fn proxy(
         let retry_status = |status: u16| {
             replayable && may_retry && policy.on_status.contains(status) && pool.retry_budget().try_withdraw()
         };
-        let outcome = attempt(
-            conn,
-            shared,
+        let plan = AttemptPlan {
             settings,
             req,
             member,
             request_id,
-            &mut replay,
-            &mut body_touched,
-            attempt_deadline,
-            attempt_started,
-            timer,
-            scratch,
-            set_cookie.as_ref().map(|c| c.as_bytes()),
-            &retry_status,
-        )
-        .await;
+            deadline: attempt_deadline,
+            started: attempt_started,
+            set_cookie: set_cookie.as_ref().map(|c| c.as_bytes()),
+            retry_status: &retry_status,
+        };
+        let outcome = attempt(conn, shared, &plan, &mut replay, &mut body_touched, timer, scratch).await;
         let ended = Instant::now();
         let latency = ended - attempt_started;
         match outcome {
@@ -580,23 +590,17 @@ async fn read_body(conn: &mut Client, n: usize, idle: Duration, timer: &mut Time
 /// One exchange with `member`'s backend, on a pooled connection or a new one; a pooled one
 /// that turns out closed before any response byte is replaced once by a new one when the
 /// request can be sent again.
-#[allow(clippy::too_many_arguments)]
 async fn attempt(
     conn: &mut Client,
     shared: &Shared,
-    settings: &crate::config::ClientSettings,
-    req: &RequestHead,
-    member: &crate::upstream::Member,
-    request_id: &RequestId,
+    plan: &AttemptPlan<'_>,
     replay: &mut Option<usize>,
     body_touched: &mut bool,
-    attempt_deadline: Instant,
-    attempt_started: Instant,
     timer: &mut Timer<'_>,
     scratch: &mut Scratch,
-    set_cookie: Option<&[u8]>,
-    retry_status: &(dyn Fn(u16) -> bool + Sync),
 ) -> Attempt {
+    let member = plan.member;
+    let (attempt_deadline, attempt_started) = (plan.deadline, plan.started);
     let mut pooled = member.idle.checkout(nanos_at(attempt_started.into_std()));
     loop {
         let reused = pooled.is_some();
@@ -626,24 +630,7 @@ async fn attempt(
             }
         };
         let touched_before = *body_touched;
-        let result = exchange(
-            conn,
-            shared,
-            settings,
-            req,
-            &mut upstream,
-            member,
-            request_id,
-            replay,
-            body_touched,
-            attempt_deadline,
-            attempt_started,
-            timer,
-            scratch,
-            set_cookie,
-            retry_status,
-        )
-        .await;
+        let result = exchange(conn, shared, plan, &mut upstream, replay, body_touched, timer, scratch).await;
         match result {
             Exchanged::Stale if reused && (!touched_before || replay.is_some()) => {
                 // The backend closed the pooled connection just as it was reused.
@@ -678,20 +665,23 @@ enum Exchanged {
 async fn exchange(
     conn: &mut Client,
     shared: &Shared,
-    settings: &crate::config::ClientSettings,
-    req: &RequestHead,
+    plan: &AttemptPlan<'_>,
     upstream: &mut TcpStream,
-    member: &crate::upstream::Member,
-    request_id: &RequestId,
     replay: &mut Option<usize>,
     body_touched: &mut bool,
-    attempt_deadline: Instant,
-    attempt_started: Instant,
     timer: &mut Timer<'_>,
     scratch: &mut Scratch,
-    set_cookie: Option<&[u8]>,
-    retry_status: &(dyn Fn(u16) -> bool + Sync),
 ) -> Exchanged {
+    let AttemptPlan {
+        settings,
+        req,
+        member,
+        request_id,
+        deadline: attempt_deadline,
+        started: attempt_started,
+        set_cookie,
+        retry_status,
+    } = *plan;
     let backend = &member.backend;
     let mut ip_text = [0u8; 48];
     let client_ip = render_ip(conn.info.peer.ip(), &mut ip_text);
