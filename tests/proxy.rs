@@ -479,3 +479,60 @@ async fn a_backend_given_by_host_name_is_resolved_and_kept_resolved() {
         );
     }
 }
+
+/// At shutdown, idle keep-alive connections close at once; a busy one finishes its response,
+/// marked `Connection: close`; the drain ends as soon as that response is done.
+#[tokio::test]
+async fn shutdown_closes_idle_connections_at_once_and_busy_ones_after_their_response() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = spawn_origin("a").await;
+    let toml = format!(
+        "[server]\ndrain_timeout = \"30s\"\n{}",
+        one_pool_toml(&[origin.addr], "")
+    );
+    let mut sy = spawn_steelyard(config(&toml)).await;
+    // An idle keep-alive connection that has served one request.
+    let mut idle = tokio::net::TcpStream::connect(sy.addr).await.expect("connect");
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 1024];
+    let n = idle.read(&mut buf).await.expect("response");
+    assert!(String::from_utf8_lossy(&buf[..n]).ends_with("\r\n\r\na"));
+    // A busy one.
+    let mut busy = tokio::net::TcpStream::connect(sy.addr).await.expect("connect");
+    busy.write_all(b"GET /slow?ms=500 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    eventually("the slow request to reach the origin", || async {
+        origin.requests() == 2
+    })
+    .await;
+    let started = Instant::now();
+    let drained = sy.begin_shutdown();
+    let n = tokio::time::timeout(Duration::from_secs(2), idle.read(&mut buf))
+        .await
+        .expect("the idle connection is closed at once")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    let mut response = Vec::new();
+    tokio::time::timeout(DEADLINE, busy.read_to_end(&mut response))
+        .await
+        .expect("the busy connection closes after its response")
+        .expect("read");
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response:?}");
+    assert!(
+        response.to_ascii_lowercase().contains("\r\nconnection: close\r\n"),
+        "{response:?}"
+    );
+    tokio::time::timeout(DEADLINE, drained)
+        .await
+        .expect("drained")
+        .expect("task");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "drained in {:?}",
+        started.elapsed()
+    );
+}

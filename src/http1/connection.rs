@@ -57,6 +57,11 @@ impl Shared {
     pub fn stopping(&self) -> bool {
         self.registry.stopping.load(Ordering::SeqCst)
     }
+
+    /// The flag behind [`Shared::stopping`], for code that checks it later.
+    pub fn stopping_flag(&self) -> &AtomicBool {
+        &self.registry.stopping
+    }
 }
 
 /// What the request path knows about the client connection; shared with the shutdown

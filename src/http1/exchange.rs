@@ -183,8 +183,10 @@ pub struct ResponsePlan<'a> {
     pub client_minor: u8,
     /// The request asked to upgrade: a 101 opens a tunnel.
     pub upgrade: bool,
-    /// The client connection may stay open after this response.
+    /// The client connection may stay open after this response...
     pub keep_alive: bool,
+    /// ...unless this turns true (shutdown) before the response head is written.
+    pub stopping: &'a AtomicBool,
     /// A sticky-session cookie to set on the response.
     pub set_cookie: Option<&'a [u8]>,
 }
@@ -290,7 +292,7 @@ where
     let framing = write::client_framing(&res, plan.method, plan.client_minor);
     let has_body = !(plan.method == Method::Head || res.status == 204 || res.status == 304);
     let upstream_framing = if has_body { res.framing } else { Framing::Empty };
-    let keep_alive = plan.keep_alive && framing != ClientFraming::Close;
+    let keep_alive = plan.keep_alive && framing != ClientFraming::Close && !plan.stopping.load(Ordering::Relaxed);
     write::response_head(
         out,
         ubuf.unread(),

@@ -729,6 +729,7 @@ async fn exchange(
         client_minor: req.minor,
         upgrade: req.upgrade.is_some(),
         keep_alive,
+        stopping: shared.stopping_flag(),
         set_cookie,
     };
     let mut ubuf = Buffer::default();
