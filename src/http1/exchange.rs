@@ -463,3 +463,179 @@ where
         progress.tick();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A chunked body of `data` cut into chunks of random sizes, with an extension now and
+    /// then, and a trailer.
+    fn chunked(data: &[u8], rng: &mut fastrand::Rng) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut rest = data;
+        while !rest.is_empty() {
+            let n = rng.usize(1..=rest.len().min(40_000));
+            out.extend_from_slice(format!("{n:x}").as_bytes());
+            if rng.bool() {
+                out.extend_from_slice(b";ext=1");
+            }
+            out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(&rest[..n]);
+            out.extend_from_slice(b"\r\n");
+            rest = &rest[n..];
+        }
+        out.extend_from_slice(b"0\r\nX-Sum: 1\r\n\r\n");
+        out
+    }
+
+    /// Decodes a chunked body, strictly enough for a test.
+    fn dechunk(mut body: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let mut data = Vec::new();
+        loop {
+            let line_end = body.windows(2).position(|w| w == b"\r\n").expect("size line");
+            let size = usize::from_str_radix(std::str::from_utf8(&body[..line_end]).expect("ascii"), 16).expect("hex");
+            body = &body[line_end + 2..];
+            if size == 0 {
+                return (data, body.to_vec());
+            }
+            data.extend_from_slice(&body[..size]);
+            assert_eq!(&body[size..size + 2], b"\r\n");
+            body = &body[size + 2..];
+        }
+    }
+
+    /// Random bodies, fed in random pieces, come out re-encoded with the same data, and the
+    /// bytes after the body (a pipelined request) stay unread, whatever the buffer did.
+    #[tokio::test]
+    async fn upload_reencodes_any_split_and_leaves_what_follows() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for round in 0..30 {
+            let data: Vec<u8> = (0..rng.usize(0..100_000)).map(|_| rng.u8(..)).collect();
+            let mut input = chunked(&data, &mut rng);
+            input.extend_from_slice(b"GET /next HTTP/1.1\r\n\r\n");
+            let (mut client, mut client_side) = tokio::io::duplex(1 << 20);
+            let (mut upstream_side, mut upstream) = tokio::io::duplex(1 << 20);
+            let pieces = input.clone();
+            let mut prng = fastrand::Rng::with_seed(round);
+            let feeder = tokio::spawn(async move {
+                let mut rest = &pieces[..];
+                while !rest.is_empty() {
+                    let n = prng.usize(1..=rest.len().min(5000));
+                    client.write_all(&rest[..n]).await.expect("feed");
+                    rest = &rest[n..];
+                    tokio::task::yield_now().await;
+                }
+                client
+            });
+            let mut buf = Buffer::default();
+            let progress = Progress::default();
+            let done = upload(
+                &mut client_side,
+                &mut buf,
+                &mut upstream_side,
+                Framing::Chunked,
+                0,
+                None,
+                &progress,
+            )
+            .await
+            .expect("valid body");
+            assert_eq!(done, Uploaded::Done);
+            drop(upstream_side);
+            let mut sent = Vec::new();
+            upstream.read_to_end(&mut sent).await.expect("read");
+            let (decoded, trailers) = dechunk(&sent);
+            assert_eq!(decoded, data, "round {round}");
+            assert_eq!(trailers, b"X-Sum: 1\r\n\r\n");
+            // What follows the body is still there: in the buffer, or not read yet.
+            let _client = feeder.await.expect("feeder");
+            let mut next = buf.unread().to_vec();
+            while next.len() < 22 {
+                let mut more = [0u8; 64];
+                let n = client_side.read(&mut more).await.expect("read");
+                next.extend_from_slice(&more[..n]);
+            }
+            assert_eq!(next, b"GET /next HTTP/1.1\r\n\r\n", "round {round}");
+        }
+    }
+
+    /// A response arriving in random pieces reaches the client with its head rewritten and
+    /// its body re-framed for HTTP/1.1 (close-delimited and chunked) or kept (length).
+    #[tokio::test]
+    async fn download_reframes_any_split() {
+        let mut rng = fastrand::Rng::with_seed(11);
+        for round in 0..30u64 {
+            let data: Vec<u8> = (0..rng.usize(1..60_000)).map(|_| rng.u8(..)).collect();
+            let kind = round % 3;
+            let mut response = match kind {
+                0 => format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-A: 1\r\n\r\n", data.len()).into_bytes(),
+                1 => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n".to_vec(),
+                _ => b"HTTP/1.0 200 OK\r\nX-A: 1\r\n\r\n".to_vec(),
+            };
+            match kind {
+                1 => response.extend_from_slice(&chunked(&data, &mut rng)),
+                _ => response.extend_from_slice(&data),
+            }
+            let (mut origin, mut upstream_side) = tokio::io::duplex(1 << 20);
+            let (mut client_side, mut client) = tokio::io::duplex(1 << 20);
+            let mut prng = fastrand::Rng::with_seed(round);
+            let feeder = tokio::spawn(async move {
+                let mut rest = &response[..];
+                while !rest.is_empty() {
+                    let n = prng.usize(1..=rest.len().min(7000));
+                    origin.write_all(&rest[..n]).await.expect("feed");
+                    rest = &rest[n..];
+                    tokio::task::yield_now().await;
+                }
+                // Close-delimited bodies end with the connection.
+            });
+            let mut ubuf = Buffer::default();
+            let (mut out, mut fields) = (Vec::new(), Vec::new());
+            let stopping = AtomicBool::new(false);
+            let plan = ResponsePlan {
+                method: Method::Get,
+                client_minor: 1,
+                upgrade: false,
+                keep_alive: true,
+                stopping: &stopping,
+                set_cookie: None,
+            };
+            let progress = Progress::default();
+            let outcome = download(
+                &mut upstream_side,
+                &mut ubuf,
+                &mut client_side,
+                &mut out,
+                &mut fields,
+                &plan,
+                |_| false,
+                &progress,
+            )
+            .await
+            .expect("valid response");
+            feeder.await.expect("feeder");
+            drop(client_side);
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.expect("read");
+            let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").expect("head") + 4;
+            let head = String::from_utf8_lossy(&got[..head_end]).into_owned();
+            let body = &got[head_end..];
+            assert!(
+                head.starts_with("HTTP/1.1 200 OK\r\nX-A: 1\r\n") || head.contains("\r\nX-A: 1\r\n"),
+                "{head}"
+            );
+            match kind {
+                0 => {
+                    assert_eq!(body, &data[..], "round {round}");
+                    assert!(matches!(outcome, Downloaded::Complete { reusable: true, .. }));
+                }
+                _ => {
+                    assert!(head.contains("Transfer-Encoding: chunked"), "{head}");
+                    assert_eq!(dechunk(body).0, data, "round {round}");
+                }
+            }
+        }
+    }
+}

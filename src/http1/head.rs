@@ -19,9 +19,16 @@ pub struct Span {
 }
 
 impl Span {
+    /// Where `part` lies in `base`. An empty `part` may not point into `base` at all
+    /// (httparse hands out a static empty slice for an empty reason phrase): it becomes an
+    /// empty span at the start.
     fn of_slice(base: &[u8], part: &[u8]) -> Span {
+        let start = (part.as_ptr() as usize).wrapping_sub(base.as_ptr() as usize);
+        if part.is_empty() || start > base.len() || base.len() - start < part.len() {
+            return Span::default();
+        }
         Span {
-            start: (part.as_ptr() as usize - base.as_ptr() as usize) as u32,
+            start: start as u32,
             len: part.len() as u32,
         }
     }
@@ -558,10 +565,23 @@ pub fn parse_response(
 }
 
 fn collect_fields(head: &[u8], raw: &[httparse::Header<'_>], fields: &mut Vec<Field>) {
-    fields.extend(raw.iter().map(|h| Field {
-        name: Span::of_slice(head, h.name.as_bytes()),
-        value: Span::of_slice(head, trim(h.value)),
-        kind: kind_of(h.name.as_bytes()),
+    fields.extend(raw.iter().map(|h| {
+        let name = Span::of_slice(head, h.name.as_bytes());
+        let value = trim(h.value);
+        let value = if value.is_empty() {
+            // An empty value sits right after the colon.
+            Span {
+                start: name.start + name.len + 1,
+                len: 0,
+            }
+        } else {
+            Span::of_slice(head, value)
+        };
+        Field {
+            name,
+            value,
+            kind: kind_of(h.name.as_bytes()),
+        }
     }));
 }
 
@@ -837,5 +857,97 @@ mod tests {
         assert_eq!(f[0].kind, Kind::Named, "the length is dropped");
         assert!(parse("HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n", &mut f).is_err());
         assert!(parse("HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\n", &mut f).is_err());
+    }
+}
+
+/// Mutation tests: whatever bytes arrive, parsing never panics (a panic would abort the
+/// process), spans stay inside the head, and what parses can be forwarded.
+#[cfg(test)]
+mod mutations {
+    use super::*;
+    use crate::http1::chunked::Decoder;
+    use crate::http1::write::{self, Forwarding};
+
+    const SEEDS: &[&[u8]] = &[
+        b"GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nCookie: a=b\r\n\r\n",
+        b"POST http://h.test:80/p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n5\r\nhello\r\n0\r\nT: 1\r\n\r\n",
+        b"OPTIONS * HTTP/1.0\r\nMax-Forwards: 3\r\nContent-Length: 3\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nabc",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\nConnection: close, X\r\n\r\n",
+        b"HTTP/1.0 103 Early\r\nLink: <a>\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+    ];
+
+    fn mutate(seed: &[u8], rng: &mut fastrand::Rng) -> Vec<u8> {
+        let mut v = seed.to_vec();
+        for _ in 0..rng.usize(1..8) {
+            let at = rng.usize(0..=v.len());
+            match rng.u8(0..6) {
+                0 if at < v.len() => v[at] = rng.u8(..),
+                1 if at < v.len() => {
+                    v.remove(at);
+                }
+                2 => v.insert(at, *rng.choice(b"\r\n :;,\t\0\x7f0fF-+chunked".iter()).unwrap_or(&b'x')),
+                3 => v.truncate(at),
+                4 => {
+                    let piece = seed[rng.usize(0..seed.len())..].to_vec();
+                    v.splice(at..at, piece.into_iter().take(40));
+                }
+                _ => {}
+            }
+        }
+        v
+    }
+
+    /// Iterations per run (`STEELYARD_MUTATIONS` raises it for a longer hunt).
+    fn iterations() -> usize {
+        std::env::var("STEELYARD_MUTATIONS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100_000)
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_and_spans_stay_inside() {
+        let iterations = iterations();
+        let mut rng = fastrand::Rng::with_seed(9);
+        let limits = HeadLimits::default();
+        let mut fields = Vec::new();
+        let mut out = Vec::new();
+        let fwd = Forwarding {
+            client_ip: b"127.0.0.1",
+            proto: b"http",
+            backend_authority: b"127.0.0.1:1",
+            request_id: b"id",
+        };
+        for i in 0..iterations {
+            let input = mutate(SEEDS[i % SEEDS.len()], &mut rng);
+            if let Ok(Some(req)) = parse_request(&input, &limits, &mut fields) {
+                assert!(req.len <= input.len());
+                for f in &fields {
+                    assert!((f.value.start + f.value.len) as usize <= req.len);
+                }
+                write::request_head(&mut out, &input, &req, &fields, &fwd);
+                assert!(out.ends_with(b"\r\n\r\n"));
+            }
+            if let Ok(Some(res)) = parse_response(&input, 65536, &mut fields) {
+                assert!(res.len <= input.len());
+                let framing = write::client_framing(&res, Method::Get, 1);
+                write::response_head(&mut out, &input, &res, &fields, framing, true, 1, Some(b"c=1"));
+            }
+            let mut decoder = Decoder::new();
+            let mut rest: &[u8] = &input;
+            while let Ok((used, event)) = decoder.decode(rest) {
+                if let Some(chunked_event) = event {
+                    let (start, len) = match chunked_event {
+                        crate::http1::chunked::Event::Data { start, len } => (start, len),
+                        crate::http1::chunked::Event::End { start, len } => (start, len),
+                    };
+                    assert!(start + len <= used && used <= rest.len());
+                }
+                if used == 0 {
+                    break;
+                }
+                rest = &rest[used..];
+            }
+        }
     }
 }
