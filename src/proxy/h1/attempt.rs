@@ -1,323 +1,30 @@
-//! One HTTP/1 request's life on the engine: parse its head, answer locally or route it, pick
-//! a backend, exchange with it (retrying where that is safe), and hand the connection back
-//! ready for the next request, or closed.
+//! Attempts at backends for one request: the retry loop, one exchange on a pooled or new
+//! connection (the request body going up while the response comes down), and the tunnel
+//! after a 101.
 
 use std::io::IoSlice;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::HeaderValue;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::access_log::AccessRecord;
-use super::ProxyError;
+use super::{local, Next, RequestId, Scratch};
 use crate::http1::buffer::{self, Buffer};
 use crate::http1::connection::{Client, Shared};
 use crate::http1::exchange::{self, DownloadError, Downloaded, Progress, ResponsePlan, UploadError, Uploaded};
-use crate::http1::head::{self, Field, Framing, HeadError, HeadLimits, Method, RequestHead};
+use crate::http1::head::{Framing, RequestHead};
 use crate::http1::io::{write_all_vectored, Timer};
 use crate::http1::write::{self, Forwarding};
+use crate::proxy::access_log::AccessRecord;
+use crate::proxy::ProxyError;
 use crate::upstream::backend::nanos_at;
 use crate::upstream::idle::ConnectError;
 use crate::upstream::{Pool, RequestView};
 
-/// What the connection does after a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Next {
-    /// Wait for (or parse) the next request; the response ended at this time.
-    KeepAlive(Instant),
-    /// Close the connection.
-    Close,
-}
-
 /// Most attempts of one request: the first plus at most 10 retries (the config's limit).
 const MAX_ATTEMPTS: usize = 11;
-
-/// Header tables and the head-writing vector, back to their pools when the request ends.
-struct Scratch {
-    fields: Vec<Field>,
-    response_fields: Vec<Field>,
-    out: Vec<u8>,
-}
-
-impl Scratch {
-    fn take() -> Scratch {
-        Scratch {
-            fields: buffer::take_fields(),
-            response_fields: buffer::take_fields(),
-            out: buffer::take_scratch(),
-        }
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        buffer::give_fields(std::mem::take(&mut self.fields));
-        buffer::give_fields(std::mem::take(&mut self.response_fields));
-        buffer::give_scratch(std::mem::take(&mut self.out));
-    }
-}
-
-/// Serves the request whose first bytes are in `conn`'s buffer. `head_deadline` bounds the
-/// time to receive its whole head (by default, the head timeout from now).
-pub async fn serve(conn: &mut Client, shared: &Shared, timer: &mut Timer<'_>, head_deadline: Option<Instant>) -> Next {
-    let now = Instant::now();
-    let router = shared.router.load_full();
-    let settings = router.client_settings();
-    let head_deadline = head_deadline.unwrap_or(now + settings.head_timeout);
-    let limits = HeadLimits {
-        max_bytes: settings.max_header_bytes,
-        max_fields: settings.max_header_count,
-        max_uri: settings.max_uri_bytes,
-    };
-    let mut scratch = Scratch::take();
-    conn.buf.compact();
-    let req = loop {
-        match head::parse_request(conn.buf.unread(), &limits, &mut scratch.fields) {
-            Ok(Some(req)) => break req,
-            Ok(None) => {}
-            Err(e) => {
-                shared.limit.count_request();
-                tracing::debug!(client = %conn.info.peer, error = %e, "refused a request head");
-                return refuse(conn, &mut scratch.out, e).await;
-            }
-        }
-        timer.require(head_deadline);
-        let read = loop {
-            tokio::select! {
-                biased;
-                r = conn.buf.read_from(&mut conn.stream, limits.max_bytes) => break r,
-                () = timer.fired() => {
-                    if Instant::now() >= head_deadline {
-                        tracing::debug!(client = %conn.info.peer, "request head timeout");
-                        local(conn, &mut scratch.out, 408, b"", false).await;
-                        return Next::Close;
-                    }
-                    timer.set(head_deadline);
-                }
-            }
-        };
-        match read {
-            Ok(0) | Err(_) => return Next::Close,
-            Ok(_) => {}
-        }
-    };
-    shared.limit.count_request();
-    conn.buf.pin(req.len);
-    let next = route(conn, shared, &router, settings, &req, now, timer, &mut scratch).await;
-    conn.buf.unpin();
-    next
-}
-
-/// Answers a refused head and closes.
-async fn refuse(conn: &mut Client, out: &mut Vec<u8>, e: HeadError) -> Next {
-    local(conn, out, e.status(), b"", false).await;
-    Next::Close
-}
-
-/// Writes a response of the proxy's own: `{status} {reason}` as its body. Boxed (off the
-/// fast path): its timers would otherwise enlarge every request's state.
-fn local<'a>(
-    conn: &'a mut Client,
-    out: &'a mut Vec<u8>,
-    status: u16,
-    extra: &'a [u8],
-    keep_alive: bool,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = u64> + Send + 'a>> {
-    Box::pin(write_local(conn, out, status, extra, keep_alive))
-}
-
-async fn write_local(conn: &mut Client, out: &mut Vec<u8>, status: u16, extra: &[u8], keep_alive: bool) -> u64 {
-    let mut body = [0u8; 64];
-    let text = format_status_body(status, &mut body);
-    let len = text.len() as u64;
-    write::local_response(out, status, extra, text, keep_alive);
-    let _ = tokio::time::timeout(Duration::from_secs(5), conn.stream.write_all(out)).await;
-    if !keep_alive {
-        linger(&mut conn.stream).await;
-    }
-    len
-}
-
-/// Closes our side, then reads and discards what the client still sends for a moment, so
-/// that closing with unread bytes does not reset the connection and destroy the response
-/// in flight (nginx's lingering close).
-async fn linger(stream: &mut TcpStream) {
-    use tokio::io::AsyncReadExt;
-    let _ = stream.shutdown().await;
-    let mut sink = [0u8; 1024];
-    let _ = tokio::time::timeout(LINGER, async {
-        while let Ok(n) = stream.read(&mut sink).await {
-            if n == 0 {
-                break;
-            }
-        }
-    })
-    .await;
-}
-
-/// Longest lingering close.
-const LINGER: Duration = Duration::from_secs(2);
-
-fn format_status_body(status: u16, buf: &mut [u8; 64]) -> &[u8] {
-    let mut n = 0;
-    for part in [
-        itoa::Buffer::new().format(status).as_bytes(),
-        b" ",
-        write::reason(status).as_bytes(),
-        b"\n",
-    ] {
-        let take = part.len().min(buf.len() - n);
-        buf[n..n + take].copy_from_slice(&part[..take]);
-        n += take;
-    }
-    &buf[..n]
-}
-
-/// The request's id: the client's `X-Request-Id`, or one of ours.
-#[derive(Debug, Clone, Copy)]
-enum RequestId {
-    Client(head::Span),
-    Ours([u8; 16]),
-}
-
-impl RequestId {
-    fn get<'a>(&'a self, head: &'a [u8]) -> &'a [u8] {
-        match self {
-            RequestId::Client(span) => span.get(head),
-            RequestId::Ours(id) => id,
-        }
-    }
-}
-
-/// A 16-hex-digit request id.
-fn request_id() -> [u8; 16] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut n = fastrand::u64(..);
-    let mut id = [0u8; 16];
-    for b in id.iter_mut() {
-        *b = HEX[(n & 15) as usize];
-        n >>= 4;
-    }
-    id
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn route(
-    conn: &mut Client,
-    shared: &Shared,
-    router: &super::Router,
-    settings: &crate::config::ClientSettings,
-    req: &RequestHead,
-    started: Instant,
-    timer: &mut Timer<'_>,
-    scratch: &mut Scratch,
-) -> Next {
-    // A body we do not forward must not be parsed as the next request: close after answering.
-    let keep_alive = req.keep_alive && req.framing == Framing::Empty && !shared.stopping();
-    if req.max_forwards == Some(0) {
-        let extra: &[u8] = if req.method == Method::Options {
-            b"Allow: GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH\r\n"
-        } else {
-            b""
-        };
-        local(conn, &mut scratch.out, 200, extra, keep_alive).await;
-        return if keep_alive {
-            Next::KeepAlive(Instant::now())
-        } else {
-            Next::Close
-        };
-    }
-    if let (Some(max), Framing::Length(n)) = (settings.max_request_body, req.framing) {
-        if n > max {
-            local(conn, &mut scratch.out, 413, b"", false).await;
-            return Next::Close;
-        }
-    }
-    let head_bytes = conn.buf.prefix();
-    let host = req.host.and_then(|h| std::str::from_utf8(h.get(head_bytes)).ok());
-    let target = std::str::from_utf8(req.path.get(head_bytes)).unwrap_or("/");
-    // `OPTIONS *` is about the server as a whole: it takes the routes of `/`.
-    let path = if target == "*" {
-        "/"
-    } else {
-        target.split('?').next().unwrap_or(target)
-    };
-    let pool = router.route(host, path).cloned();
-    let log = router.access_log().cloned();
-    let id = match req.request_id {
-        Some(span) => RequestId::Client(span),
-        None => RequestId::Ours(request_id()),
-    };
-    // Boxed: built only when the listener logs, and large.
-    let mut record = log
-        .as_ref()
-        .map(|_| Box::new(record_of(conn, req, head_bytes, &scratch.fields, id.get(head_bytes))));
-    let (status, next, bytes) = match pool {
-        None => {
-            let bytes = local(conn, &mut scratch.out, 404, b"", keep_alive).await;
-            (
-                404,
-                if keep_alive {
-                    Next::KeepAlive(Instant::now())
-                } else {
-                    Next::Close
-                },
-                bytes,
-            )
-        }
-        Some(pool) => {
-            if let Some(r) = record.as_mut() {
-                r.pool = Some(Arc::from(pool.name()));
-            }
-            proxy(
-                conn,
-                shared,
-                settings,
-                req,
-                &pool,
-                &id,
-                started,
-                timer,
-                scratch,
-                record.as_deref_mut(),
-            )
-            .await
-        }
-    };
-    if let (Some(mut record), Some(log)) = (record, log) {
-        record.status = status;
-        record.bytes = bytes;
-        record.duration = started.elapsed();
-        log.log(*record);
-    }
-    next
-}
-
-fn record_of(conn: &Client, req: &RequestHead, head: &[u8], fields: &[Field], id: &[u8]) -> AccessRecord {
-    let value = |name: &str| {
-        fields
-            .iter()
-            .find(|f| f.name.get(head).eq_ignore_ascii_case(name.as_bytes()))
-            .and_then(|f| HeaderValue::from_bytes(f.value.get(head)).ok())
-    };
-    let method = http::Method::from_bytes(req.method_span.get(head)).unwrap_or(http::Method::GET);
-    let uri = http::Uri::try_from(req.target.get(head)).unwrap_or_default();
-    let mut record = AccessRecord::start(
-        conn.info.peer,
-        &method,
-        &uri,
-        &http::HeaderMap::new(),
-        HeaderValue::from_bytes(id).unwrap_or(HeaderValue::from_static("-")),
-    );
-    record.host = req.host.and_then(|h| HeaderValue::from_bytes(h.get(head)).ok());
-    record.user_agent = value("user-agent");
-    record.referer = value("referer");
-    record
-}
 
 /// What one attempt at a backend works from.
 #[derive(Clone, Copy)]
@@ -361,7 +68,7 @@ enum RetryKind {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn proxy(
+pub(super) async fn proxy(
     conn: &mut Client,
     shared: &Shared,
     settings: &crate::config::ClientSettings,
