@@ -21,7 +21,7 @@ use super::io::Timer;
 use super::recycle::Recycled;
 use crate::proxy::h1::{self, Next};
 use crate::proxy::Router;
-use crate::server::listener::{ConnectionLimit, Counted};
+use crate::server::listener::ConnectionLimit;
 
 /// Most concurrent streams an HTTP/2 client may open on one connection.
 const H2_MAX_STREAMS: u32 = 256;
@@ -43,6 +43,9 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     /// Turns true at shutdown (HTTP/2 connections wait on it; HTTP/1 ones use the registry).
     pub stop: watch::Receiver<bool>,
+    /// Held by every connection through its `Arc<Shared>`: shutdown's drain is over when the
+    /// last one is gone.
+    pub active: tokio::sync::mpsc::Sender<()>,
 }
 
 impl Shared {
@@ -73,15 +76,9 @@ pub struct ConnInfo {
     /// True while the connection waits for a request (shutdown closes it then).
     idle: AtomicBool,
     /// Its entry in the registry.
-    slot: usize,
+    slot: u32,
     registry: Arc<Registry>,
-    /// What the connection holds until it closes: its place under the listener's connection
-    /// limit, and the token shutdown waits for.
-    _held: Held,
 }
-
-/// A connection's place under its listener's limit and its drain token.
-pub type Held = (Counted, tokio::sync::mpsc::Sender<()>);
 
 /// Removes the connection from its registry when dropped: before the socket closes, since
 /// [`Client`] declares it first.
@@ -97,10 +94,12 @@ impl std::ops::Deref for Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        let mut open = self.0.registry.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = open.get_mut(self.0.slot) {
+        let registry = &self.0.registry;
+        let mut open = registry.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = open.get_mut(self.0.slot as usize) {
             *entry = None;
         }
+        registry.limit.release();
     }
 }
 
@@ -116,27 +115,38 @@ pub struct Client {
 }
 
 /// The open connections of a listener, so that shutdown can close the idle ones at once
-/// (locked per connection, never per request).
-#[derive(Debug, Default)]
+/// (locked per connection, never per request); a connection leaving it is uncounted from the
+/// listener's limit.
+#[derive(Debug)]
 pub struct Registry {
     stopping: AtomicBool,
     open: Mutex<Vec<Option<Entry>>>,
+    limit: Arc<ConnectionLimit>,
 }
 
 /// A registered connection: its descriptor and whether it waits idle.
 type Entry = (i32, Arc<ConnInfo>);
 
 impl Registry {
-    fn register(self: &Arc<Self>, stream: &TcpStream, peer: SocketAddr, held: Held) -> Registered {
+    /// No connections yet, counted against `limit`.
+    pub fn new(limit: Arc<ConnectionLimit>) -> Registry {
+        Registry {
+            stopping: AtomicBool::new(false),
+            open: Mutex::new(Vec::new()),
+            limit,
+        }
+    }
+
+    /// Registers an admitted connection (see [`ConnectionLimit::admit`]).
+    fn register(self: &Arc<Self>, stream: &TcpStream, peer: SocketAddr) -> Registered {
         use std::os::fd::AsRawFd;
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let slot = open.iter().position(Option::is_none).unwrap_or(open.len());
         let info = Arc::new(ConnInfo {
             peer,
             idle: AtomicBool::new(false),
-            slot,
+            slot: u32::try_from(slot).unwrap_or(u32::MAX),
             registry: Arc::clone(self),
-            _held: held,
         });
         let entry = Some((stream.as_raw_fd(), Arc::clone(&info)));
         match open.get_mut(slot) {
@@ -173,10 +183,10 @@ fn shutdown_read(fd: i32) {
 /// only the connection, the listener's shared state and one timer. Everything a request needs
 /// lives in a recycled block while the request runs. (An `async move` block rather than an
 /// `async fn`, whose arguments would be stored twice.)
-pub fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, held: Held) -> impl Future<Output = ()> + Send {
+pub fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> impl Future<Output = ()> + Send {
     let _ = stream.set_nodelay(true);
     let mut conn = Client {
-        info: shared.registry.register(&stream, peer, held),
+        info: shared.registry.register(&stream, peer),
         stream,
         buf: Buffer::default(),
     };
@@ -377,19 +387,21 @@ mod tests {
         let config = Config::original_demo();
         let router = Router::new(&config.listeners[0], &[]);
         let (_tx, stop) = watch::channel(false);
+        let limit = ConnectionLimit::new(10);
         let shared = Arc::new(Shared {
             router: Arc::new(ArcSwap::from_pointee(router)),
-            limit: ConnectionLimit::new(10),
-            registry: Arc::new(Registry::default()),
+            registry: Arc::new(Registry::new(Arc::clone(&limit))),
+            limit,
             stop,
+            active: tokio::sync::mpsc::channel(1).0,
         });
-        let held = || (shared.limit.admit().expect("admitted"), tokio::sync::mpsc::channel(1).0);
-        let future = serve(stream, addr, Arc::clone(&shared), held());
+        assert!(shared.limit.admit() && shared.limit.admit());
+        let future = serve(stream, addr, Arc::clone(&shared));
         let size = std::mem::size_of_val(&future);
         drop(future);
         let stream = TcpStream::connect(addr).await.expect("connect");
         let mut conn = Client {
-            info: shared.registry.register(&stream, addr, held()),
+            info: shared.registry.register(&stream, addr),
             stream,
             buf: Buffer::default(),
         };

@@ -9,7 +9,7 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use super::StartError;
 use crate::http1::connection::Shared;
@@ -44,16 +44,6 @@ pub struct ConnectionLimit {
     tunnels: AtomicUsize,
     /// Upgraded connections so far.
     tunnels_total: AtomicU64,
-}
-
-/// One counted client connection; uncounted on drop.
-#[derive(Debug)]
-pub struct Counted(Arc<ConnectionLimit>);
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 impl ConnectionLimit {
@@ -109,11 +99,19 @@ impl ConnectionLimit {
         self.max.store(max, Ordering::Relaxed);
     }
 
-    /// Counts a new connection; `None` (and uncounted again) when over the limit.
-    pub fn admit(self: &Arc<Self>) -> Option<Counted> {
+    /// Counts a new connection; false (and uncounted again) when over the limit.
+    pub fn admit(&self) -> bool {
         let previous = self.open.fetch_add(1, Ordering::Relaxed);
-        let counted = Counted(Arc::clone(self));
-        (previous < self.max.load(Ordering::Relaxed)).then_some(counted)
+        if previous < self.max.load(Ordering::Relaxed) {
+            return true;
+        }
+        self.release();
+        false
+    }
+
+    /// Uncounts a connection that closed.
+    pub fn release(&self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -128,25 +126,19 @@ async fn refuse(mut stream: TcpStream) {
 }
 
 /// Accepts connections until `stop` turns true; each connection is served on its own task.
-pub async fn accept_loop(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
-    active: mpsc::Sender<()>,
-) {
+pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let limit = &shared.limit;
-                    let Some(counted) = limit.admit() else {
+                    if !limit.admit() {
                         tracing::warn!(client = %peer, max = limit.max.load(Ordering::Relaxed), "too many client connections; refusing one");
                         tokio::spawn(refuse(stream));
                         continue;
-                    };
-                    // The connection holds its count and its drain token until it closes.
-                    let held = (counted, active.clone());
-                    tokio::spawn(crate::http1::connection::serve(stream, peer, Arc::clone(&shared), held));
+                    }
+                    // Uncounted by the connection's registry entry when it closes.
+                    tokio::spawn(crate::http1::connection::serve(stream, peer, Arc::clone(&shared)));
                 }
                 Err(e) => {
                     // Typically EMFILE: back off briefly rather than spin.

@@ -310,13 +310,14 @@ impl Running {
                 .max_client_connections
                 .unwrap_or_else(listener::default_max_client_connections),
         );
-        let registry = Arc::new(Registry::default());
+        let registry = Arc::new(Registry::new(Arc::clone(&limit)));
         let (stop, stopped) = watch::channel(false);
         let shared = Arc::new(Shared {
             router: Arc::clone(&router),
             limit: Arc::clone(&limit),
             registry: Arc::clone(&registry),
             stop: stopped.clone(),
+            active: self.active.clone(),
         });
         // One socket per worker, all bound to the same address; the first is already bound.
         let mut sockets = vec![socket];
@@ -325,10 +326,10 @@ impl Running {
         }
         for (worker, socket) in self.workers.handles().iter().zip(sockets) {
             let shared = Arc::clone(&shared);
-            let (stopped, active) = (stopped.clone(), self.active.clone());
+            let stopped = stopped.clone();
             worker.spawn(async move {
                 match tokio::net::TcpListener::from_std(socket) {
-                    Ok(socket) => listener::accept_loop(socket, shared, stopped, active).await,
+                    Ok(socket) => listener::accept_loop(socket, shared, stopped).await,
                     Err(e) => tracing::error!("cannot accept on {addr}: {e}"),
                 }
             });
