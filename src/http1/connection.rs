@@ -4,13 +4,15 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::future::Future;
+
+use atomic_waker::AtomicWaker;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -22,6 +24,12 @@ use super::recycle::Recycled;
 use crate::proxy::h1::{self, Next};
 use crate::proxy::Router;
 use crate::server::listener::ConnectionLimit;
+use crate::upstream::backend::clock_nanos;
+use tokio::time::Instant;
+
+/// How often each listener's registry fires the timers of its connections: the precision of
+/// every client-side timeout.
+pub const SWEEP: std::time::Duration = std::time::Duration::from_millis(25);
 
 /// Most concurrent streams an HTTP/2 client may open on one connection.
 const H2_MAX_STREAMS: u32 = 256;
@@ -73,8 +81,14 @@ impl Shared {
 pub struct ConnInfo {
     /// The client's address.
     pub peer: SocketAddr,
-    /// True while the connection waits for a request (shutdown closes it then).
+    /// True while the connection waits for a request (shutdown and the sweep close it then).
     idle: AtomicBool,
+    /// The connection's timer deadline, in [`clock_nanos`] time (`u64::MAX`: none).
+    pub(super) deadline: AtomicU64,
+    /// Set by the sweep when a busy connection's deadline passed.
+    pub(super) alarm: AtomicBool,
+    /// Woken with the alarm.
+    pub(super) waker: AtomicWaker,
     /// Its entry in the registry.
     slot: u32,
     registry: Arc<Registry>,
@@ -145,6 +159,9 @@ impl Registry {
         let info = Arc::new(ConnInfo {
             peer,
             idle: AtomicBool::new(false),
+            deadline: AtomicU64::new(u64::MAX),
+            alarm: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
             slot: u32::try_from(slot).unwrap_or(u32::MAX),
             registry: Arc::clone(self),
         });
@@ -154,6 +171,38 @@ impl Registry {
             None => open.push(entry),
         }
         Registered(info)
+    }
+
+    /// Runs [`Registry::sweep`] every [`SWEEP`] until the registry is dropped.
+    pub fn spawn_sweeper(self: &Arc<Self>) {
+        let registry = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(registry) = registry.upgrade() else { return };
+                registry.sweep(clock_nanos());
+            }
+        });
+    }
+
+    /// Fires every connection's timer whose deadline passed by `now` ([`clock_nanos`]): an
+    /// idle connection is closed (its read sees the end of the stream), a busy one is woken.
+    pub fn sweep(&self, now: u64) {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        for (fd, info) in open.iter().flatten() {
+            if info.deadline.load(Ordering::SeqCst) > now {
+                continue;
+            }
+            info.deadline.store(u64::MAX, Ordering::SeqCst);
+            if info.idle.load(Ordering::SeqCst) {
+                shutdown_read(*fd);
+            } else {
+                info.alarm.store(true, Ordering::SeqCst);
+                info.waker.wake();
+            }
+        }
     }
 
     /// Starts shutdown: connections finish the request in hand; idle ones are closed now.
@@ -191,14 +240,15 @@ pub fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> impl F
         buf: Buffer::default(),
     };
     async move {
-        // The timer's deadline is the idle deadline: the first request's head timeout from
-        // now, then the keep-alive timeout from the end of each response.
-        let sleep = std::pin::pin!(tokio::time::sleep(shared.timeouts().0));
-        let mut timer = Timer::new(sleep);
+        // The idle deadline: the first request's head timeout from now, then the keep-alive
+        // timeout from the end of each response. The registry's sweep closes the connection
+        // when it passes while idle.
+        let mut timer = Timer::new(Arc::clone(&conn.info.0));
+        timer.set(Instant::now() + shared.timeouts().0);
         let mut first = true;
         loop {
             if conn.buf.is_empty() {
-                // Idle: no buffer held, one timer armed.
+                // Idle: no buffer held, no timer state in this task.
                 conn.buf.release_if_empty();
                 conn.info.idle.store(true, Ordering::SeqCst);
                 if shared.stopping() {
@@ -223,8 +273,7 @@ pub fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> impl F
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                         Poll::Pending => {}
                     }
-                    // The idle deadline passed: close.
-                    timer.poll_fired(cx).map(|()| Ok(0))
+                    Poll::Pending
                 })
                 .await;
                 conn.info.idle.store(false, Ordering::SeqCst);
@@ -233,9 +282,6 @@ pub fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> impl F
                     _ => break,
                 }
             }
-            // The first request's head must arrive within the head timeout of the
-            // connection's start; later ones within it of their first byte.
-            let head_deadline = first.then(|| timer.deadline());
             if first {
                 first = false;
                 // Boxed: only a connection's first bytes need it, so no idle connection pays.
@@ -245,7 +291,8 @@ pub fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> impl F
                     return;
                 }
             }
-            let next = Recycled::new(h1::serve(&mut conn, &shared, &mut timer, head_deadline)).await;
+            // A head must be complete within the head timeout of its first byte.
+            let next = Recycled::new(h1::serve(&mut conn, &shared, &mut timer)).await;
             match next {
                 Next::KeepAlive(ended) => {
                     let (head, keep_alive) = shared.timeouts();
@@ -378,7 +425,8 @@ mod tests {
     use crate::config::Config;
 
     /// What an idle keep-alive connection costs is its task: keep the connection future small
-    /// (a request's state lives in a recycled block, HTTP/2 in a box of its own).
+    /// (a request's state lives in a recycled block, HTTP/2 in a box of its own, the timer in
+    /// the shared identity): 128 bytes make tokio's task cell 256.
     #[tokio::test]
     async fn the_connection_future_stays_small() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -405,13 +453,11 @@ mod tests {
             stream,
             buf: Buffer::default(),
         };
-        let sleep = tokio::time::sleep(std::time::Duration::from_secs(1));
-        tokio::pin!(sleep);
-        let mut timer = Timer::new(sleep.as_mut());
-        let request = h1::serve(&mut conn, &shared, &mut timer, None);
+        let mut timer = Timer::new(Arc::clone(&conn.info.0));
+        let request = h1::serve(&mut conn, &shared, &mut timer);
         let request_size = std::mem::size_of_val(&request);
         // A request's state is moved into its recycled block once per request.
         assert!(request_size <= 3072, "request future is {request_size} bytes");
-        assert!(size <= 256, "connection future is {size} bytes");
+        assert!(size <= 128, "connection future is {size} bytes");
     }
 }

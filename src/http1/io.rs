@@ -1,12 +1,15 @@
-//! Small I/O helpers for the engine: vectored writes that finish, and the one timer a
-//! connection owns.
+//! Small I/O helpers for the engine: vectored writes that finish, and a connection's timer.
 
-use std::future::Future;
 use std::io::IoSlice;
-use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
+
+use super::connection::ConnInfo;
+use crate::upstream::backend::nanos_at;
 
 /// Writes every byte of `slices` (in order) with as few `writev` calls as the socket allows.
 pub async fn write_all_vectored<W: AsyncWrite + Unpin>(w: &mut W, slices: &mut [IoSlice<'_>]) -> std::io::Result<()> {
@@ -22,54 +25,60 @@ pub async fn write_all_vectored<W: AsyncWrite + Unpin>(w: &mut W, slices: &mut [
     Ok(())
 }
 
-/// The connection's single timer. It is only ever moved to a later deadline while armed
-/// (lock-free in tokio); a deadline earlier than the armed one re-registers it. When it fires,
-/// the owner checks which of its deadlines really passed and re-arms for the next one.
-pub struct Timer<'a> {
-    sleep: Pin<&'a mut Sleep>,
+/// A connection's one timer: a deadline in the connection's shared identity that the
+/// listener's registry sweeps (every [`super::connection::SWEEP`]). An idle connection past
+/// its deadline is closed by the sweep; a busy one is woken and checks which of its deadlines
+/// really passed, then re-arms. Arming is an atomic store: no timer wheel, no lock, and no
+/// timer state in an idle connection's task.
+pub struct Timer {
+    info: Arc<ConnInfo>,
 }
 
-impl<'a> Timer<'a> {
-    /// Wraps a pinned `Sleep`.
-    pub fn new(sleep: Pin<&'a mut Sleep>) -> Timer<'a> {
-        Timer { sleep }
+impl Timer {
+    /// The timer of the connection `info` describes.
+    pub fn new(info: Arc<ConnInfo>) -> Timer {
+        Timer { info }
     }
 
-    /// The deadline the timer is armed for.
-    pub fn deadline(&self) -> Instant {
-        self.sleep.deadline()
-    }
-
-    /// Makes sure the timer fires no later than `deadline`.
+    /// Makes sure the timer fires no later than `deadline` (about a sweep period after it).
     pub fn require(&mut self, deadline: Instant) {
-        if deadline < self.sleep.deadline() || self.sleep.is_elapsed() {
-            self.sleep.as_mut().reset(deadline);
+        self.info
+            .deadline
+            .fetch_min(nanos_at(deadline.into_std()), Ordering::SeqCst);
+    }
+
+    /// Re-arms for `deadline`, forgetting any earlier one and any alarm not yet seen.
+    pub fn set(&mut self, deadline: Instant) {
+        self.info.alarm.store(false, Ordering::SeqCst);
+        self.info
+            .deadline
+            .store(nanos_at(deadline.into_std()), Ordering::SeqCst);
+    }
+
+    /// Ready once the sweep found the armed deadline passed. May be early or stale after a
+    /// re-arm: callers check their own deadline and [`Timer::set`] it again.
+    pub fn poll_fired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.info.alarm.swap(false, Ordering::SeqCst) {
+            return Poll::Ready(());
+        }
+        self.info.waker.register(cx.waker());
+        if self.info.alarm.swap(false, Ordering::SeqCst) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
         }
     }
 
-    /// Re-arms for exactly `deadline` (after it fired).
-    pub fn set(&mut self, deadline: Instant) {
-        self.sleep.as_mut().reset(deadline);
-    }
-
-    /// Completes when the armed deadline passes.
+    /// Completes when the timer fires (see [`Timer::poll_fired`]).
     pub async fn fired(&mut self) {
-        self.sleep.as_mut().await;
-    }
-
-    /// Polls for the armed deadline passing.
-    pub fn poll_fired(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        self.sleep.as_mut().poll(cx)
-    }
-
-    /// True when the armed deadline has passed.
-    pub fn is_elapsed(&self) -> bool {
-        self.sleep.is_elapsed()
+        std::future::poll_fn(|cx| self.poll_fired(cx)).await
     }
 }
 
-impl std::fmt::Debug for Timer<'_> {
+impl std::fmt::Debug for Timer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Timer").field("armed", &self.sleep.deadline()).finish()
+        f.debug_struct("Timer")
+            .field("deadline", &self.info.deadline.load(Ordering::Relaxed))
+            .finish()
     }
 }

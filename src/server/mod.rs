@@ -311,6 +311,7 @@ impl Running {
                 .unwrap_or_else(listener::default_max_client_connections),
         );
         let registry = Arc::new(Registry::new(Arc::clone(&limit)));
+        registry.spawn_sweeper();
         let (stop, stopped) = watch::channel(false);
         let shared = Arc::new(Shared {
             router: Arc::clone(&router),

@@ -76,7 +76,7 @@ pub(super) async fn proxy(
     pool: &Arc<Pool>,
     request_id: &RequestId,
     started: Instant,
-    timer: &mut Timer<'_>,
+    timer: &mut Timer,
     scratch: &mut Scratch,
     mut record: Option<&mut AccessRecord>,
 ) -> (u16, Next, u64) {
@@ -269,7 +269,7 @@ async fn answer(conn: &mut Client, scratch: &mut Scratch, error: ProxyError, clo
 
 /// Reads until `n` body bytes are unread in the buffer (a replayable body). False when the
 /// client went away or stalled past `idle`.
-async fn read_body(conn: &mut Client, n: usize, idle: Duration, timer: &mut Timer<'_>) -> bool {
+async fn read_body(conn: &mut Client, n: usize, idle: Duration, timer: &mut Timer) -> bool {
     while conn.buf.unread().len() < n {
         let limit = conn.buf.prefix().len() + n.max(buffer::BUF_SIZE);
         let deadline = Instant::now() + idle;
@@ -303,7 +303,7 @@ async fn attempt(
     plan: &AttemptPlan<'_>,
     replay: &mut Option<usize>,
     body_touched: &mut bool,
-    timer: &mut Timer<'_>,
+    timer: &mut Timer,
     scratch: &mut Scratch,
 ) -> Attempt {
     let member = plan.member;
@@ -376,7 +376,7 @@ async fn exchange(
     upstream: &mut TcpStream,
     replay: &mut Option<usize>,
     body_touched: &mut bool,
-    timer: &mut Timer<'_>,
+    timer: &mut Timer,
     scratch: &mut Scratch,
 ) -> Exchanged {
     let AttemptPlan {
@@ -612,7 +612,7 @@ async fn tunnel(
     upstream: &mut TcpStream,
     ubuf: &mut Buffer,
     idle: Duration,
-    timer: &mut Timer<'_>,
+    timer: &mut Timer,
 ) {
     shared.limit.tunnel_opened();
     let progress = Progress::default();

@@ -54,13 +54,13 @@ impl Drop for Scratch {
     }
 }
 
-/// Serves the request whose first bytes are in `conn`'s buffer. `head_deadline` bounds the
-/// time to receive its whole head (by default, the head timeout from now).
-pub async fn serve(conn: &mut Client, shared: &Shared, timer: &mut Timer<'_>, head_deadline: Option<Instant>) -> Next {
+/// Serves the request whose first bytes are in `conn`'s buffer; its whole head must arrive
+/// within the head timeout from now.
+pub async fn serve(conn: &mut Client, shared: &Shared, timer: &mut Timer) -> Next {
     let now = Instant::now();
     let router = shared.router.load_full();
     let settings = router.client_settings();
-    let head_deadline = head_deadline.unwrap_or(now + settings.head_timeout);
+    let head_deadline = now + settings.head_timeout;
     let limits = HeadLimits {
         max_bytes: settings.max_header_bytes,
         max_fields: settings.max_header_count,
@@ -206,7 +206,7 @@ async fn route(
     settings: &crate::config::ClientSettings,
     req: &RequestHead,
     started: Instant,
-    timer: &mut Timer<'_>,
+    timer: &mut Timer,
     scratch: &mut Scratch,
 ) -> Next {
     // A body we do not forward must not be parsed as the next request: close after answering.
