@@ -6,6 +6,7 @@
 //! with no lock and, once the pool is warm, no allocation.
 
 use std::cell::RefCell;
+use std::thread::LocalKey;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -27,62 +28,63 @@ const MAX_FREE: usize = 128;
 /// Header fields a pooled table holds before it has to grow.
 const FIELDS: usize = 32;
 
+/// A worker's free list of one kind of vector.
+type FreeList<T> = LocalKey<RefCell<Vec<Vec<T>>>>;
+
 thread_local! {
     static BUFFERS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
     static SMALL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
     static TABLES: RefCell<Vec<Vec<Field>>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A vector from `list`, or a new one with room for `capacity` items.
+fn pop<T: 'static>(list: &'static FreeList<T>, capacity: usize) -> Vec<T> {
+    list.with(|l| l.borrow_mut().pop())
+        .unwrap_or_else(|| Vec::with_capacity(capacity))
+}
+
+/// Clears `v` and keeps it in `list`, unless the list already holds [`MAX_FREE`].
+fn push<T: 'static>(list: &'static FreeList<T>, mut v: Vec<T>) {
+    v.clear();
+    list.with(|l| {
+        let mut l = l.borrow_mut();
+        if l.len() < MAX_FREE {
+            l.push(v);
+        }
+    });
 }
 
 /// An empty vector with room for [`BUF_SIZE`] bytes, from this worker's pool.
 pub fn take() -> Vec<u8> {
-    BUFFERS
-        .with(|b| b.borrow_mut().pop())
-        .unwrap_or_else(|| Vec::with_capacity(BUF_SIZE))
+    pop(&BUFFERS, BUF_SIZE)
 }
 
 /// An empty vector with room for [`SMALL_SIZE`] bytes, from this worker's pool.
 pub fn take_small() -> Vec<u8> {
-    SMALL
-        .with(|b| b.borrow_mut().pop())
-        .unwrap_or_else(|| Vec::with_capacity(SMALL_SIZE))
+    pop(&SMALL, SMALL_SIZE)
 }
 
 /// Gives a vector from [`take`] or [`take_small`] back to this worker's pool. Vectors grown
 /// past those sizes (for a large head or a buffered body) are freed rather than kept.
-pub fn give(mut buf: Vec<u8>) {
-    let pool = match buf.capacity() {
-        BUF_SIZE => &BUFFERS,
-        SMALL_SIZE => &SMALL,
-        _ => return,
-    };
-    buf.clear();
-    pool.with(|b| {
-        let mut b = b.borrow_mut();
-        if b.len() < MAX_FREE {
-            b.push(buf);
-        }
-    });
+pub fn give(buf: Vec<u8>) {
+    match buf.capacity() {
+        BUF_SIZE => push(&BUFFERS, buf),
+        SMALL_SIZE => push(&SMALL, buf),
+        _ => {}
+    }
 }
 
 /// An empty header table, from this worker's pool.
 pub fn take_fields() -> Vec<Field> {
-    TABLES
-        .with(|t| t.borrow_mut().pop())
-        .unwrap_or_else(|| Vec::with_capacity(FIELDS))
+    pop(&TABLES, FIELDS)
 }
 
 /// Gives a header table back to this worker's pool.
-pub fn give_fields(mut fields: Vec<Field>) {
-    if fields.capacity() > 4 * FIELDS {
-        return;
+pub fn give_fields(fields: Vec<Field>) {
+    if fields.capacity() <= 4 * FIELDS {
+        push(&TABLES, fields);
     }
-    fields.clear();
-    TABLES.with(|t| {
-        let mut t = t.borrow_mut();
-        if t.len() < MAX_FREE {
-            t.push(fields);
-        }
-    });
 }
 
 /// A byte buffer taken from the pool when bytes arrive and given back once empty
@@ -248,27 +250,14 @@ impl Drop for Buffer {
     }
 }
 
-thread_local! {
-    static SCRATCH: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
-}
-
 /// An empty vector for writing a head into, from this worker's pool.
 pub fn take_scratch() -> Vec<u8> {
-    SCRATCH
-        .with(|s| s.borrow_mut().pop())
-        .unwrap_or_else(|| Vec::with_capacity(1024))
+    pop(&SCRATCH, 1024)
 }
 
 /// Gives a vector from [`take_scratch`] back.
-pub fn give_scratch(mut v: Vec<u8>) {
-    if v.capacity() > 8 * 1024 {
-        return;
+pub fn give_scratch(v: Vec<u8>) {
+    if v.capacity() <= 8 * 1024 {
+        push(&SCRATCH, v);
     }
-    v.clear();
-    SCRATCH.with(|s| {
-        let mut s = s.borrow_mut();
-        if s.len() < MAX_FREE {
-            s.push(v);
-        }
-    });
 }

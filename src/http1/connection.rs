@@ -57,13 +57,6 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// The listener's (head, keep-alive) timeouts, as configured now.
-    fn timeouts(&self) -> (std::time::Duration, std::time::Duration) {
-        let router = self.router.load();
-        let s = router.client_settings();
-        (s.head_timeout, s.keep_alive_timeout)
-    }
-
     /// True once shutdown started: finish the request in hand and close.
     pub fn stopping(&self) -> bool {
         self.registry.stopping.load(Ordering::SeqCst)
@@ -244,7 +237,7 @@ pub fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> impl F
         // timeout from the end of each response. The registry's sweep closes the connection
         // when it passes while idle.
         let mut timer = Timer::new(Arc::clone(&conn.info.0));
-        timer.set(Instant::now() + shared.timeouts().0);
+        timer.set(Instant::now() + shared.router.load().client_settings().head_timeout);
         let mut first = true;
         loop {
             if conn.buf.is_empty() {
@@ -292,12 +285,9 @@ pub fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> impl F
                 }
             }
             // A head must be complete within the head timeout of its first byte.
-            let next = Recycled::new(h1::serve(&mut conn, &shared, &mut timer)).await;
-            match next {
-                Next::KeepAlive(ended) => {
-                    let (head, keep_alive) = shared.timeouts();
-                    timer.set(ended + if conn.buf.is_empty() { keep_alive } else { head });
-                }
+            // A pipelined request already buffered re-arms the timer for its own head.
+            match Recycled::new(h1::serve(&mut conn, &shared, &mut timer)).await {
+                Next::KeepAlive(idle_deadline) => timer.set(idle_deadline),
                 Next::Close => break,
             }
         }

@@ -119,15 +119,8 @@ where
                             if max_body.is_some_and(|m| total > m) {
                                 return Err(UploadError::TooLarge);
                             }
-                            let mut size = [0u8; 18];
-                            let s = chunked::size_line(len, &mut size);
-                            let mut slices = [
-                                IoSlice::new(&size[..s]),
-                                IoSlice::new(&unread[start..start + len]),
-                                IoSlice::new(b"\r\n"),
-                            ];
                             if upstream_ok {
-                                if write_all_vectored(uwr, &mut slices).await.is_ok() {
+                                if write_chunk(uwr, &unread[start..start + len]).await.is_ok() {
                                     progress.body_sent.fetch_add(len as u64, Ordering::Relaxed);
                                 } else {
                                     upstream_ok = false;
@@ -135,12 +128,7 @@ where
                             }
                         }
                         Some(Event::End { start, len }) => {
-                            let mut slices = [
-                                IoSlice::new(b"0\r\n"),
-                                IoSlice::new(&unread[start..start + len]),
-                                IoSlice::new(b"\r\n"),
-                            ];
-                            if upstream_ok && write_all_vectored(uwr, &mut slices).await.is_err() {
+                            if upstream_ok && write_last_chunk(uwr, &unread[start..start + len]).await.is_err() {
                                 upstream_ok = false;
                             }
                             done = true;
@@ -356,17 +344,12 @@ where
                     let mut done = false;
                     match event {
                         Some(Event::Data { start, len }) => {
-                            write_chunk(cwr, &u[start..start + len], chunked_out).await?;
+                            write_body(cwr, &u[start..start + len], chunked_out).await?;
                             progress.body_received.fetch_add(len as u64, Ordering::Relaxed);
                         }
                         Some(Event::End { start, len }) => {
                             if chunked_out {
-                                let mut slices = [
-                                    IoSlice::new(b"0\r\n"),
-                                    IoSlice::new(&u[start..start + len]),
-                                    IoSlice::new(b"\r\n"),
-                                ];
-                                write_all_vectored(cwr, &mut slices)
+                                write_last_chunk(cwr, &u[start..start + len])
                                     .await
                                     .map_err(|_| DownloadError::Client)?;
                             }
@@ -388,7 +371,7 @@ where
                 let u = ubuf.unread();
                 if !u.is_empty() {
                     let n = u.len();
-                    write_chunk(cwr, u, chunked_out).await?;
+                    write_body(cwr, u, chunked_out).await?;
                     progress.body_received.fetch_add(n as u64, Ordering::Relaxed);
                     progress.tick();
                     ubuf.consume(n);
@@ -402,7 +385,7 @@ where
         match urd.read_buf(room).await {
             Ok(0) if upstream_framing == Framing::Close => {
                 if chunked_out {
-                    cwr.write_all(b"0\r\n\r\n").await.map_err(|_| DownloadError::Client)?;
+                    write_last_chunk(cwr, b"").await.map_err(|_| DownloadError::Client)?;
                 }
                 break;
             }
@@ -422,15 +405,29 @@ where
     })
 }
 
-async fn write_chunk<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8], chunked: bool) -> Result<(), DownloadError> {
+/// Writes `data` as one chunk (`{hex size}\r\n{data}\r\n`); nothing for empty data, which
+/// would end the body.
+async fn write_chunk<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8]) -> std::io::Result<()> {
     if data.is_empty() {
         return Ok(());
     }
+    let mut size = [0u8; 18];
+    let s = chunked::size_line(data.len(), &mut size);
+    let mut slices = [IoSlice::new(&size[..s]), IoSlice::new(data), IoSlice::new(b"\r\n")];
+    write_all_vectored(w, &mut slices).await
+}
+
+/// Ends a chunked body: the last chunk, `trailers` (field lines, each CRLF-terminated; may be
+/// empty), and the final empty line.
+async fn write_last_chunk<W: AsyncWrite + Unpin>(w: &mut W, trailers: &[u8]) -> std::io::Result<()> {
+    let mut slices = [IoSlice::new(b"0\r\n"), IoSlice::new(trailers), IoSlice::new(b"\r\n")];
+    write_all_vectored(w, &mut slices).await
+}
+
+/// Writes response body bytes to the client, as a chunk when the client gets chunks.
+async fn write_body<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8], chunked: bool) -> Result<(), DownloadError> {
     if chunked {
-        let mut size = [0u8; 18];
-        let s = chunked::size_line(data.len(), &mut size);
-        let mut slices = [IoSlice::new(&size[..s]), IoSlice::new(data), IoSlice::new(b"\r\n")];
-        write_all_vectored(w, &mut slices).await
+        write_chunk(w, data).await
     } else {
         w.write_all(data).await
     }

@@ -369,13 +369,11 @@ pub fn parse_request(
     let mut chunked = false;
     let mut te_seen = false;
     let mut length: Option<u64> = None;
-    let mut keep_alive = minor == 1;
-    let mut connection_upgrade = false;
+    let mut connection = ConnectionTokens::new(minor);
     let mut upgrade = None;
     let mut expect_continue = false;
     let mut max_forwards = None;
     let mut request_id = None;
-    let mut names_others = false;
     for f in fields.iter() {
         let value = f.value.get(head);
         match f.kind {
@@ -403,19 +401,7 @@ pub fn parse_request(
                     }
                 }
             }
-            Kind::Connection => {
-                for token in list(value) {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        keep_alive = false;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                        keep_alive |= minor == 0;
-                    } else if token.eq_ignore_ascii_case(b"upgrade") {
-                        connection_upgrade = true;
-                    } else {
-                        names_others = true;
-                    }
-                }
-            }
+            Kind::Connection => connection.add(value),
             Kind::Upgrade => upgrade = Some(f.value),
             Kind::Expect => expect_continue = value.eq_ignore_ascii_case(b"100-continue"),
             Kind::MaxForwards if matches!(method_kind, Method::Trace | Method::Options) => {
@@ -447,10 +433,10 @@ pub fn parse_request(
             framing = Framing::Length(n);
         }
     }
-    if names_others {
+    if connection.names_others {
         mark_named(head, fields);
     }
-    let upgrade = upgrade.filter(|u| connection_upgrade && !u.get(head).eq_ignore_ascii_case(b"h2c"));
+    let upgrade = upgrade.filter(|u| connection.upgrade && !u.get(head).eq_ignore_ascii_case(b"h2c"));
     Ok(Some(RequestHead {
         len,
         method: method_kind,
@@ -461,7 +447,7 @@ pub fn parse_request(
         host: authority.or(host),
         minor,
         framing,
-        keep_alive,
+        keep_alive: connection.keep_alive,
         upgrade,
         expect_continue,
         max_forwards,
@@ -503,8 +489,7 @@ pub fn parse_response(
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut te_seen = false;
-    let mut keep_alive = minor == 1;
-    let mut names_others = false;
+    let mut connection = ConnectionTokens::new(minor);
     for f in fields.iter() {
         let value = f.value.get(head);
         match f.kind {
@@ -518,23 +503,14 @@ pub fn parse_response(
                     chunked = true;
                 }
             }
-            Kind::Connection => {
-                for token in list(value) {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        keep_alive = false;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                        keep_alive |= minor == 0;
-                    } else if !token.eq_ignore_ascii_case(b"upgrade") {
-                        names_others = true;
-                    }
-                }
-            }
+            Kind::Connection => connection.add(value),
             _ => {}
         }
     }
-    if names_others {
+    if connection.names_others {
         mark_named(head, fields);
     }
+    let mut keep_alive = connection.keep_alive;
     let framing = if te_seen {
         if !chunked {
             return Err(HeadError::Malformed("empty Transfer-Encoding"));
@@ -562,6 +538,42 @@ pub fn parse_response(
         framing,
         keep_alive,
     }))
+}
+
+/// What the `Connection` fields of a head say, token by token in order.
+struct ConnectionTokens {
+    minor: u8,
+    /// The connection stays open afterwards (HTTP/1.1's default, HTTP/1.0 only if asked).
+    keep_alive: bool,
+    /// `upgrade` was named.
+    upgrade: bool,
+    /// Other fields were named: they are hop-by-hop.
+    names_others: bool,
+}
+
+impl ConnectionTokens {
+    fn new(minor: u8) -> ConnectionTokens {
+        ConnectionTokens {
+            minor,
+            keep_alive: minor == 1,
+            upgrade: false,
+            names_others: false,
+        }
+    }
+
+    fn add(&mut self, value: &[u8]) {
+        for token in list(value) {
+            if token.eq_ignore_ascii_case(b"close") {
+                self.keep_alive = false;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive |= self.minor == 0;
+            } else if token.eq_ignore_ascii_case(b"upgrade") {
+                self.upgrade = true;
+            } else {
+                self.names_others = true;
+            }
+        }
+    }
 }
 
 fn collect_fields(head: &[u8], raw: &[httparse::Header<'_>], fields: &mut Vec<Field>) {

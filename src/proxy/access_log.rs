@@ -256,14 +256,19 @@ fn json(out: &mut String, r: &AccessRecord) {
 
 /// A new request id: 16 random hex digits.
 pub fn new_request_id() -> HeaderValue {
+    HeaderValue::from_bytes(&request_id_bytes()).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// A new request id as bytes, for writing straight into a head: 16 random hex digits.
+pub fn request_id_bytes() -> [u8; 16] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut n = fastrand::u64(..);
-    let mut buf = [0u8; 16];
-    for b in buf.iter_mut() {
+    let mut id = [0u8; 16];
+    for b in id.iter_mut() {
         *b = HEX[(n & 15) as usize];
         n >>= 4;
     }
-    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    id
 }
 
 #[cfg(test)]

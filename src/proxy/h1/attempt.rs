@@ -44,8 +44,9 @@ struct AttemptPlan<'a> {
 
 /// How one exchange with a backend ended, for the retry loop.
 enum Attempt {
-    /// The response went to the client (whole, or as far as it could).
-    Done { status: u16, next: Next, bytes: u64 },
+    /// The response went to the client (whole, or as far as it could); the client
+    /// connection can carry another request when `keep_alive`.
+    Done { status: u16, keep_alive: bool, bytes: u64 },
     /// The backend failed before anything went to the client; maybe retried.
     Failed {
         error: ProxyError,
@@ -180,11 +181,18 @@ pub(super) async fn proxy(
             set_cookie: set_cookie.as_ref().map(|c| c.as_bytes()),
             retry_status: &retry_status,
         };
-        let outcome = attempt(conn, shared, &plan, &mut replay, &mut body_touched, timer, scratch).await;
+        let (outcome, reusable) = attempt(conn, shared, &plan, &mut replay, &mut body_touched, timer, scratch).await;
         let ended = Instant::now();
         let latency = ended - attempt_started;
+        if let Some(upstream) = reusable {
+            member.idle.checkin(upstream, nanos_at(ended.into_std()));
+        }
         match outcome {
-            Attempt::Done { status, next, bytes } => {
+            Attempt::Done {
+                status,
+                keep_alive,
+                bytes,
+            } => {
                 if status >= 500 && config.passive.eject_on_5xx {
                     pool.record_failure(index);
                 } else {
@@ -198,9 +206,10 @@ pub(super) async fn proxy(
                     r.retries = attempts as u32 - 1;
                 }
                 drop(in_flight);
-                let next = match next {
-                    Next::KeepAlive(_) => Next::KeepAlive(ended),
-                    Next::Close => Next::Close,
+                let next = if keep_alive {
+                    Next::KeepAlive(ended)
+                } else {
+                    Next::Close
                 };
                 return (status, next, bytes);
             }
@@ -229,9 +238,6 @@ pub(super) async fn proxy(
                     RetryKind::Reset => replayable && policy.on_reset,
                     RetryKind::Timeout => replayable && policy.on_timeout,
                 };
-                if error == ProxyError::RequestTimeout {
-                    return answer(conn, scratch, error, true).await;
-                }
                 if may_retry && wanted && (!body_touched || replayable) && pool.retry_budget().try_withdraw() {
                     continue;
                 }
@@ -296,7 +302,7 @@ async fn read_body(conn: &mut Client, n: usize, idle: Duration, timer: &mut Time
 
 /// One exchange with `member`'s backend, on a pooled connection or a new one; a pooled one
 /// that turns out closed before any response byte is replaced once by a new one when the
-/// request can be sent again.
+/// request can be sent again. Returns the connection too when it can carry another request.
 async fn attempt(
     conn: &mut Client,
     shared: &Shared,
@@ -305,33 +311,34 @@ async fn attempt(
     body_touched: &mut bool,
     timer: &mut Timer,
     scratch: &mut Scratch,
-) -> Attempt {
+) -> (Attempt, Option<TcpStream>) {
     let member = plan.member;
-    let (attempt_deadline, attempt_started) = (plan.deadline, plan.started);
-    let mut pooled = member.idle.checkout(nanos_at(attempt_started.into_std()));
+    let mut pooled = member.idle.checkout(nanos_at(plan.started.into_std()));
     loop {
         let reused = pooled.is_some();
         let mut upstream = match pooled.take() {
             Some(s) => s,
             None => {
                 let wait = member.idle.connect_timeout();
-                let connect_deadline = (Instant::now() + wait).min(attempt_deadline);
+                let connect_deadline = (Instant::now() + wait).min(plan.deadline);
                 // Boxed: a new connection is rare on the keep-alive path, and its future large.
                 match Box::pin(tokio::time::timeout_at(connect_deadline, member.idle.connect())).await {
                     Ok(Ok(s)) => s,
                     Ok(Err(ConnectError::Failed(_))) => {
-                        return Attempt::Failed {
+                        let failed = Attempt::Failed {
                             error: ProxyError::BadGateway,
                             why: "connect failed",
                             retry: RetryKind::Connect,
-                        }
+                        };
+                        return (failed, None);
                     }
                     Ok(Err(ConnectError::TimedOut(_))) | Err(_) => {
-                        return Attempt::Failed {
+                        let failed = Attempt::Failed {
                             error: ProxyError::ConnectTimeout,
                             why: "connect timed out",
                             retry: RetryKind::Connect,
-                        }
+                        };
+                        return (failed, None);
                     }
                 }
             }
@@ -344,17 +351,15 @@ async fn attempt(
                 continue;
             }
             Exchanged::Stale => {
-                return Attempt::Failed {
+                let failed = Attempt::Failed {
                     error: ProxyError::BadGateway,
                     why: "backend closed the connection",
                     retry: RetryKind::Reset,
-                }
+                };
+                return (failed, None);
             }
-            Exchanged::Attempt(a) => return a,
-            Exchanged::Reusable(a) => {
-                member.idle.checkin(upstream, nanos_at(attempt_started.into_std()));
-                return a;
-            }
+            Exchanged::Attempt(a) => return (a, None),
+            Exchanged::Reusable(a) => return (a, Some(upstream)),
         }
     }
 }
@@ -468,10 +473,9 @@ async fn exchange(
         let mut up_result: Option<Result<Uploaded, UploadError>> = None;
         let mut down_result = None;
         let mut timed_out = None;
-        let started = attempt_started;
         let (mut seen_any, mut seen_up) = (0u64, 0u64);
-        let (mut since_any, mut since_up) = (started, started);
-        timer.require(attempt_deadline.min(started + settings.body_idle_timeout));
+        let (mut since_any, mut since_up) = (attempt_started, attempt_started);
+        timer.require(attempt_deadline.min(attempt_started + settings.body_idle_timeout));
         loop {
             tokio::select! {
                 biased;
@@ -553,15 +557,10 @@ async fn exchange(
                 keep_alive,
             })),
         ) => {
-            let next = if keep_alive && upload_done {
-                Next::KeepAlive(attempt_started)
-            } else {
-                Next::Close
-            };
             *replay = None;
             let done = Attempt::Done {
                 status,
-                next,
+                keep_alive: keep_alive && upload_done,
                 bytes: progress.body_received.load(Ordering::Relaxed),
             };
             if reusable && upload_done {
@@ -584,7 +583,7 @@ async fn exchange(
             .await;
             Exchanged::Attempt(Attempt::Done {
                 status: 101,
-                next: Next::Close,
+                keep_alive: false,
                 bytes: 0,
             })
         }

@@ -8,22 +8,24 @@ use attempt::proxy;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::HeaderValue;
+use http::header::{HeaderName, HeaderValue, REFERER, USER_AGENT};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::access_log::AccessRecord;
+use super::access_log::{request_id_bytes, AccessRecord};
 use crate::http1::buffer;
 use crate::http1::connection::{Client, Shared};
 use crate::http1::head::{self, Field, Framing, HeadError, HeadLimits, Method, RequestHead};
 use crate::http1::io::Timer;
 use crate::http1::write;
+use crate::upstream::Headers;
 
 /// What the connection does after a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
-    /// Wait for (or parse) the next request; the response ended at this time.
+    /// Wait for (or parse) the next request. Inside this module: the time the response
+    /// ended; from [`serve`]: the deadline for the next request to start.
     KeepAlive(Instant),
     /// Close the connection.
     Close,
@@ -102,7 +104,10 @@ pub async fn serve(conn: &mut Client, shared: &Shared, timer: &mut Timer) -> Nex
     conn.buf.pin(req.len);
     let next = route(conn, shared, &router, settings, &req, now, timer, &mut scratch).await;
     conn.buf.unpin();
-    next
+    match next {
+        Next::KeepAlive(ended) => Next::KeepAlive(ended + settings.keep_alive_timeout),
+        Next::Close => Next::Close,
+    }
 }
 
 /// Answers a refused head and closes.
@@ -186,18 +191,6 @@ impl RequestId {
     }
 }
 
-/// A 16-hex-digit request id.
-fn request_id() -> [u8; 16] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut n = fastrand::u64(..);
-    let mut id = [0u8; 16];
-    for b in id.iter_mut() {
-        *b = HEX[(n & 15) as usize];
-        n >>= 4;
-    }
-    id
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn route(
     conn: &mut Client,
@@ -243,7 +236,7 @@ async fn route(
     let log = router.access_log().cloned();
     let id = match req.request_id {
         Some(span) => RequestId::Client(span),
-        None => RequestId::Ours(request_id()),
+        None => RequestId::Ours(request_id_bytes()),
     };
     // Boxed: built only when the listener logs, and large.
     let mut record = log
@@ -291,12 +284,8 @@ async fn route(
 }
 
 fn record_of(conn: &Client, req: &RequestHead, head: &[u8], fields: &[Field], id: &[u8]) -> AccessRecord {
-    let value = |name: &str| {
-        fields
-            .iter()
-            .find(|f| f.name.get(head).eq_ignore_ascii_case(name.as_bytes()))
-            .and_then(|f| HeaderValue::from_bytes(f.value.get(head)).ok())
-    };
+    let headers = Headers::Raw { head, fields };
+    let value = |name: &HeaderName| headers.get(name).and_then(|v| HeaderValue::from_bytes(v).ok());
     let method = http::Method::from_bytes(req.method_span.get(head)).unwrap_or(http::Method::GET);
     let uri = http::Uri::try_from(req.target.get(head)).unwrap_or_default();
     let mut record = AccessRecord::start(
@@ -307,7 +296,7 @@ fn record_of(conn: &Client, req: &RequestHead, head: &[u8], fields: &[Field], id
         HeaderValue::from_bytes(id).unwrap_or(HeaderValue::from_static("-")),
     );
     record.host = req.host.and_then(|h| HeaderValue::from_bytes(h.get(head)).ok());
-    record.user_agent = value("user-agent");
-    record.referer = value("referer");
+    record.user_agent = value(&USER_AGENT);
+    record.referer = value(&REFERER);
     record
 }
