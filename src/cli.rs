@@ -66,7 +66,7 @@ pub struct Cli {
     pub drain_timeout: Option<Duration>,
 
     /// Admin API and dashboard address, or "off" (default 127.0.0.1:9901; overrides [admin]).
-    #[arg(long, value_name = "ADDR|off", value_parser = parse_admin)]
+    #[arg(long, global = true, value_name = "ADDR|off", value_parser = parse_admin)]
     pub admin: Option<AdminFlag>,
 
     /// Worker threads (default: one per core; overrides the config file).
@@ -187,6 +187,17 @@ impl Cli {
         if let Some(d) = self.drain_timeout {
             config.drain_timeout = d;
         }
+        self.apply_admin(&mut config)?;
+        if let Some(w) = self.workers {
+            config.workers = Some(usize::from(w));
+        }
+        Ok(config)
+    }
+}
+
+impl Cli {
+    /// Applies `--admin` (an address or `off`) over whatever the config says.
+    pub fn apply_admin(&self, config: &mut Config) -> Result<(), String> {
         match &self.admin {
             Some(AdminFlag::Off) => config.admin = None,
             Some(AdminFlag::At(addr)) => {
@@ -204,10 +215,7 @@ impl Cli {
             }
             None => {}
         }
-        if let Some(w) = self.workers {
-            config.workers = Some(usize::from(w));
-        }
-        Ok(config)
+        Ok(())
     }
 }
 

@@ -54,11 +54,20 @@ pub enum DemoError {
     /// The balancer could not bind.
     #[error("{0} (is something else on that port? try --listen 127.0.0.1:0)")]
     Start(#[from] StartError),
+    /// A command-line option does not apply.
+    #[error("{0}")]
+    Options(String),
 }
 
 /// Starts `origins` demo origins and the balancer on `listen`, prints how to try it, and serves
-/// until `shutdown` completes.
-pub async fn run(listen: SocketAddr, origins: usize, shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
+/// until `shutdown` completes. `adjust` may change the balancer's config before it starts
+/// (the command line's `--admin`, say).
+pub async fn run(
+    listen: SocketAddr,
+    origins: usize,
+    adjust: impl FnOnce(&mut Config) -> Result<(), String>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DemoError> {
     let mut backends = Vec::new();
     for i in 1..=origins {
         let address = spawn_origin(format!("origin-{i}")).await?;
@@ -68,12 +77,9 @@ pub async fn run(listen: SocketAddr, origins: usize, shutdown: impl Future<Outpu
             dns_name: None,
         });
     }
-    let server = Server::bind(Config::quick(
-        listen,
-        backends.clone(),
-        Algorithm::RoundRobin,
-        Timeouts::default(),
-    ))?;
+    let mut config = Config::quick(listen, backends.clone(), Algorithm::RoundRobin, Timeouts::default());
+    adjust(&mut config).map_err(DemoError::Options)?;
+    let server = Server::bind(config)?;
     let addr = server.local_addrs()[0];
     println!("Steelyard demo: a balancer in front of {origins} origins, all on loopback.\n");
     println!("  balancer  http://{addr}/");

@@ -21,7 +21,13 @@ fn main() -> ExitCode {
                 Ok(rt) => rt,
                 Err(code) => return code,
             };
-            match runtime.block_on(steelyard::demo::run(*listen, usize::from(*origins), shutdown_signal())) {
+            let result = runtime.block_on(steelyard::demo::run(
+                *listen,
+                usize::from(*origins),
+                |config| cli.apply_admin(config),
+                shutdown_signal(),
+            ));
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("steelyard demo: {e}");

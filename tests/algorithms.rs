@@ -234,6 +234,36 @@ async fn sticky_cookie_pins_a_client_to_its_backend() {
         .starts_with("sy_route="));
 }
 
+/// A fleet sharing a secret agrees on cookie values; another secret gives other values, so the
+/// value reveals nothing to whoever lacks the secret.
+#[tokio::test]
+async fn sticky_ids_are_keyed_by_the_shared_secret() {
+    let origin = spawn_origin("only").await;
+    let cookie_of = |secret: &'static str| {
+        let toml = one_pool_toml(
+            &[origin.addr],
+            &format!("sticky = {{ cookie = \"srv\", secret = \"{secret}\" }}"),
+        );
+        async move {
+            let sy = spawn_steelyard(config(&toml)).await;
+            let res = client().get(sy.url("/")).send().await.expect("request");
+            let set_cookie = res.headers()["set-cookie"].to_str().expect("ascii").to_owned();
+            set_cookie.split(';').next().expect("pair").to_owned()
+        }
+    };
+    let a = cookie_of("fleet-secret-0123456789").await;
+    let b = cookie_of("fleet-secret-0123456789").await;
+    let other = cookie_of("another-secret-987654321").await;
+    assert_eq!(a, b, "two instances with one secret agree");
+    assert_ne!(a, other, "another secret, another id");
+
+    let short = one_pool_toml(&[origin.addr], "sticky = { cookie = \"srv\", secret = \"short\" }");
+    let errors = steelyard::Config::from_toml(&short, "s.toml")
+        .expect_err("too short")
+        .to_string();
+    assert!(errors.contains("sticky.secret: use at least 16 characters"), "{errors}");
+}
+
 #[tokio::test]
 async fn bad_algorithm_settings_are_rejected_with_positions() {
     let text = "[[listeners]]\nlisten = \"127.0.0.1:0\"\nroutes = [{ pool = \"p\" }]\n[pools.p]\nalgorithm = \"round_robin\"\nhash_key = \"path\"\nbackends = [\"127.0.0.1:1\"]\n[pools.q]\nalgorithm = \"maglev\"\nmaglev_table_size = 65536\nhash_key = \"header:\"\nbackends = [\"127.0.0.1:1\"]\n";

@@ -99,7 +99,8 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_backend_is_logged_once_with_its_address() {
-    let dead = closed_port();
+    let closed = closed_port();
+    let dead = closed.addr;
     let mut p = Process::start(&["--listen", "127.0.0.1:0", "--backend", &dead.to_string()]);
     let addr = p.listening_addr();
     let (status, body) = get(&client(), &format!("http://{addr}/")).await;

@@ -197,7 +197,8 @@ passive = { consecutive_failures = 0 }"#;
 async fn a_post_whose_connection_failed_is_retried_once_elsewhere() {
     let good = spawn_origin("good").await;
     let extra = "passive = { consecutive_failures = 0 }";
-    let sy = spawn_steelyard(config(&pool_toml(&[closed_port(), good.addr], extra))).await;
+    let dead = closed_port();
+    let sy = spawn_steelyard(config(&pool_toml(&[dead.addr, good.addr], extra))).await;
     let client = client();
     for _ in 0..4 {
         let res = client.post(sy.url("/upload")).body("12345").send().await.expect("post");

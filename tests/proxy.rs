@@ -203,7 +203,8 @@ async fn large_bodies_pass_through_intact() {
 
 #[tokio::test]
 async fn refused_backend_is_502_and_names_nothing() {
-    let sy = spawn_steelyard(config(&one_pool_toml(&[closed_port()], ""))).await;
+    let dead = closed_port();
+    let sy = spawn_steelyard(config(&one_pool_toml(&[dead.addr], ""))).await;
     let (status, body) = get(&client(), &sy.url("/")).await;
     assert_eq!(status, 502);
     assert_eq!(body, "502 Bad Gateway\n");

@@ -165,7 +165,7 @@ async fn backends_keep_their_load_figures_across_a_reload() {
 async fn listeners_are_added_and_removed_by_reload() {
     let a = spawn_origin("a").await;
     let sy = spawn_steelyard(config(&toml_with("", "", &[&a]))).await;
-    let extra_port = closed_port();
+    let extra_port = free_port();
     let two = format!(
         "{}\n[[listeners]]\nlisten = \"{extra_port}\"\nroutes = [{{ pool = \"main\" }}]\n",
         toml_with("", "", &[&a])

@@ -245,7 +245,7 @@ pub struct PeakEwmaSection {
     pub default_rtt: Option<Spanned<String>>,
 }
 
-/// `sticky = { cookie, ttl }`.
+/// `sticky = { cookie, ttl, secret }`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StickySection {
@@ -253,6 +253,8 @@ pub struct StickySection {
     pub cookie: Spanned<String>,
     /// Cookie lifetime (`Max-Age`); absent means a session cookie.
     pub ttl: Option<Spanned<String>>,
+    /// Key of the hash that turns a backend's address into its cookie value.
+    pub secret: Option<Spanned<String>>,
 }
 
 /// `timeouts = { connect, response_header, idle }`, each a duration like `"2s"`.

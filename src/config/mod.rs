@@ -224,7 +224,15 @@ pub struct StickyConfig {
     pub cookie: String,
     /// Its `Max-Age`; `None` makes it a session cookie.
     pub ttl: Option<Duration>,
+    /// The key of the hash from backend address to cookie value: from `secret`, else the
+    /// `STEELYARD_STICKY_SECRET` environment variable; `None` means a random key per process
+    /// (cookies then name nothing after a restart, and a fleet does not share them).
+    pub secret: Option<String>,
 }
+
+/// The environment variable that gives sticky cookies their hash key when a pool's `sticky`
+/// table has no `secret`.
+pub const STICKY_SECRET_ENV: &str = "STEELYARD_STICKY_SECRET";
 
 /// Default peak-EWMA decay window.
 pub const DEFAULT_EWMA_DECAY: Duration = Duration::from_secs(10);
@@ -825,9 +833,21 @@ fn validate_pool(name: &str, section: &Spanned<PoolSection>, check: &mut Checker
             .ttl
             .as_ref()
             .map(|t| check.duration(&format!("{key}.sticky.ttl"), &Some(t.clone()), Duration::ZERO));
+        let secret = match &s.secret {
+            Some(secret) if secret.get_ref().len() < 16 => {
+                check.error(
+                    secret.span(),
+                    format!("{key}.sticky.secret: use at least 16 characters (a random string)"),
+                );
+                None
+            }
+            Some(secret) => Some(secret.get_ref().clone()),
+            None => std::env::var(STICKY_SECRET_ENV).ok().filter(|s| !s.is_empty()),
+        };
         valid.then(|| StickyConfig {
             cookie: name.clone(),
             ttl,
+            secret,
         })
     });
     let health_check = p

@@ -34,7 +34,12 @@ mod tests {
     fn stable_values() {
         // Pinned: changing these would remap every hashed key in every deployed fleet.
         assert_eq!(hash64(b""), mix(0xcbf2_9ce4_8422_2325));
-        assert_eq!(hash64(b"user-42"), hash64(b"user-42"));
+        assert_eq!(format!("{:016x}", hash64(b"user-42")), "7a1596f0e94b5793");
+        assert_eq!(format!("{:016x}", hash64(b"10.0.0.1:8080")), "e6be330c3d44a2e2");
+        assert_eq!(
+            format!("{:016x}", hash64_seeded(b"10.0.0.1:8080", 1)),
+            "c28de350026f2213"
+        );
         assert_ne!(hash64(b"user-42"), hash64(b"user-43"));
         assert_ne!(hash64_seeded(b"x", 1), hash64(b"x"));
     }

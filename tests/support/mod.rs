@@ -325,8 +325,28 @@ pub async fn spawn_counting_resetting_origin() -> (SocketAddr, Arc<AtomicUsize>)
     (addr, seen)
 }
 
-/// A loopback address where nothing listens (connections are refused).
-pub fn closed_port() -> SocketAddr {
+/// A loopback port that stays closed while the guard lives: a socket is bound to it but never
+/// listens, so connections are refused and no other test can take the port meanwhile.
+pub struct ClosedPort {
+    pub addr: SocketAddr,
+    _bound: socket2::Socket,
+}
+
+/// A loopback address where nothing listens (connections are refused) for as long as the
+/// returned guard lives.
+pub fn closed_port() -> ClosedPort {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    let addr = socket.local_addr().expect("addr").as_socket().expect("inet");
+    ClosedPort { addr, _bound: socket }
+}
+
+/// A loopback port free right now, for a test that binds it itself later (another process may
+/// take it in between; prefer port 0 wherever the code under test can report its address).
+pub fn free_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr")
 }

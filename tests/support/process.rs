@@ -18,9 +18,14 @@ pub struct Process {
 }
 
 impl Process {
+    /// Starts the binary with `args`, plus `--admin off` unless they name `--admin`: tests run
+    /// in parallel and must not race for the default admin port.
     pub fn start(args: &[&str]) -> Process {
         let mut command = Command::new(BIN);
         command.args(args);
+        if !args.contains(&"--admin") {
+            command.args(["--admin", "off"]);
+        }
         Process::start_command(&mut command)
     }
 

@@ -119,6 +119,29 @@ mod tests {
             .collect()
     }
 
+    /// Pinned across versions: every Steelyard of a fleet, whatever its version, must send a
+    /// key to the same backend. Changing these values is a breaking change.
+    const PIN_TABLE: [u32; 13] = [1, 0, 1, 0, 1, 2, 2, 2, 2, 2, 2, 0, 2];
+    const PIN_PICKS: [usize; 16] = [1, 1, 2, 2, 2, 0, 1, 2, 2, 0, 0, 1, 2, 2, 1, 1];
+
+    #[test]
+    fn tables_and_picks_are_pinned() {
+        let backends = backends(&[1, 1, 2]);
+        assert_eq!(Maglev::new(&backends, 13).table, PIN_TABLE);
+        let picks: Vec<usize> = (0..16)
+            .map(|k| {
+                let ctx = PickContext {
+                    hash: Some(hash64(format!("user-{k}").as_bytes())),
+                    exclude: &[],
+                };
+                Maglev::new(&backends, DEFAULT_TABLE_SIZE)
+                    .pick(&backends, &ctx)
+                    .expect("pick")
+            })
+            .collect();
+        assert_eq!(picks, PIN_PICKS);
+    }
+
     #[test]
     fn slots_are_shared_by_weight() {
         let backends = backends(&[1, 1, 2]);

@@ -41,9 +41,15 @@ impl RingHash {
         let mut ring: Vec<(u64, u32)> = Vec::new();
         for (i, b) in backends.iter().enumerate() {
             let count = ((b.weight().max(1) as usize * POINTS_PER_WEIGHT) as f64 * scale).max(1.0) as usize;
-            let address = b.address().to_string();
+            // One buffer per backend: `ADDRESS-POINT` rewritten in place, not formatted anew.
+            let mut name = b.address().to_string().into_bytes();
+            name.push(b'-');
+            let prefix = name.len();
+            let mut digits = itoa::Buffer::new();
             for point in 0..count {
-                ring.push((hash64(format!("{address}-{point}").as_bytes()), i as u32));
+                name.truncate(prefix);
+                name.extend_from_slice(digits.format(point).as_bytes());
+                ring.push((hash64(&name), i as u32));
             }
         }
         ring.sort_unstable();
@@ -108,6 +114,32 @@ mod tests {
                 backends[ring.pick(backends, &ctx).expect("pick")].address()
             })
             .collect()
+    }
+
+    /// Pinned across versions, like Maglev's: changing these remaps keys across a fleet.
+    const PIN_PICKS: [usize; 16] = [2, 0, 2, 0, 0, 2, 1, 0, 2, 2, 2, 1, 2, 1, 0, 1];
+    const PIN_POINTS: [u64; 4] = [
+        12_628_503_733_129_856,
+        42_399_581_193_194_627,
+        57_863_553_006_860_118,
+        72_317_707_980_708_861,
+    ];
+
+    #[test]
+    fn picks_are_pinned() {
+        let backends = backends(&[1, 1, 2]);
+        let ring = RingHash::new(&backends);
+        let picks: Vec<usize> = (0..16)
+            .map(|k| {
+                let ctx = PickContext {
+                    hash: Some(hash64(format!("user-{k}").as_bytes())),
+                    exclude: &[],
+                };
+                ring.pick(&backends, &ctx).expect("pick")
+            })
+            .collect();
+        assert_eq!(picks, PIN_PICKS);
+        assert_eq!(ring.points[..4], PIN_POINTS);
     }
 
     #[test]
