@@ -207,10 +207,12 @@ impl Cli {
                         "--admin {addr}: reachable from other machines; set [admin] token in a config file first"
                     ));
                 }
+                let hosts = config.admin.as_ref().map(|a| a.hosts.clone()).unwrap_or_default();
                 config.admin = Some(AdminConfig {
                     listen: *addr,
                     token,
                     explicit: true,
+                    hosts,
                 });
             }
             None => {}

@@ -23,10 +23,12 @@ async fn admin_get(sy: &Steelyard, path: &str, token: Option<&str>) -> (u16, Str
     (res.status().as_u16(), res.text().await.expect("body"))
 }
 
+/// A POST as the dashboard (or `curl -H 'X-Steelyard-Admin: 1'`) sends it.
 async fn admin_post(sy: &Steelyard, path: &str) -> (u16, String) {
     let admin = sy.admin.expect("admin listener");
     let res = client()
         .post(format!("http://{admin}{path}"))
+        .header("x-steelyard-admin", "1")
         .send()
         .await
         .expect("admin request");
@@ -185,6 +187,20 @@ async fn a_token_protects_everything_but_the_balancers_own_health() {
     assert_eq!(admin_post(&sy, "/api/reload").await.0, 401);
 }
 
+/// Rotating the token is a reload, not a restart.
+#[tokio::test]
+async fn a_reload_rotates_the_token() {
+    let a = spawn_origin("a").await;
+    let sy = spawn_steelyard(config(&admin_toml(&[a.addr], "token = \"old-token\"", ""))).await;
+    assert_eq!(admin_get(&sy, "/api/status", Some("old-token")).await.0, 200);
+    sy.reload
+        .apply(config(&admin_toml(&[a.addr], "token = \"new-token\"", "")))
+        .await
+        .expect("reload");
+    assert_eq!(admin_get(&sy, "/api/status", Some("old-token")).await.0, 401);
+    assert_eq!(admin_get(&sy, "/api/status", Some("new-token")).await.0, 200);
+}
+
 #[tokio::test]
 async fn reload_through_the_api_reports_errors_and_counts_them() {
     let a = spawn_origin("a").await;
@@ -209,6 +225,129 @@ async fn reload_through_the_api_reports_errors_and_counts_them() {
         "{metrics}"
     );
     assert_eq!(get(&client(), &sy.url("/")).await.1, "a");
+}
+
+/// The status line of a raw admin exchange.
+async fn raw_status(addr: SocketAddr, request: &str) -> String {
+    let response = raw_exchange(addr, request.as_bytes()).await;
+    response.lines().next().unwrap_or_default().to_owned()
+}
+
+/// What a page on another site can make a browser send: a simple POST (no custom header, a
+/// form content type), with the browser's Origin and Sec-Fetch-Site. None of it may drain a
+/// backend or reload; the same request with the dashboard's header may.
+#[tokio::test]
+async fn cross_site_requests_cannot_change_state() {
+    let a = spawn_origin("a").await;
+    let sy = spawn_steelyard(config(&admin_toml(&[a.addr], "", ""))).await;
+    let admin = sy.admin.expect("admin");
+    let drain = format!("/api/pools/main/backends/{}/drain", a.addr);
+    let forged = [
+        ("no header a form cannot send", String::new()),
+        ("a form from another site", "Origin: http://evil.example\r\nSec-Fetch-Site: cross-site\r\nContent-Type: application/x-www-form-urlencoded\r\nX-Steelyard-Admin: 1\r\n".to_owned()),
+        ("another origin, even with the header", "Origin: http://evil.example\r\nX-Steelyard-Admin: 1\r\n".to_owned()),
+        ("another port of localhost", format!("Origin: http://localhost:1\r\nX-Steelyard-Admin: 1\r\n")),
+        ("a same-site page", "Sec-Fetch-Site: same-site\r\nX-Steelyard-Admin: 1\r\n".to_owned()),
+    ];
+    for (what, headers) in &forged {
+        for path in [drain.as_str(), "/api/reload"] {
+            let status = raw_status(
+                admin,
+                &format!(
+                    "POST {path} HTTP/1.1\r\nHost: {admin}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
+                ),
+            )
+            .await;
+            assert!(status.starts_with("HTTP/1.1 403"), "{what} {path}: {status}");
+        }
+    }
+    assert_eq!(get(&client(), &sy.url("/")).await.1, "a", "nothing was drained");
+    let (_, metrics) = admin_get(&sy, "/metrics", None).await;
+    assert!(
+        metrics.contains("steelyard_config_reloads_total{result=\"success\"} 0"),
+        "{metrics}"
+    );
+
+    // The admin's own page (same origin), JSON, or the custom header: allowed.
+    let own = raw_status(
+        admin,
+        &format!("POST {drain} HTTP/1.1\r\nHost: {admin}\r\nOrigin: http://{admin}\r\nSec-Fetch-Site: same-origin\r\nX-Steelyard-Admin: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert!(own.starts_with("HTTP/1.1 200"), "{own}");
+    let json = raw_status(
+        admin,
+        &format!("POST /api/pools/main/backends/{}/enable HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", a.addr),
+    )
+    .await;
+    assert!(json.starts_with("HTTP/1.1 200"), "{json}");
+}
+
+/// DNS rebinding: a page on attacker.example whose name later resolves to 127.0.0.1 sends
+/// `Host: attacker.example`. Only IP literals, localhost and configured names pass.
+#[tokio::test]
+async fn requests_for_other_host_names_are_refused() {
+    let a = spawn_origin("a").await;
+    let sy = spawn_steelyard(config(&admin_toml(&[a.addr], "hosts = [\"lb.internal\"]", ""))).await;
+    let admin = sy.admin.expect("admin");
+    let port = admin.port();
+    let get_with_host = |host: String| async move {
+        raw_status(
+            admin,
+            &format!("GET /api/status HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        )
+        .await
+    };
+    for host in [
+        format!("attacker.example:{port}"),
+        "attacker.example".into(),
+        format!("localhost.evil:{port}"),
+    ] {
+        let status = get_with_host(host.clone()).await;
+        assert!(status.starts_with("HTTP/1.1 421"), "{host}: {status}");
+    }
+    let missing = raw_status(admin, "GET /api/status HTTP/1.0\r\n\r\n").await;
+    assert!(
+        missing.starts_with("HTTP/1.0 421") || missing.starts_with("HTTP/1.1 421"),
+        "no Host: {missing}"
+    );
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("LB.internal:{port}"),
+        format!("[::1]:{port}"),
+        "10.1.2.3".into(),
+    ] {
+        let status = get_with_host(host.clone()).await;
+        assert!(status.starts_with("HTTP/1.1 200"), "{host}: {status}");
+    }
+}
+
+/// A client that connects and sends nothing, or half a head, is closed after the admin's
+/// header timeout; the admin keeps answering others meanwhile.
+#[tokio::test]
+async fn silent_admin_clients_are_closed() {
+    let a = spawn_origin("a").await;
+    let sy = spawn_steelyard(config(&admin_toml(&[a.addr], "", ""))).await;
+    let admin = sy.admin.expect("admin");
+    let started = std::time::Instant::now();
+    let mut silent = Vec::new();
+    for partial in ["", "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n"] {
+        let mut s = tokio::net::TcpStream::connect(admin).await.expect("connect");
+        tokio::io::AsyncWriteExt::write_all(&mut s, partial.as_bytes())
+            .await
+            .expect("write");
+        silent.push(s);
+    }
+    assert_eq!(admin_get(&sy, "/healthz", None).await.0, 200);
+    for mut s in silent {
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(DEADLINE, tokio::io::AsyncReadExt::read_to_end(&mut s, &mut buf))
+            .await
+            .expect("closed by the admin server");
+    }
+    let took = started.elapsed();
+    assert!(took >= steelyard::admin::HEADER_TIMEOUT, "closed after {took:?}");
 }
 
 #[test]

@@ -3,6 +3,13 @@
 //! It runs beside the proxy listeners on its own (loopback by default) address and reads the
 //! same live state the proxy uses, through an [`AdminView`] that the server republishes on
 //! every reload. With a token configured, every request needs `Authorization: Bearer TOKEN`.
+//!
+//! A browser is the threat even on loopback: any page the operator opens could send requests
+//! here. So every request must name this server in `Host` (an IP literal, `localhost`, or a
+//! name from `[admin] hosts`: a DNS-rebinding page carries its own name), and a request that
+//! changes state must not come from another origin (`Origin`, `Sec-Fetch-Site`) and must carry
+//! something a cross-site form cannot send without a CORS preflight we never grant: the
+//! `X-Steelyard-Admin` header, a JSON content type, or the bearer token.
 
 mod metrics;
 mod sampler;
@@ -13,19 +20,20 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HOST, ORIGIN, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
+use crate::config::AdminConfig;
 use crate::server::listener::ConnectionLimit;
 use crate::server::ReloadHandle;
 use crate::upstream::Pool;
@@ -71,6 +79,25 @@ fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// Who may use the admin API: the part of `[admin]` a reload can change in place.
+#[derive(Debug, Default)]
+pub struct Access {
+    /// The bearer token every request except `/` and `/healthz` must carry, if set.
+    pub token: Option<String>,
+    /// Names accepted in `Host` besides IP literals and `localhost` (lowercase).
+    pub hosts: Vec<String>,
+}
+
+impl Access {
+    /// The access rules of `config`.
+    pub fn of(config: &AdminConfig) -> Access {
+        Access {
+            token: config.token.clone(),
+            hosts: config.hosts.clone(),
+        }
+    }
+}
+
 /// State shared by the admin handlers and the server.
 #[derive(Debug)]
 pub struct AdminState {
@@ -78,46 +105,95 @@ pub struct AdminState {
     pub view: ArcSwap<AdminView>,
     /// Reload counters.
     pub reloads: ReloadStats,
+    /// Token and host names, swapped on reload (rotating the token needs no restart).
+    pub access: ArcSwap<Access>,
     started: Instant,
-    token: Option<String>,
     reload: ReloadHandle,
     sampler: Sampler,
 }
 
 impl AdminState {
     /// Fresh state for a server.
-    pub fn new(token: Option<String>, reload: ReloadHandle) -> Arc<AdminState> {
+    pub fn new(access: Access, reload: ReloadHandle) -> Arc<AdminState> {
         let reloads = ReloadStats::default();
         reloads.last_success_unix.store(unix_now(), Ordering::Relaxed);
         Arc::new(AdminState {
             view: ArcSwap::from_pointee(AdminView::default()),
             reloads,
+            access: ArcSwap::from_pointee(access),
             started: Instant::now(),
-            token,
             reload,
             sampler: Sampler::default(),
         })
     }
 }
 
+/// Time a client gets to send a complete request head, on a new or a kept-alive connection.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most admin connections open at once; more wait in the kernel's accept queue.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Largest request head accepted.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+
 /// Serves the admin API on `listener` until `stop` turns true.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
     tokio::spawn(sampler::run(Arc::downgrade(&state)));
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let slot = tokio::select! {
+            slot = Arc::clone(&slots).acquire_owned() => slot,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let Ok(slot) = slot else { return };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = stop.wait_for(|s| *s) => return,
         };
-        let Ok((stream, _)) = accepted else { continue };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors, typically: wait rather than spin on the error.
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let state = Arc::clone(&state);
         tokio::spawn(async move {
+            let _slot = slot;
+            // hyper's timer starts once it knows the protocol; a client that sends nothing at
+            // all is timed here.
+            let mut first = [0u8; 1];
+            if !matches!(
+                tokio::time::timeout(HEADER_TIMEOUT, stream.peek(&mut first)).await,
+                Ok(Ok(1))
+            ) {
+                return;
+            }
             let service = service_fn(move |req| {
                 let state = Arc::clone(&state);
                 async move { Ok::<_, Infallible>(handle(req, &state).await) }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_HEAD_BYTES);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(16)
+                .max_header_list_size(MAX_HEAD_BYTES as u32)
+                .keep_alive_interval(HEADER_TIMEOUT)
+                .keep_alive_timeout(HEADER_TIMEOUT);
+            // An idle or silent connection ends after the header timeout; a whole exchange,
+            // however slow, after a minute.
+            let _ = tokio::time::timeout(
+                Duration::from_secs(60),
+                builder.serve_connection(TokioIo::new(stream), service),
+            )
+            .await;
         });
     }
 }
@@ -142,6 +218,61 @@ fn error(status: StatusCode, message: &str) -> AdminResponse {
     json(status, &serde_json::json!({ "error": message }))
 }
 
+/// True when `Host` names this server: an IP literal (DNS rebinding needs a name),
+/// `localhost` (or a name under it), or one of `hosts`.
+fn host_allowed(req: &Request<Incoming>, hosts: &[String]) -> bool {
+    let host = match req.headers().get(HOST).and_then(|h| h.to_str().ok()) {
+        Some(h) => h,
+        // HTTP/2 carries the authority in the URI instead.
+        None => match req.uri().authority() {
+            Some(a) => a.as_str(),
+            None => return false,
+        },
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => {
+            return v6
+                .split(']')
+                .next()
+                .is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok())
+        }
+        None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
+    };
+    if name.parse::<std::net::Ipv4Addr>().is_ok() {
+        return true;
+    }
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost" || name.ends_with(".localhost") || hosts.contains(&name)
+}
+
+/// Why a state-changing request is refused as possibly forged by another site, if it is.
+fn cross_site(req: &Request<Incoming>, bearer: bool) -> Option<&'static str> {
+    let headers = req.headers();
+    if headers.get("sec-fetch-site").is_some_and(|v| {
+        v.as_bytes().eq_ignore_ascii_case(b"cross-site") || v.as_bytes().eq_ignore_ascii_case(b"same-site")
+    }) {
+        return Some("cross-site request refused (Sec-Fetch-Site)");
+    }
+    if let Some(origin) = headers.get(ORIGIN) {
+        // The admin's own origin is `http://` plus the Host the request was sent to.
+        let own = headers.get(HOST).map(|h| h.as_bytes());
+        let same = origin
+            .as_bytes()
+            .strip_prefix(b"http://")
+            .is_some_and(|o| Some(o) == own);
+        if !same {
+            return Some("cross-origin request refused (Origin)");
+        }
+    }
+    let json = headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(bearer || json || headers.contains_key("x-steelyard-admin")) {
+        return Some("send the X-Steelyard-Admin header (any value) with requests that change state");
+    }
+    None
+}
+
 fn authorized(req: &Request<Incoming>, token: &Option<String>) -> bool {
     let Some(token) = token else { return true };
     let Some(given) = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
@@ -162,11 +293,23 @@ async fn handle(req: Request<Incoming>, state: &AdminState) -> AdminResponse {
     // The page itself and the balancer's own health check carry no data worth protecting;
     // everything else needs the token when one is set.
     let open = matches!(path.as_str(), "/" | "/healthz");
-    if !open && !authorized(&req, &state.token) {
+    let access = state.access.load();
+    if !host_allowed(&req, &access.hosts) {
+        return error(
+            StatusCode::MISDIRECTED_REQUEST,
+            "Host is not this admin server (add the name to [admin] hosts)",
+        );
+    }
+    if !open && !authorized(&req, &access.token) {
         let mut res = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
         res.headers_mut()
             .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return res;
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        if let Some(why) = cross_site(&req, access.token.is_some()) {
+            return error(StatusCode::FORBIDDEN, why);
+        }
     }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (req.method(), segments.as_slice()) {

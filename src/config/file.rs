@@ -40,6 +40,9 @@ pub struct AdminSection {
     pub token: Option<Spanned<String>>,
     /// Name of an environment variable holding the token.
     pub token_env: Option<Spanned<String>>,
+    /// Host names (besides IP literals and `localhost`) that admin requests may carry in
+    /// `Host`.
+    pub hosts: Option<Spanned<Vec<String>>>,
 }
 
 /// `[server]`: settings of the process as a whole.

@@ -48,6 +48,9 @@ pub struct AdminConfig {
     /// False for the default address: if it is taken, Steelyard runs without the admin API
     /// rather than not at all.
     pub explicit: bool,
+    /// Host names accepted in an admin request's `Host` besides IP literals and `localhost`
+    /// (a DNS-rebinding defence: a page served from another name is refused).
+    pub hosts: Vec<String>,
 }
 
 /// Where the admin listener goes unless told otherwise.
@@ -59,6 +62,7 @@ impl Default for AdminConfig {
             listen: DEFAULT_ADMIN_LISTEN,
             token: None,
             explicit: false,
+            hosts: Vec::new(),
         }
     }
 }
@@ -932,10 +936,23 @@ fn validate_admin(section: &Option<Spanned<file::AdminSection>>, check: &mut Che
             ),
         );
     }
+    let hosts = a.hosts.as_ref().map_or_else(Vec::new, |h| {
+        for name in h.get_ref() {
+            let valid = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+            if !valid {
+                check.error(h.span(), format!("admin.hosts: {name:?} is not a host name"));
+            }
+        }
+        h.get_ref().iter().map(|n| n.to_ascii_lowercase()).collect()
+    });
     Some(AdminConfig {
         listen,
         token,
         explicit: a.listen.is_some(),
+        hosts,
     })
 }
 

@@ -169,7 +169,7 @@ impl Server {
             let addr = socket.local_addr().unwrap_or(admin.listen);
             let socket =
                 tokio::net::TcpListener::from_std(socket).map_err(|source| StartError::Bind { addr, source })?;
-            let state = AdminState::new(admin.token.clone(), self.reload_handle.clone());
+            let state = AdminState::new(crate::admin::Access::of(admin), self.reload_handle.clone());
             tracing::info!("admin API and dashboard on http://{addr}/");
             tokio::spawn(crate::admin::serve(socket, Arc::clone(&state), admin_stopped));
             running.admin = Some(state);

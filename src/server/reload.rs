@@ -181,6 +181,11 @@ impl Running {
             removed.stop();
         }
         self.listeners = listeners;
+        if let (Some(admin), Some(settings)) = (&self.admin, &config.admin) {
+            admin
+                .access
+                .store(std::sync::Arc::new(crate::admin::Access::of(settings)));
+        }
         let summary = ReloadSummary {
             config: config.summary(),
             file: config.source.clone(),
