@@ -246,7 +246,7 @@ async fn cross_site_requests_cannot_change_state() {
         ("no header a form cannot send", String::new()),
         ("a form from another site", "Origin: http://evil.example\r\nSec-Fetch-Site: cross-site\r\nContent-Type: application/x-www-form-urlencoded\r\nX-Steelyard-Admin: 1\r\n".to_owned()),
         ("another origin, even with the header", "Origin: http://evil.example\r\nX-Steelyard-Admin: 1\r\n".to_owned()),
-        ("another port of localhost", format!("Origin: http://localhost:1\r\nX-Steelyard-Admin: 1\r\n")),
+        ("another port of localhost", "Origin: http://localhost:1\r\nX-Steelyard-Admin: 1\r\n".to_owned()),
         ("a same-site page", "Sec-Fetch-Site: same-site\r\nX-Steelyard-Admin: 1\r\n".to_owned()),
     ];
     for (what, headers) in &forged {
