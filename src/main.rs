@@ -76,6 +76,7 @@ fn run(cli: &Cli) -> ExitCode {
     let result = runtime.block_on(async {
         let server = Server::bind(config)?;
         tokio::spawn(reload_on_sighup(server.reload_handle()));
+        tokio::spawn(reopen_logs_on_sigusr1(server.reload_handle()));
         if let Some(path) = watch {
             tokio::spawn(reload_on_change(server.reload_handle(), path));
         }
@@ -131,6 +132,24 @@ async fn reload_on_sighup(handle: ReloadHandle) {
         while hangups.recv().await.is_some() {
             tracing::info!("received SIGHUP: reloading the config");
             let _ = handle.reload().await;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = handle;
+}
+
+/// Reopens access log files on every SIGUSR1 (nginx's convention, for logrotate).
+async fn reopen_logs_on_sigusr1(handle: ReloadHandle) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut signals) = signal(SignalKind::user_defined1()) else {
+            tracing::warn!("cannot listen for SIGUSR1; access logs reopen on reload only");
+            return;
+        };
+        while signals.recv().await.is_some() {
+            tracing::info!("received SIGUSR1: reopening access logs");
+            let _ = handle.reopen_logs().await;
         }
     }
     #[cfg(not(unix))]

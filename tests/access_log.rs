@@ -124,3 +124,46 @@ async fn combined_access_log_reads_like_nginx() {
     );
     assert!(line.contains(&format!(" {} main ", origin.addr)), "{line}");
 }
+
+/// logrotate's way: move the file away, send SIGUSR1; the lines after the signal go to a new
+/// file at the configured path, none are lost, and the moved file gets no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr1_reopens_the_log_after_it_was_moved() {
+    let origin = spawn_origin("a").await;
+    let path = temp_log("rotate", &origin);
+    let rotated = path.with_extension("log.1");
+    let _ = std::fs::remove_file(&rotated);
+    let file = path.with_extension("toml");
+    std::fs::write(&file, log_toml(&origin, &path, "combined")).expect("config");
+    let mut p = Process::start(&["-c", file.to_str().expect("utf-8")]);
+    let addr = p.listening_addr();
+    let client = client();
+    let send = |n: usize| {
+        let client = client.clone();
+        async move {
+            for i in 0..n {
+                let res = client
+                    .get(format!("http://{addr}/r{i}"))
+                    .header("host", "app.test")
+                    .send()
+                    .await
+                    .expect("request");
+                assert_eq!(res.status(), 200);
+            }
+        }
+    };
+    send(3).await;
+    assert_eq!(lines(&path, 3).await.len(), 3);
+    std::fs::rename(&path, &rotated).expect("rotate");
+    p.signal("-USR1");
+    p.wait_for_line("access log reopened");
+    send(2).await;
+    assert_eq!(lines(&path, 2).await.len(), 2, "new lines go to the new file");
+    assert_eq!(
+        std::fs::read_to_string(&rotated).expect("rotated").lines().count(),
+        3,
+        "the moved file keeps its lines and gets no more"
+    );
+    p.signal("-TERM");
+    p.wait();
+}

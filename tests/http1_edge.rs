@@ -255,6 +255,52 @@ async fn accepted_requests_reach_the_origin_exactly_as_rewritten() {
     }
 }
 
+/// A client's `X-Request-Id` is kept only when it is one short, printable value and the
+/// listener trusts clients; otherwise the origin gets exactly one id of ours instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusted_request_ids_are_replaced() {
+    let long = "x".repeat(129);
+    let cases: Vec<(&str, String, &str, bool)> = vec![
+        ("kept", "X-Request-Id: abc-123_/+=:.\r\n".into(), "", true),
+        ("too long", format!("X-Request-Id: {long}\r\n"), "", false),
+        ("a quote", "X-Request-Id: a\"b\r\n".into(), "", false),
+        ("a space", "X-Request-Id: a b\r\n".into(), "", false),
+        (
+            "two ids",
+            "X-Request-Id: one\r\nX-Request-Id: two\r\n".into(),
+            "",
+            false,
+        ),
+        (
+            "listener trusts no client",
+            "X-Request-Id: fine\r\n".into(),
+            "trust_request_id = false",
+            false,
+        ),
+    ];
+    for (name, id_fields, listener_extra, kept) in cases {
+        let (origin, recording) = spawn_recording_origin(b"").await;
+        let (_p, addr) = start("ids", origin, listener_extra);
+        let request = format!("GET / HTTP/1.1\r\nHost: a\r\n{id_fields}Connection: close\r\n\r\n");
+        let response = raw_exchange(addr, request.as_bytes()).await;
+        assert_eq!(status_line(&response), "HTTP/1.1 200 OK", "{name}");
+        let got = recording.text();
+        let ids: Vec<&str> = got
+            .split("\r\n")
+            .filter_map(|l| l.strip_prefix("X-Request-Id: "))
+            .collect();
+        assert_eq!(ids.len(), 1, "{name}: exactly one id goes upstream: {got:?}");
+        if kept {
+            assert_eq!(ids[0], "abc-123_/+=:.", "{name}");
+        } else {
+            assert!(
+                ids[0].len() == 16 && ids[0].bytes().all(|b| b.is_ascii_hexdigit()),
+                "{name}: ours replaces it: {got:?}"
+            );
+        }
+    }
+}
+
 /// Framing errors inside a chunked body: the client gets a 400 (not a 502); the origin got the
 /// head and the valid chunks, never the malformed bytes, and its connection is closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,6 +28,9 @@ pub struct ClientSettings {
     pub max_uri_bytes: usize,
     /// Largest request body (413 past it); `None`: unlimited.
     pub max_request_body: Option<u64>,
+    /// Keep a client's `X-Request-Id` when it is well-formed (short, printable); when false,
+    /// every request gets an id of ours.
+    pub trust_request_id: bool,
 }
 
 impl Default for ClientSettings {
@@ -42,6 +45,7 @@ impl Default for ClientSettings {
             max_header_count: 100,
             max_uri_bytes: 8 * 1024,
             max_request_body: None,
+            trust_request_id: true,
         }
     }
 }

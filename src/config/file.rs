@@ -74,6 +74,8 @@ pub struct ListenerSection {
     pub timeouts: Option<Spanned<ListenerTimeoutsSection>>,
     /// `limits = { header_bytes, header_count, uri_bytes, request_body }`.
     pub limits: Option<Spanned<ListenerLimitsSection>>,
+    /// `false`: replace every client's `X-Request-Id` with one of ours.
+    pub trust_request_id: Option<bool>,
 }
 
 /// A listener's `timeouts = {...}`: how long clients may take.

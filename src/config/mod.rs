@@ -648,7 +648,10 @@ impl Config {
                 routes,
                 max_client_connections,
                 access_log,
-                client: client::validate(&format!("listeners[{i}]"), &l.timeouts, &l.limits, check),
+                client: ClientSettings {
+                    trust_request_id: l.trust_request_id.unwrap_or(true),
+                    ..client::validate(&format!("listeners[{i}]"), &l.timeouts, &l.limits, check)
+                },
             });
         }
 

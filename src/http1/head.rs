@@ -374,6 +374,7 @@ pub fn parse_request(
     let mut expect_continue = false;
     let mut max_forwards = None;
     let mut request_id = None;
+    let mut request_ids = 0;
     for f in fields.iter() {
         let value = f.value.get(head);
         match f.kind {
@@ -407,9 +408,16 @@ pub fn parse_request(
             Kind::MaxForwards if matches!(method_kind, Method::Trace | Method::Options) => {
                 max_forwards = Some(content_length(value).ok_or(HeadError::Malformed("invalid Max-Forwards"))?);
             }
-            Kind::XRequestId => request_id = Some(f.value),
+            // Only one well-formed id is kept; any other is replaced (and never logged).
+            Kind::XRequestId => {
+                request_ids += 1;
+                request_id = acceptable_request_id(value).then_some(f.value);
+            }
             _ => {}
         }
+    }
+    if request_ids > 1 {
+        request_id = None;
     }
     if hosts > 1 {
         return Err(HeadError::Malformed("more than one Host"));
@@ -736,6 +744,16 @@ fn trim(v: &[u8]) -> &[u8] {
         .rposition(|&b| b != b' ' && b != b'\t')
         .map_or(start, |e| e + 1);
     &v[start..end.max(start)]
+}
+
+/// Longest client `X-Request-Id` kept.
+pub const MAX_REQUEST_ID: usize = 128;
+
+/// True for a request id worth keeping: 1 to [`MAX_REQUEST_ID`] bytes of visible ASCII other
+/// than quotes and backslashes, so it cannot forge or break an access log line.
+pub fn acceptable_request_id(value: &[u8]) -> bool {
+    (1..=MAX_REQUEST_ID).contains(&value.len())
+        && value.iter().all(|&b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
 }
 
 #[cfg(test)]

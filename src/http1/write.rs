@@ -65,6 +65,8 @@ pub fn request_head(out: &mut Vec<u8>, head: &[u8], req: &RequestHead, fields: &
                 copy_appending(out, head, f, via);
             }
             Kind::XForwardedProto | Kind::XForwardedHost => {}
+            // An id we did not keep is replaced by ours below.
+            Kind::XRequestId if req.request_id.is_none() => {}
             Kind::MaxForwards if req.max_forwards.is_some() => {
                 let n = req.max_forwards.unwrap_or(1).saturating_sub(1);
                 line(out, f.name.get(head), itoa::Buffer::new().format(n).as_bytes());

@@ -9,8 +9,8 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -104,6 +104,8 @@ impl AccessRecord {
 pub struct AccessLog {
     tx: SyncSender<AccessRecord>,
     dropped: Arc<AtomicU64>,
+    /// Set to make the writer reopen its file (after logrotate moved it).
+    reopen: Arc<AtomicBool>,
 }
 
 /// Records waiting for the writer, at most.
@@ -112,19 +114,28 @@ const QUEUE: usize = 16 * 1024;
 impl AccessLog {
     /// Opens the log and starts its writer thread.
     pub fn open(config: &AccessLogConfig) -> std::io::Result<AccessLog> {
-        let out: Box<dyn std::io::Write + Send> = match &config.path {
-            None => Box::new(std::io::stdout()),
-            Some(path) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
-        };
+        let out = open_output(config)?;
         let (tx, rx) = sync_channel(QUEUE);
-        let format = config.format;
+        let reopen = Arc::new(AtomicBool::new(false));
+        let writer = Writer {
+            config: config.clone(),
+            out: std::io::BufWriter::new(out),
+            reopen: Arc::clone(&reopen),
+        };
         std::thread::Builder::new()
             .name("steelyard-access-log".into())
-            .spawn(move || write_loop(rx, std::io::BufWriter::new(out), format))?;
+            .spawn(move || writer.run(rx))?;
         Ok(AccessLog {
             tx,
             dropped: Arc::new(AtomicU64::new(0)),
+            reopen,
         })
+    }
+
+    /// Asks the writer to close and reopen its file (by path) before its next line, and within
+    /// [`REOPEN_WITHIN`] even when no line comes: what logrotate needs after moving the file.
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Relaxed);
     }
 
     /// Queues a record; drops it (and counts it) rather than wait when the writer is behind.
@@ -160,35 +171,70 @@ impl Drop for PendingLog {
     }
 }
 
-fn write_loop(
-    rx: Receiver<AccessRecord>,
-    mut out: std::io::BufWriter<Box<dyn std::io::Write + Send>>,
-    format: AccessLogFormat,
-) {
-    let mut line = String::with_capacity(512);
-    loop {
-        let record = match rx.try_recv() {
-            Ok(r) => r,
-            Err(TryRecvError::Empty) => {
-                let _ = out.flush();
-                match rx.recv() {
-                    Ok(r) => r,
-                    Err(_) => break,
+/// Longest time between a reopen request and the file being reopened, when no line is due.
+pub const REOPEN_WITHIN: Duration = Duration::from_millis(250);
+
+fn open_output(config: &AccessLogConfig) -> std::io::Result<Box<dyn std::io::Write + Send>> {
+    Ok(match &config.path {
+        None => Box::new(std::io::stdout()),
+        Some(path) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
+    })
+}
+
+/// The writer thread's state.
+struct Writer {
+    config: AccessLogConfig,
+    out: std::io::BufWriter<Box<dyn std::io::Write + Send>>,
+    reopen: Arc<AtomicBool>,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<AccessRecord>) {
+        let mut line = String::with_capacity(512);
+        loop {
+            let record = match rx.try_recv() {
+                Ok(r) => Some(r),
+                Err(TryRecvError::Empty) => {
+                    let _ = self.out.flush();
+                    match rx.recv_timeout(REOPEN_WITHIN) {
+                        Ok(r) => Some(r),
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
                 }
+                Err(TryRecvError::Disconnected) => break,
+            };
+            if self.reopen.swap(false, Ordering::Relaxed) {
+                self.reopen_file();
             }
-            Err(TryRecvError::Disconnected) => break,
-        };
-        line.clear();
-        match format {
-            AccessLogFormat::Combined => combined(&mut line, &record),
-            AccessLogFormat::Json => json(&mut line, &record),
+            let Some(record) = record else { continue };
+            line.clear();
+            match self.config.format {
+                AccessLogFormat::Combined => combined(&mut line, &record),
+                AccessLogFormat::Json => json(&mut line, &record),
+            }
+            line.push('\n');
+            if self.out.write_all(line.as_bytes()).is_err() {
+                break;
+            }
         }
-        line.push('\n');
-        if out.write_all(line.as_bytes()).is_err() {
-            break;
+        let _ = self.out.flush();
+    }
+
+    /// Swaps in a freshly opened file; keeps the old one when that fails.
+    fn reopen_file(&mut self) {
+        let Some(path) = &self.config.path else { return };
+        match open_output(&self.config) {
+            Ok(out) => {
+                let _ = self.out.flush();
+                self.out = std::io::BufWriter::new(out);
+                tracing::info!(file = %path.display(), "access log reopened");
+            }
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "cannot reopen the access log; still writing to the old file")
+            }
         }
     }
-    let _ = out.flush();
 }
 
 fn text(v: &Option<HeaderValue>) -> &str {

@@ -55,9 +55,22 @@ enum Payload {
 /// Proxies one request. Never fails: every error becomes a response from [`ProxyError`].
 pub async fn forward(mut req: Request<Incoming>, router: &ArcSwap<Router>, conn: &ConnInfo) -> Response<ProxyBody> {
     let started = Instant::now();
-    // Keep the client's request id, or give the request one; it goes upstream and to the log.
-    let request_id = match req.headers().get(&X_REQUEST_ID) {
-        Some(id) => id.clone(),
+    // Keep the client's request id when it is one well-formed value (and the listener trusts
+    // clients), or give the request one; it goes upstream and to the log.
+    let trusted = {
+        let mut ids = req.headers().get_all(&X_REQUEST_ID).iter();
+        match (ids.next(), ids.next()) {
+            (Some(id), None)
+                if router.load().client_settings().trust_request_id
+                    && crate::http1::head::acceptable_request_id(id.as_bytes()) =>
+            {
+                Some(id.clone())
+            }
+            _ => None,
+        }
+    };
+    let request_id = match trusted {
+        Some(id) => id,
         None => {
             let id = new_request_id();
             req.headers_mut().insert(&X_REQUEST_ID, id.clone());

@@ -45,6 +45,8 @@ pub(super) enum Command {
     FromFile(oneshot::Sender<Result<ReloadSummary, ReloadError>>),
     /// Apply this validated config.
     Apply(Box<Config>, oneshot::Sender<Result<ReloadSummary, ReloadError>>),
+    /// Reopen every access log file (SIGUSR1, after logrotate).
+    ReopenLogs(oneshot::Sender<()>),
 }
 
 /// Asks a running server to reload. Cheap to clone.
@@ -77,6 +79,17 @@ impl ReloadHandle {
             .map_err(|_| ReloadError::Stopped)?;
         answer.await.map_err(|_| ReloadError::Stopped)?
     }
+
+    /// Reopens every access log file by its path (what SIGUSR1 does, for logrotate); returns
+    /// once every writer has been asked.
+    pub async fn reopen_logs(&self) -> Result<(), ReloadError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Command::ReopenLogs(reply))
+            .await
+            .map_err(|_| ReloadError::Stopped)?;
+        answer.await.map_err(|_| ReloadError::Stopped)
+    }
 }
 
 impl Running {
@@ -92,13 +105,21 @@ impl Running {
                 (result, reply)
             }
             Command::Apply(config, reply) => (self.apply(*config), reply),
+            Command::ReopenLogs(reply) => {
+                self.reopen_logs();
+                let _ = reply.send(());
+                return;
+            }
         };
         if let Some(admin) = &self.admin {
             admin.reloads.record(result.is_ok());
         }
         self.publish();
         match &result {
-            Ok(summary) => tracing::info!("config reloaded: {}", summary.config),
+            Ok(summary) => {
+                tracing::info!("config reloaded: {}", summary.config);
+                self.reopen_logs();
+            }
             Err(ReloadError::Invalid(LoadError::Invalid(errors))) => {
                 for e in &errors.0 {
                     tracing::error!("{e}");
@@ -111,6 +132,13 @@ impl Running {
             Err(e) => tracing::error!("config reload failed: {e}; still running the previous config"),
         }
         let _ = reply.send(result);
+    }
+
+    /// Asks every access log writer to reopen its file.
+    pub(super) fn reopen_logs(&self) {
+        for log in self.access_logs.values() {
+            log.reopen();
+        }
     }
 
     pub(super) fn apply(&mut self, mut config: Config) -> Result<ReloadSummary, ReloadError> {
@@ -181,6 +209,9 @@ impl Running {
             removed.stop();
         }
         self.listeners = listeners;
+        // Writers of logs no listener uses any more end once their last request is logged.
+        self.access_logs
+            .retain(|c, _| config.listeners.iter().any(|l| l.access_log.as_ref() == Some(c)));
         if let (Some(admin), Some(settings)) = (&self.admin, &config.admin) {
             admin
                 .access

@@ -70,7 +70,7 @@ pub async fn serve(conn: &mut Client, shared: &Shared, timer: &mut Timer) -> Nex
     };
     let mut scratch = Scratch::take();
     conn.buf.compact();
-    let req = loop {
+    let mut req = loop {
         match head::parse_request(conn.buf.unread(), &limits, &mut scratch.fields) {
             Ok(Some(req)) => break req,
             Ok(None) => {}
@@ -101,6 +101,9 @@ pub async fn serve(conn: &mut Client, shared: &Shared, timer: &mut Timer) -> Nex
         }
     };
     shared.limit.count_request();
+    if !settings.trust_request_id {
+        req.request_id = None;
+    }
     conn.buf.pin(req.len);
     let next = route(conn, shared, &router, settings, &req, now, timer, &mut scratch).await;
     conn.buf.unpin();
