@@ -12,6 +12,7 @@ pub mod health;
 pub mod http1;
 pub mod proxy;
 pub mod server;
+pub mod stats;
 pub mod upstream;
 
 use std::future::Future;

@@ -83,7 +83,7 @@ async fn metrics_count_requests_by_backend_and_status_class() {
         "5"
     );
     assert_eq!(
-        line("steelyard_request_duration_seconds_count{pool=\"main\",backend=\"\"}"),
+        line("steelyard_pool_request_duration_seconds_count{pool=\"main\"}"),
         "11"
     );
     assert_eq!(
@@ -225,6 +225,84 @@ async fn reload_through_the_api_reports_errors_and_counts_them() {
         "{metrics}"
     );
     assert_eq!(get(&client(), &sy.url("/")).await.1, "a");
+}
+
+/// The sum of every series of `family` in a Prometheus text exposition.
+fn family_sum(text: &str, family: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")))
+        .map(|l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .expect("integer value")
+        })
+        .sum()
+}
+
+/// Summing `steelyard_requests_total` gives exactly the responses sent: from backends, the
+/// 502s Steelyard wrote for a dead one, 404s for unrouted hosts and 400s for malformed
+/// requests, over HTTP/1 and HTTP/2, each once; the pool's histogram has a family of its own.
+#[tokio::test]
+async fn requests_total_sums_to_every_response_sent() {
+    let a = spawn_origin("a").await;
+    let dead = closed_port();
+    let toml = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nroutes = [{{ host = \"app.test\", pool = \"main\" }}]\n[pools.main]\nbackends = [\"{}\", \"{}\"]\nretries = {{ attempts = 0 }}\npassive = {{ consecutive_failures = 0 }}\n",
+        a.addr, dead.addr
+    );
+    let sy = spawn_steelyard(config(&toml)).await;
+    let client = client();
+    let mut sent = 0;
+    // Round robin: a, dead, a, dead.
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let res = client
+            .get(sy.url("/"))
+            .header("host", "app.test")
+            .send()
+            .await
+            .expect("request");
+        statuses.push(res.status().as_u16());
+        sent += 1;
+    }
+    assert_eq!(statuses, [200, 502, 200, 502]);
+    for _ in 0..3 {
+        assert_eq!(get(&client, &sy.url("/")).await.0, 404);
+        sent += 1;
+    }
+    for bad in ["GET / HTTP/1.1\r\n\r\n", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"] {
+        assert!(raw_exchange(sy.addr, bad.as_bytes()).await.starts_with("HTTP/1.1 400"));
+        sent += 1;
+    }
+    let h2 = h2_client();
+    let res = h2.get(sy.url("/h2")).send().await.expect("h2 request");
+    assert_eq!(res.status(), 404);
+    sent += 1;
+
+    let (_, text) = admin_get(&sy, "/metrics", None).await;
+    assert_eq!(family_sum(&text, "steelyard_requests_total"), sent, "{text}");
+    let series = |labels: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("steelyard_requests_total{{{labels}}}")))
+            .and_then(|l| l.rsplit(' ').next())
+            .unwrap_or_else(|| panic!("no series {labels}"))
+            .to_owned()
+    };
+    assert_eq!(
+        series(&format!("pool=\"main\",backend=\"{}\",code=\"2xx\"", a.addr)),
+        "2"
+    );
+    assert_eq!(series("pool=\"main\",backend=\"\",code=\"5xx\""), "2");
+    assert_eq!(series("pool=\"\",backend=\"\",code=\"4xx\""), "6");
+    assert!(
+        text.contains("steelyard_listener_local_responses_total{listener=\"web\",code=\"4xx\"} 6"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("backend=\"\",le="),
+        "no per-pool series in the per-backend histogram"
+    );
 }
 
 /// The status line of a raw admin exchange.

@@ -88,20 +88,51 @@ pub fn render(view: &AdminView, reloads: &ReloadStats, started: Instant) -> Stri
         &mut out,
         "steelyard_requests_total",
         "counter",
-        "Responses from backends (and errors for them) by status class.",
+        "Responses sent to clients by status class: from a backend (backend=\"ADDRESS\"), or written by Steelyard itself (backend=\"\"; pool=\"\" when no pool took the request). The sum over all series is every response sent.",
     );
+    let class_series = |out: &mut String, pool: &str, backend: &str, counts: [u64; 5]| {
+        for (i, n) in counts.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "steelyard_requests_total{{pool=\"{}\",backend=\"{backend}\",code=\"{}xx\"}} {n}",
+                esc(pool),
+                i + 1
+            );
+        }
+    };
     for pool in &view.pools {
         for m in pool.members() {
-            let b = &m.backend;
-            for (i, n) in b.responses().iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "steelyard_requests_total{{pool=\"{}\",backend=\"{}\",code=\"{}xx\"}} {n}",
-                    esc(pool.name()),
-                    b.address(),
-                    i + 1
-                );
-            }
+            class_series(
+                &mut out,
+                pool.name(),
+                &m.backend.address().to_string(),
+                m.backend.responses(),
+            );
+        }
+        class_series(&mut out, pool.name(), "", pool.stats().local_responses.get());
+    }
+    let mut unrouted = [0u64; 5];
+    for (_, _, limit) in &view.listeners {
+        for (total, n) in unrouted.iter_mut().zip(limit.local_responses().get()) {
+            *total += n;
+        }
+    }
+    class_series(&mut out, "", "", unrouted);
+
+    header(
+        &mut out,
+        "steelyard_listener_local_responses_total",
+        "counter",
+        "Responses Steelyard wrote itself for requests no pool took (400, 404, 408, 413, 414, 431, 503 over the connection limit), per listener and status class.",
+    );
+    for (name, _, limit) in &view.listeners {
+        for (i, n) in limit.local_responses().get().iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "steelyard_listener_local_responses_total{{listener=\"{}\",code=\"{}xx\"}} {n}",
+                esc(name),
+                i + 1
+            );
         }
     }
 
@@ -109,8 +140,9 @@ pub fn render(view: &AdminView, reloads: &ReloadStats, started: Instant) -> Stri
         &mut out,
         "steelyard_request_duration_seconds",
         "histogram",
-        "Time from sending a request to a backend until its response headers.",
+        "Time from sending a request to a backend until its response headers, per backend.",
     );
+    let mut pools = Vec::with_capacity(view.pools.len());
     for pool in &view.pools {
         let mut pool_counts = vec![0u64; LATENCY_BUCKETS.len() + 1];
         let mut pool_sum = 0.0;
@@ -121,13 +153,23 @@ pub fn render(view: &AdminView, reloads: &ReloadStats, started: Instant) -> Stri
             }
             pool_sum += sum;
             let labels = format!("pool=\"{}\",backend=\"{}\"", esc(pool.name()), m.backend.address());
-            histogram(&mut out, &labels, &counts, sum);
+            histogram(&mut out, "steelyard_request_duration_seconds", &labels, &counts, sum);
         }
+        pools.push((pool.name(), pool_counts, pool_sum));
+    }
+    header(
+        &mut out,
+        "steelyard_pool_request_duration_seconds",
+        "histogram",
+        "The same latency summed over each pool's backends (its own family, so sums over the per-backend family count each request once).",
+    );
+    for (name, counts, sum) in pools {
         histogram(
             &mut out,
-            &format!("pool=\"{}\",backend=\"\"", esc(pool.name())),
-            &pool_counts,
-            pool_sum,
+            "steelyard_pool_request_duration_seconds",
+            &format!("pool=\"{}\"", esc(name)),
+            &counts,
+            sum,
         );
     }
 
@@ -265,18 +307,15 @@ pub fn render(view: &AdminView, reloads: &ReloadStats, started: Instant) -> Stri
     out
 }
 
-fn histogram(out: &mut String, labels: &str, counts: &[u64], sum: f64) {
+fn histogram(out: &mut String, name: &str, labels: &str, counts: &[u64], sum: f64) {
     let mut cumulative = 0;
     for (i, c) in counts.iter().enumerate() {
         cumulative += c;
         let le = LATENCY_BUCKETS.get(i).map_or("+Inf".to_owned(), |b| b.to_string());
-        let _ = writeln!(
-            out,
-            "steelyard_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}"
-        );
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
     }
-    let _ = writeln!(out, "steelyard_request_duration_seconds_sum{{{labels}}} {sum}");
-    let _ = writeln!(out, "steelyard_request_duration_seconds_count{{{labels}}} {cumulative}");
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+    let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
 }
 
 /// Escapes a label value.

@@ -332,7 +332,12 @@ async fn serve_h2(conn: Client, shared: Arc<Shared>) {
         limit.count_request();
         let router = Arc::clone(&router);
         let info = Arc::clone(&info);
-        async move { Ok::<_, std::convert::Infallible>(crate::proxy::forward::forward(req, &router, &info).await) }
+        let limit = Arc::clone(&limit);
+        async move {
+            Ok::<_, std::convert::Infallible>(
+                crate::proxy::forward::forward(req, &router, &info, limit.local_responses()).await,
+            )
+        }
     });
     let io = Rewind {
         prefix: buf.unread().to_vec(),

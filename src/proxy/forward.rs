@@ -19,6 +19,7 @@ use super::access_log::{new_request_id, AccessLog, AccessRecord, PendingLog};
 use super::headers::{add_forwarding, strip_hop_by_hop, X_REQUEST_ID};
 use super::{ProxyBody, ProxyError, Router};
 use crate::config::RetryConfig;
+use crate::stats::StatusCounts;
 use crate::upstream::connection::{UpstreamBody, UpstreamError};
 use crate::upstream::{Backend, Pool, RequestView};
 
@@ -52,8 +53,14 @@ enum Payload {
     Replayable(Bytes),
 }
 
-/// Proxies one request. Never fails: every error becomes a response from [`ProxyError`].
-pub async fn forward(mut req: Request<Incoming>, router: &ArcSwap<Router>, conn: &ConnInfo) -> Response<ProxyBody> {
+/// Proxies one request. Never fails: every error becomes a response from [`ProxyError`],
+/// counted in its pool's figures, or in `unrouted` when no pool took the request.
+pub async fn forward(
+    mut req: Request<Incoming>,
+    router: &ArcSwap<Router>,
+    conn: &ConnInfo,
+    unrouted: &StatusCounts,
+) -> Response<ProxyBody> {
     let started = Instant::now();
     // Keep the client's request id when it is one well-formed value (and the listener trusts
     // clients), or give the request one; it goes upstream and to the log.
@@ -101,9 +108,16 @@ pub async fn forward(mut req: Request<Incoming>, router: &ArcSwap<Router>, conn:
             if let Some(r) = record.as_mut() {
                 r.pool = Some(Arc::from(pool.name()));
             }
-            proxy(req, host, &pool, conn, record.as_mut()).await
+            let res = proxy(req, host, &pool, conn, record.as_mut()).await;
+            if matches!(res.body(), ProxyBody::Local(_)) {
+                pool.stats().local_responses.record(res.status().as_u16());
+            }
+            res
         }
-        None => ProxyError::NoRoute.response(),
+        None => {
+            unrouted.record(ProxyError::NoRoute.status().as_u16());
+            ProxyError::NoRoute.response()
+        }
     };
     finish(res, record, log, started)
 }

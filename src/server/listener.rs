@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use super::StartError;
 use crate::http1::connection::Shared;
+use crate::stats::StatusCounts;
 
 /// Binds a listening socket with `SO_REUSEADDR` (fast restarts) and a deep accept backlog.
 /// With `shared`, `SO_REUSEPORT` lets every worker bind its own socket to the address.
@@ -44,6 +45,9 @@ pub struct ConnectionLimit {
     tunnels: AtomicUsize,
     /// Upgraded connections so far.
     tunnels_total: AtomicU64,
+    /// Responses Steelyard wrote itself before any pool was chosen (400, 404, 408, 413, 414,
+    /// 431, 503 over the connection limit...).
+    local_responses: StatusCounts,
 }
 
 impl ConnectionLimit {
@@ -55,7 +59,13 @@ impl ConnectionLimit {
             requests: AtomicU64::new(0),
             tunnels: AtomicUsize::new(0),
             tunnels_total: AtomicU64::new(0),
+            local_responses: StatusCounts::default(),
         })
+    }
+
+    /// Responses written by Steelyard itself for requests no pool took.
+    pub fn local_responses(&self) -> &StatusCounts {
+        &self.local_responses
     }
 
     /// Counts a request received.
@@ -134,6 +144,7 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: w
                     let limit = &shared.limit;
                     if !limit.admit() {
                         tracing::warn!(client = %peer, max = limit.max.load(Ordering::Relaxed), "too many client connections; refusing one");
+                        limit.local_responses.record(503);
                         tokio::spawn(refuse(stream));
                         continue;
                     }

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use http::uri::Authority;
 
+use crate::stats::StatusCounts;
+
 /// A server that receives traffic, with atomics the hot path updates without locking.
 #[derive(Debug)]
 pub struct Backend {
@@ -36,8 +38,8 @@ pub struct Backend {
     ready_since: AtomicU64,
     /// An operator drained it: no new requests.
     drained: AtomicBool,
-    /// Responses by status class: 1xx, 2xx, 3xx, 4xx, 5xx.
-    responses: [AtomicU64; 5],
+    /// Its responses by status class.
+    responses: StatusCounts,
     /// Response-header latency histogram: counts per [`LATENCY_BUCKETS`] bound, then +Inf.
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     /// Sum of observed latencies, in microseconds.
@@ -84,7 +86,7 @@ impl Backend {
             health_transitions: AtomicU64::new(0),
             ready_since: AtomicU64::new(0),
             drained: AtomicBool::new(false),
-            responses: Default::default(),
+            responses: StatusCounts::default(),
             latency_buckets: Default::default(),
             latency_sum_micros: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
@@ -226,8 +228,7 @@ impl Backend {
 
     /// Counts a response with `status` whose headers took `latency`.
     pub fn record_response(&self, status: u16, latency: Duration) {
-        let class = usize::from(status / 100).clamp(1, 5) - 1;
-        self.responses[class].fetch_add(1, Ordering::Relaxed);
+        self.responses.record(status);
         let secs = latency.as_secs_f64();
         let bucket = LATENCY_BUCKETS
             .iter()
@@ -247,7 +248,7 @@ impl Backend {
 
     /// Responses by status class (1xx..5xx).
     pub fn responses(&self) -> [u64; 5] {
-        std::array::from_fn(|i| self.responses[i].load(Ordering::Relaxed))
+        self.responses.get()
     }
 
     /// Latency histogram counts per bucket (not cumulative; the last is +Inf) and the sum in

@@ -16,7 +16,7 @@ use tokio::sync::{Notify, Semaphore};
 use super::backend::clock_nanos;
 use super::connection::ConnectionPool;
 use super::idle::IdleConnections;
-use super::registry::BackendRegistry;
+use super::registry::{BackendRegistry, PoolStats};
 use super::retry_budget::RetryBudget;
 use super::select::{self, PickContext, Select, SelectOptions};
 use super::sticky::Sticky;
@@ -58,6 +58,7 @@ pub struct Pool {
     /// rebuilding task waits on it.
     changed: Arc<Notify>,
     retry_budget: RetryBudget,
+    stats: Arc<PoolStats>,
     in_panic: AtomicBool,
     /// Set once the first selection is built (backends present from the start do not ramp).
     built: AtomicBool,
@@ -156,6 +157,7 @@ impl Pool {
         let empty = Selection::build(&[], Vec::new(), &[], config.algorithm, &config.select, None, false);
         let pool = Pool {
             retry_budget: RetryBudget::new(config.retries.budget_percent),
+            stats: registry.pool_stats(&config.name),
             config: config.clone(),
             members,
             selection: ArcSwap::from_pointee(empty),
@@ -204,6 +206,11 @@ impl Pool {
     /// Every configured backend, in config order.
     pub fn backends(&self) -> impl Iterator<Item = &Arc<Backend>> {
         self.members.iter().map(|m| &m.backend)
+    }
+
+    /// Its figures that outlive reloads.
+    pub fn stats(&self) -> &PoolStats {
+        &self.stats
     }
 
     /// Its retry budget.

@@ -6,18 +6,35 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 
 use super::Backend;
+use crate::stats::StatusCounts;
 
 /// Every live backend by (pool name, address). Used only while building pools, off the hot
 /// path; entries whose backend is gone are pruned as pools are built.
 #[derive(Debug, Default)]
 pub struct BackendRegistry {
     backends: Mutex<HashMap<(String, SocketAddr), Weak<Backend>>>,
+    /// Figures of each pool name ever configured, kept across reloads (a handful of counters
+    /// per name).
+    pools: Mutex<HashMap<String, Arc<PoolStats>>>,
+}
+
+/// A pool's own figures, which outlive any one build of the pool.
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    /// Responses Steelyard wrote itself for requests routed to the pool (502, 503, 504...).
+    pub local_responses: StatusCounts,
 }
 
 impl BackendRegistry {
     /// An empty registry.
     pub fn new() -> BackendRegistry {
         BackendRegistry::default()
+    }
+
+    /// The figures of the pool named `pool`, the same object across reloads.
+    pub fn pool_stats(&self, pool: &str) -> Arc<PoolStats> {
+        let mut map = self.pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        Arc::clone(map.entry(pool.to_owned()).or_default())
     }
 
     /// True when `pool` has live backends: it is being rebuilt by a reload.

@@ -110,6 +110,7 @@ pub(super) async fn proxy(
         if deadline.is_some_and(|d| Instant::now() >= d) {
             tracing::warn!(pool = pool.name(), client = %conn.info.peer, "request timeout reached");
             return answer(
+                pool,
                 conn,
                 scratch,
                 ProxyError::RequestTimeout,
@@ -119,7 +120,7 @@ pub(super) async fn proxy(
         }
         if body_touched && !replayable {
             // The streamed body already went to a backend: it cannot be sent again.
-            return answer(conn, scratch, last_failure, true).await;
+            return answer(pool, conn, scratch, last_failure, true).await;
         }
         let picked = {
             let head_bytes = conn.buf.prefix();
@@ -129,6 +130,7 @@ pub(super) async fn proxy(
         };
         let Some((index, set_cookie)) = picked else {
             return answer(
+                pool,
                 conn,
                 scratch,
                 last_failure,
@@ -153,6 +155,7 @@ pub(super) async fn proxy(
                 _ => {
                     tracing::warn!(pool = pool.name(), backend = %backend.address(), "no backend slot within queue_timeout");
                     return answer(
+                        pool,
                         conn,
                         scratch,
                         ProxyError::QueueTimeout,
@@ -213,7 +216,12 @@ pub(super) async fn proxy(
                 };
                 return (status, next, bytes);
             }
-            Attempt::Abort { status } => return (status, Next::Close, 0),
+            Attempt::Abort { status } => {
+                if status != 0 {
+                    pool.stats().local_responses.record(status);
+                }
+                return (status, Next::Close, 0);
+            }
             Attempt::RetryStatus { status } => {
                 if config.passive.eject_on_5xx && status >= 500 {
                     pool.record_failure(index);
@@ -242,6 +250,7 @@ pub(super) async fn proxy(
                     continue;
                 }
                 return answer(
+                    pool,
                     conn,
                     scratch,
                     error,
@@ -254,8 +263,15 @@ pub(super) async fn proxy(
 }
 
 /// Answers with a failure status; closes when the request body was not (all) read.
-async fn answer(conn: &mut Client, scratch: &mut Scratch, error: ProxyError, close: bool) -> (u16, Next, u64) {
+async fn answer(
+    pool: &Pool,
+    conn: &mut Client,
+    scratch: &mut Scratch,
+    error: ProxyError,
+    close: bool,
+) -> (u16, Next, u64) {
     let status = error.status().as_u16();
+    pool.stats().local_responses.record(status);
     let extra: &[u8] = if matches!(error, ProxyError::NoBackend | ProxyError::QueueTimeout) {
         b"Retry-After: 1\r\n"
     } else {

@@ -77,7 +77,7 @@ pub async fn serve(conn: &mut Client, shared: &Shared, timer: &mut Timer) -> Nex
             Err(e) => {
                 shared.limit.count_request();
                 tracing::debug!(client = %conn.info.peer, error = %e, "refused a request head");
-                return refuse(conn, &mut scratch.out, e).await;
+                return refuse(conn, shared, &mut scratch.out, e).await;
             }
         }
         timer.require(head_deadline);
@@ -88,6 +88,7 @@ pub async fn serve(conn: &mut Client, shared: &Shared, timer: &mut Timer) -> Nex
                 () = timer.fired() => {
                     if Instant::now() >= head_deadline {
                         tracing::debug!(client = %conn.info.peer, "request head timeout");
+                        shared.limit.local_responses().record(408);
                         local(conn, &mut scratch.out, 408, b"", false).await;
                         return Next::Close;
                     }
@@ -114,7 +115,8 @@ pub async fn serve(conn: &mut Client, shared: &Shared, timer: &mut Timer) -> Nex
 }
 
 /// Answers a refused head and closes.
-async fn refuse(conn: &mut Client, out: &mut Vec<u8>, e: HeadError) -> Next {
+async fn refuse(conn: &mut Client, shared: &Shared, out: &mut Vec<u8>, e: HeadError) -> Next {
+    shared.limit.local_responses().record(e.status());
     local(conn, out, e.status(), b"", false).await;
     Next::Close
 }
@@ -213,6 +215,7 @@ async fn route(
         } else {
             b""
         };
+        shared.limit.local_responses().record(200);
         local(conn, &mut scratch.out, 200, extra, keep_alive).await;
         return if keep_alive {
             Next::KeepAlive(Instant::now())
@@ -222,6 +225,7 @@ async fn route(
     }
     if let (Some(max), Framing::Length(n)) = (settings.max_request_body, req.framing) {
         if n > max {
+            shared.limit.local_responses().record(413);
             local(conn, &mut scratch.out, 413, b"", false).await;
             return Next::Close;
         }
@@ -247,6 +251,7 @@ async fn route(
         .map(|_| Box::new(record_of(conn, req, head_bytes, &scratch.fields, id.get(head_bytes))));
     let (status, next, bytes) = match pool {
         None => {
+            shared.limit.local_responses().record(404);
             let bytes = local(conn, &mut scratch.out, 404, b"", keep_alive).await;
             (
                 404,
