@@ -47,6 +47,11 @@ fn check(cli: &Cli) -> ExitCode {
     match Config::load(path) {
         Ok(config) => {
             println!("{}: OK: {}", path.display(), config.summary());
+            if let Some(w) = config.workers {
+                println!(
+                    "note: server.workers = {w} applies when Steelyard starts; a reload keeps the running number"
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -91,10 +96,10 @@ fn run(cli: &Cli) -> ExitCode {
     }
 }
 
-/// The main thread's runtime: worker 0 (the server starts one runtime per further worker).
+/// The main thread's runtime: the control plane (the server starts one runtime per worker).
 fn build_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     let mut builder = tokio::runtime::Builder::new_current_thread();
-    builder.enable_all().thread_name("steelyard-worker-0");
+    builder.enable_all().thread_name("steelyard-control");
     builder.build().map_err(|e| {
         eprintln!("steelyard: cannot start the async runtime: {e}");
         ExitCode::FAILURE

@@ -186,3 +186,217 @@ async fn listeners_are_added_and_removed_by_reload() {
         "the kept listener still serves"
     );
 }
+
+/// A reload that fails part-way (a new listener's address is taken, or an access log cannot
+/// be opened) changes nothing: the shared backend keeps its weight, the new listeners that did
+/// bind are closed again, and the old config keeps serving on its warm upstream connections.
+#[tokio::test]
+async fn a_failed_reload_changes_nothing() {
+    let a = spawn_origin("a").await;
+    let b = spawn_origin("b").await;
+    let sy = spawn_steelyard(config(&toml_with("", "", &[&a, &b]))).await;
+    let client = client();
+    for _ in 0..4 {
+        get(&client, &sy.url("/")).await;
+    }
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_addr = taken.local_addr().expect("addr");
+    let heavier_b = toml_with("", "", &[&a, &b]).replace(
+        &format!("\"{}\"]", b.addr),
+        &format!("{{ address = \"{}\", weight = 3 }}]", b.addr),
+    );
+    for (what, extra_listener, expected) in [
+        (
+            "a taken address",
+            format!("listen = \"{taken_addr}\"\n"),
+            taken_addr.to_string(),
+        ),
+        (
+            "an access log in a missing directory",
+            "listen = \"127.0.0.1:0\"\naccess_log = { path = \"/nonexistent-steelyard-dir/a.log\" }\n".to_owned(),
+            "/nonexistent-steelyard-dir/a.log".to_owned(),
+        ),
+    ] {
+        let free = free_port();
+        let bad = format!(
+            "{heavier_b}\n[[listeners]]\nlisten = \"{free}\"\nroutes = [{{ pool = \"main\" }}]\n[[listeners]]\n{extra_listener}routes = [{{ pool = \"main\" }}]\n"
+        );
+        let err = sy.reload.apply(config(&bad)).await.expect_err(what);
+        assert!(err.to_string().contains(&expected), "{what}: {err}");
+        assert!(
+            tokio::net::TcpStream::connect(free).await.is_err(),
+            "{what}: the listener that did bind was closed again"
+        );
+        // Still round robin 1:1 (weight 3 was never applied), on the same upstream connections.
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            got.push(get(&client, &sy.url("/")).await.1);
+        }
+        got.sort();
+        assert_eq!(got, ["a", "a", "b", "b"], "{what}");
+        assert_eq!(
+            (a.connections(), b.connections()),
+            (1, 1),
+            "{what}: warm connections kept"
+        );
+    }
+}
+
+/// Out of descriptors half-way through starting new listeners (each needs one socket per
+/// worker): the reload fails as a whole and the running listener keeps accepting.
+#[test]
+fn a_reload_that_runs_out_of_descriptors_keeps_serving() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let origin = rt.block_on(spawn_origin("a"));
+    let dir = std::env::temp_dir().join(format!(
+        "steelyard-emfile-{}-{}",
+        std::process::id(),
+        origin.addr.port()
+    ));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("emfile.toml");
+    let base = format!(
+        "[server]\nworkers = 4\n[[listeners]]\nlisten = \"127.0.0.1:0\"\nroutes = [{{ pool = \"main\" }}]\n[pools.main]\nbackends = [\"{}\"]\n",
+        origin.addr
+    );
+    std::fs::write(&file, &base).expect("write");
+    let script = format!("ulimit -n 64 && exec {} --config {} --admin off", BIN, file.display());
+    let mut p = Process::start_command(std::process::Command::new("sh").args(["-c", &script]));
+    let addr = p.listening_addr();
+    // 30 more listeners on distinct loopback addresses need 120 sockets: more than 64.
+    let more: String = (2..32)
+        .map(|i| format!("[[listeners]]\nlisten = \"127.0.0.{i}:0\"\nroutes = [{{ pool = \"main\" }}]\n"))
+        .collect();
+    std::fs::write(&file, format!("{base}{more}")).expect("write");
+    p.signal("-HUP");
+    let line = p.wait_for_line("config reload failed");
+    assert!(
+        line.contains("Too many open files") || line.contains("os error 24"),
+        "{line}"
+    );
+    let client = client();
+    for _ in 0..3 {
+        assert_eq!(rt.block_on(get(&client, &format!("http://{addr}/"))).1, "a");
+    }
+    p.signal("-TERM");
+    p.wait();
+}
+
+/// A successful reload that keeps a backend keeps its idle upstream connections too.
+#[tokio::test]
+async fn a_reload_keeps_warm_upstream_connections() {
+    let a = spawn_origin("a").await;
+    let sy = spawn_steelyard(config(&toml_with("", "", &[&a]))).await;
+    let client = client();
+    for i in 0..6 {
+        if i == 3 {
+            let summary = sy
+                .reload
+                .apply(config(&toml_with("", "algorithm = \"least_request\"", &[&a])))
+                .await
+                .expect("reload");
+            assert!(summary.restart_needed.is_empty());
+        }
+        assert_eq!(get(&client, &sy.url("/")).await.1, "a");
+    }
+    assert_eq!(a.requests(), 6);
+    assert_eq!(a.connections(), 1, "one upstream connection across the reload");
+}
+
+/// `server.workers` applies at start only; a reload says so instead of ignoring it silently.
+#[tokio::test]
+async fn a_reload_names_what_needs_a_restart() {
+    let a = spawn_origin("a").await;
+    let sy = spawn_steelyard(config(&toml_with("", "", &[&a]))).await;
+    let summary = sy
+        .reload
+        .apply(config(&format!("[server]\nworkers = 3\n{}", toml_with("", "", &[&a]))))
+        .await
+        .expect("reload");
+    assert_eq!(summary.restart_needed.len(), 1, "{summary:?}");
+    assert!(summary.restart_needed[0].starts_with("server.workers (1 running, 3 in the file)"));
+    assert_eq!(get(&client(), &sy.url("/")).await.1, "a");
+}
+
+/// `[admin]` applies on reload: moved to another address, then turned off.
+#[tokio::test]
+async fn a_reload_moves_and_stops_the_admin_listener() {
+    let a = spawn_origin("a").await;
+    let with_admin = |listen: &str| format!("[admin]\nlisten = \"{listen}\"\n{}", toml_with("", "", &[&a]));
+    let sy = spawn_steelyard(config(&with_admin("127.0.0.1:0"))).await;
+    let first = sy.admin.expect("admin");
+    assert_eq!(get(&client(), &format!("http://{first}/healthz")).await.0, 200);
+    let moved = free_port();
+    sy.reload
+        .apply(config(&with_admin(&moved.to_string())))
+        .await
+        .expect("move");
+    assert_eq!(get(&client(), &format!("http://{moved}/healthz")).await.0, 200);
+    eventually("the old admin address to close", || async {
+        tokio::net::TcpStream::connect(first).await.is_err()
+    })
+    .await;
+    let off = format!("[admin]\nenabled = false\n{}", toml_with("", "", &[&a]));
+    sy.reload.apply(config(&off)).await.expect("off");
+    eventually("the admin listener to stop", || async {
+        tokio::net::TcpStream::connect(moved).await.is_err()
+    })
+    .await;
+    assert_eq!(get(&client(), &sy.url("/")).await.1, "a");
+}
+
+/// The data path does not run on the control thread: with the thread that runs the server
+/// (config, DNS, health, admin) blocked, requests are still answered. The origin runs on a
+/// thread of its own for the same reason.
+#[tokio::test]
+async fn requests_are_served_while_the_control_thread_is_blocked() {
+    use std::io::{Read, Write};
+    let origin = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let origin_addr = origin.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in origin.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0
+                        || stream
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                            .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let toml = format!(
+        "[[listeners]]\nlisten = \"127.0.0.1:0\"\nroutes = [{{ pool = \"main\" }}]\n[pools.main]\nbackends = [\"{origin_addr}\"]\n"
+    );
+    let sy = spawn_steelyard(config(&toml)).await;
+    assert_eq!(get(&client(), &sy.url("/")).await.1, "ok");
+    let addr = sy.addr;
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let blocked = Duration::from_millis(1500);
+    let requests = std::thread::spawn(move || {
+        let started = Instant::now();
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        for _ in 0..20 {
+            stream.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").expect("write");
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !got.ends_with(b"ok") {
+                let n = stream.read(&mut buf).expect("read");
+                assert!(n > 0, "closed");
+                got.extend_from_slice(&buf[..n]);
+            }
+        }
+        let _ = done_tx.send(started.elapsed());
+    });
+    // Block this thread (the control plane's runtime) outright.
+    let done = done_rx.recv_timeout(blocked);
+    requests.join().expect("request thread");
+    let took = done.expect("20 requests answered while the control thread was blocked");
+    assert!(took < blocked, "{took:?}");
+}

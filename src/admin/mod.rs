@@ -128,6 +128,12 @@ impl AdminState {
     }
 }
 
+/// Samples every backend's counters once a second for the dashboard's rates and charts, until
+/// `state` is dropped.
+pub fn sample_rates(state: &Arc<AdminState>) {
+    tokio::spawn(sampler::run(Arc::downgrade(state)));
+}
+
 /// Time a client gets to send a complete request head, on a new or a kept-alive connection.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most admin connections open at once; more wait in the kernel's accept queue.
@@ -135,9 +141,9 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// Largest request head accepted.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 
-/// Serves the admin API on `listener` until `stop` turns true.
+/// Serves the admin API on `listener` until `stop` turns true. The dashboard's rates come from
+/// [`sample_rates`], started once per state.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
-    tokio::spawn(sampler::run(Arc::downgrade(&state)));
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let slot = tokio::select! {
@@ -325,7 +331,10 @@ async fn handle(req: Request<Incoming>, state: &AdminState) -> AdminResponse {
             &status::render(&state.view.load(), &state.sampler, state.started),
         ),
         (&Method::POST, ["api", "reload"]) => match state.reload.reload().await {
-            Ok(summary) => json(StatusCode::OK, &serde_json::json!({ "reloaded": summary.config })),
+            Ok(summary) => json(
+                StatusCode::OK,
+                &serde_json::json!({ "reloaded": summary.config, "restart_needed": summary.restart_needed }),
+            ),
             Err(e) => json(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 &serde_json::json!({ "error": "reload failed; the previous config keeps serving", "details": e.to_string().lines().collect::<Vec<_>>() }),

@@ -58,7 +58,13 @@ pub fn with_resolved(config: &Config, lookups: &HashMap<String, Vec<SocketAddr>>
                 }
             }
         }
-        if backends != pool.backends {
+        // Answers are compared as sets: a resolver rotating its records changes nothing.
+        let key = |b: &BackendConfig| (b.address, b.weight, b.dns_name.clone());
+        let mut before: Vec<_> = pool.backends.iter().map(key).collect();
+        let mut after: Vec<_> = backends.iter().map(key).collect();
+        before.sort();
+        after.sort();
+        if before != after {
             changed = true;
             pool.backends = backends;
         }
@@ -129,6 +135,11 @@ backends = ["127.0.0.1:9000", { address = "localhost:9100", weight = 3 }]
         assert!(
             with_resolved(&c, &HashMap::new()).is_none(),
             "a failed lookup keeps the old addresses"
+        );
+        let rotated = HashMap::from([("localhost:9100".to_owned(), vec![new_addrs[1], new_addrs[0]])]);
+        assert!(
+            with_resolved(&new, &rotated).is_none(),
+            "the same addresses in another order change nothing"
         );
     }
 }

@@ -1,5 +1,9 @@
 //! The server: binds listeners, builds the runtime state, serves until shutdown, reloads its
 //! config on request without dropping anything, then drains.
+//!
+//! The thread that calls [`Server::run`] is the control plane: it owns the config, reloads,
+//! DNS refreshes, health probes, selection rebuilds and the admin API. Traffic is served only
+//! by the worker threads it starts ([`workers`]), which read what the control plane publishes.
 
 pub mod dns;
 pub mod listener;
@@ -14,14 +18,14 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, watch};
 
-use crate::admin::{AdminState, AdminView};
+use crate::admin::{Access, AdminState, AdminView};
 use crate::config::{self, Config, ListenerConfig};
 use crate::http1::connection::{Registry, Shared};
 use crate::proxy::access_log::{AccessLog, AccessLogConfig};
 use crate::proxy::Router;
 use crate::upstream::registry::BackendRegistry;
 use crate::upstream::Pool;
-pub use reload::{ReloadError, ReloadHandle};
+pub use reload::{ReloadError, ReloadHandle, ReloadSummary};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +46,9 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// The worker threads could not be started.
+    #[error("cannot start the worker threads: {0}")]
+    Workers(std::io::Error),
 }
 
 /// A server whose listeners are bound (so their ports are known) but not yet serving.
@@ -75,7 +82,15 @@ impl RunningListener {
     }
 }
 
-/// Everything a serving server holds; replaced piece by piece on reload.
+/// The admin listener while it serves.
+struct RunningAdmin {
+    /// The address configured (what a reload compares).
+    listen: SocketAddr,
+    /// Set to stop it.
+    stop: watch::Sender<bool>,
+}
+
+/// Everything a serving server holds; replaced as a whole by each reload's commit.
 struct Running {
     config: Config,
     registry: BackendRegistry,
@@ -83,7 +98,9 @@ struct Running {
     active: mpsc::Sender<()>,
     listeners: Vec<RunningListener>,
     pools: Vec<Arc<Pool>>,
-    admin: Option<Arc<AdminState>>,
+    /// What the admin API reads; lives as long as the server, whether the admin listener runs.
+    admin_state: Arc<AdminState>,
+    admin: Option<RunningAdmin>,
     /// The worker runtimes every listener accepts on.
     workers: workers::Workers,
     /// Open access log writers, reused across reloads while their settings stay the same.
@@ -139,42 +156,40 @@ impl Server {
 
     /// Serves until `shutdown` completes, reloading whenever asked through a
     /// [`ReloadHandle`]; then stops accepting and waits for in-flight requests to finish, at
-    /// most the configured drain timeout.
+    /// most the configured drain timeout. The calling thread is the control plane's; traffic
+    /// runs on worker threads started here.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
         let (active, mut drained) = mpsc::channel::<()>(1);
-        let workers = workers::Workers::start(self.config.workers.unwrap_or(1)).map_err(|source| StartError::Bind {
-            addr: self
-                .config
-                .listeners
-                .first()
-                .map_or(config::DEFAULT_ADMIN_LISTEN, |l| l.listen),
-            source,
-        })?;
+        let workers = workers::Workers::start(self.config.workers.unwrap_or(1)).map_err(StartError::Workers)?;
+        let access = self.config.admin.as_ref().map(Access::of).unwrap_or_default();
         let mut running = Running {
             workers,
             registry: BackendRegistry::new(),
             active,
             listeners: Vec::new(),
             pools: Vec::new(),
+            admin_state: AdminState::new(access, self.reload_handle.clone()),
             admin: None,
             access_logs: HashMap::new(),
             config: self.config.clone(),
         };
-        running.pools = running.build_pools(&self.config);
-        for (config, socket) in self.listeners {
-            running.start_listener(config, socket)?;
-        }
-        let (admin_stop, admin_stopped) = watch::channel(false);
-        if let (Some(socket), Some(admin)) = (self.admin, &self.config.admin) {
-            let addr = socket.local_addr().unwrap_or(admin.listen);
-            let socket =
-                tokio::net::TcpListener::from_std(socket).map_err(|source| StartError::Bind { addr, source })?;
-            let state = AdminState::new(crate::admin::Access::of(admin), self.reload_handle.clone());
-            tracing::info!("admin API and dashboard on http://{addr}/");
-            tokio::spawn(crate::admin::serve(socket, Arc::clone(&state), admin_stopped));
-            running.admin = Some(state);
-        }
-        running.publish();
+        crate::admin::sample_rates(&running.admin_state);
+        // Starting is the first reload: the same prepare (everything that can fail) and
+        // commit (nothing that can), over the sockets bound by `bind`.
+        let sockets = reload::Sockets {
+            listeners: self.listeners,
+            admin: self.admin,
+        };
+        let staged = running
+            .prepare(self.config.clone(), sockets, true)
+            .map_err(|e| match e {
+                ReloadError::Bind(e) => e,
+                other => StartError::Bind {
+                    addr: config::DEFAULT_ADMIN_LISTEN,
+                    source: std::io::Error::other(other.to_string()),
+                },
+            })?;
+        running.commit(staged);
         tokio::pin!(shutdown);
         let mut dns_tick = dns_ticker(&running.config);
         loop {
@@ -188,7 +203,9 @@ impl Server {
             }
         }
 
-        let _ = admin_stop.send(true);
+        if let Some(admin) = running.admin.take() {
+            let _ = admin.stop.send(true);
+        }
         let drain = running.config.drain_timeout;
         tracing::info!("shutting down: no longer accepting; draining in-flight requests for up to {drain:?}");
         for l in &running.listeners {
@@ -248,15 +265,14 @@ impl Running {
             tracing::info!(name, addresses = ?addrs, "DNS answer changed; updating backends");
         }
         if let Err(e) = self.apply(new) {
-            tracing::error!("applying new DNS answers failed: {e}");
+            tracing::error!("applying new DNS answers failed: {e}; keeping the previous backends");
         }
         self.publish();
     }
 
     /// Shows the current state to the admin API.
     fn publish(&self) {
-        let Some(admin) = &self.admin else { return };
-        admin.view.store(Arc::new(AdminView {
+        self.admin_state.view.store(Arc::new(AdminView {
             config_file: self.config.source.clone(),
             config_hash: self.config.hash,
             listeners: self
@@ -268,41 +284,17 @@ impl Running {
         }));
     }
 
-    fn build_pools(&self, config: &Config) -> Vec<Arc<Pool>> {
-        let pools: Vec<Arc<Pool>> = config
-            .pools
-            .iter()
-            .map(|p| Arc::new(Pool::with_registry(p, &self.registry)))
-            .collect();
-        for pool in &pools {
-            pool.start();
-        }
-        pools
-    }
-
-    /// The router of listener `config` over the current pools, with its access log.
-    fn router(&mut self, config: &ListenerConfig) -> Result<Router, StartError> {
-        let log = match &config.access_log {
-            None => None,
-            Some(c) => Some(match self.access_logs.get(c) {
-                Some(log) => log.clone(),
-                None => {
-                    let log = AccessLog::open(c).map_err(|source| StartError::AccessLog {
-                        path: c.path.as_ref().map_or("-".into(), |p| p.display().to_string()),
-                        source,
-                    })?;
-                    self.access_logs.insert(c.clone(), log.clone());
-                    log
-                }
-            }),
-        };
-        Ok(Router::new(config, &self.pools).with_access_log(log))
-    }
-
-    /// Starts accepting on an already bound socket.
-    fn start_listener(&mut self, config: ListenerConfig, socket: std::net::TcpListener) -> Result<(), StartError> {
-        let addr = socket.local_addr().unwrap_or(config.listen);
-        let router = self.router(&config)?;
+    /// Starts accepting on sockets bound for every worker (one each, in worker order).
+    fn start_listener(
+        &self,
+        config: ListenerConfig,
+        router: Router,
+        sockets: Vec<std::net::TcpListener>,
+    ) -> RunningListener {
+        let addr = sockets
+            .first()
+            .and_then(|s| s.local_addr().ok())
+            .unwrap_or(config.listen);
         tracing::info!(listener = %config.name, "listening on http://{addr}, routing {}", router.describe());
         let router = Arc::new(ArcSwap::from_pointee(router));
         let limit = listener::ConnectionLimit::new(
@@ -320,11 +312,6 @@ impl Running {
             stop: stopped.clone(),
             active: self.active.clone(),
         });
-        // One socket per worker, all bound to the same address; the first is already bound.
-        let mut sockets = vec![socket];
-        for _ in 1..self.workers.handles().len() {
-            sockets.push(listener::bind(addr, true)?);
-        }
         for (worker, socket) in self.workers.handles().iter().zip(sockets) {
             let shared = Arc::clone(&shared);
             let stopped = stopped.clone();
@@ -335,14 +322,29 @@ impl Running {
                 }
             });
         }
-        self.listeners.push(RunningListener {
+        RunningListener {
             config,
             addr,
             router,
             limit,
             registry,
             stop,
-        });
-        Ok(())
+        }
+    }
+
+    /// Starts the admin API on a bound socket.
+    fn start_admin(&self, listen: SocketAddr, socket: std::net::TcpListener) -> Option<RunningAdmin> {
+        let addr = socket.local_addr().unwrap_or(listen);
+        let socket = match tokio::net::TcpListener::from_std(socket) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("admin API not started on {addr}: {e}");
+                return None;
+            }
+        };
+        let (stop, stopped) = watch::channel(false);
+        tracing::info!("admin API and dashboard on http://{addr}/");
+        tokio::spawn(crate::admin::serve(socket, Arc::clone(&self.admin_state), stopped));
+        Some(RunningAdmin { listen, stop })
     }
 }

@@ -1,18 +1,32 @@
-//! Reloading the config of a running server: validate, build off the hot path, swap.
+//! Reloading the config of a running server as one transaction: prepare, then commit.
 //!
-//! A new config is read and validated first; if it is invalid, every error is logged as
-//! `FILE:LINE:COL: message` and the old config keeps serving untouched. If it is valid, new
-//! listeners are bound before anything changes (a bind failure aborts the reload), new pools
-//! are built (backends present before keep their health and figures), each kept listener's
-//! router is swapped atomically, removed listeners stop accepting and drain, and old pools
-//! live on only as long as requests still use them.
+//! **Prepare** does everything that can fail and changes nothing anyone sees: the config is
+//! read and validated (every error is logged as `FILE:LINE:COL: message`), every new
+//! listener's sockets are bound (one per worker), a moved admin listener is bound, access logs
+//! are opened, and pools are built over the backends they share with the running config
+//! (taken as they are: weights and health switches wait for the commit). If any step fails,
+//! what was prepared is dropped (sockets closed) and the running config keeps serving,
+//! untouched; the failure is logged and counted.
+//!
+//! **Commit** cannot fail: pools start (shared backends take their new weights; backends in
+//! both configs keep their health, figures and idle connections), kept listeners swap their
+//! router atomically, new listeners start accepting, removed ones stop and drain, the admin
+//! API takes its new token, hosts and address. Old pools live on only as long as requests
+//! still use them. Starting the server is the first reload.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::{listener, Running, StartError};
-use crate::config::{Config, LoadError};
+use crate::admin::Access;
+use crate::config::{Config, ListenerConfig, LoadError};
+use crate::proxy::access_log::{AccessLog, AccessLogConfig};
+use crate::proxy::Router;
+use crate::upstream::Pool;
 
 /// Why a reload did not happen. The old config keeps serving in every case.
 #[derive(Debug, thiserror::Error)]
@@ -23,7 +37,7 @@ pub enum ReloadError {
     /// The file could not be read or is invalid.
     #[error("{0}")]
     Invalid(#[from] LoadError),
-    /// A new listener could not be bound.
+    /// A new listener could not be bound, or a new access log opened.
     #[error("{0}")]
     Bind(#[from] StartError),
     /// The server has stopped.
@@ -38,6 +52,8 @@ pub struct ReloadSummary {
     pub config: String,
     /// The file it came from.
     pub file: Option<PathBuf>,
+    /// Settings that changed in the file but apply only at the next start (`server.workers`).
+    pub restart_needed: Vec<String>,
 }
 
 pub(super) enum Command {
@@ -92,6 +108,51 @@ impl ReloadHandle {
     }
 }
 
+/// Sockets bound before the server ran (at start: by [`super::Server::bind`]).
+#[derive(Debug, Default)]
+pub(super) struct Sockets {
+    /// One socket per listener of the config, in order.
+    pub listeners: Vec<(ListenerConfig, std::net::TcpListener)>,
+    /// The admin listener's.
+    pub admin: Option<std::net::TcpListener>,
+}
+
+/// A listener of the new config, ready to go.
+enum StagedListener {
+    /// Already running (same address): gets a new router.
+    Kept {
+        index: usize,
+        config: ListenerConfig,
+        router: Router,
+    },
+    /// Not running yet: its sockets, one per worker, are bound.
+    New {
+        config: ListenerConfig,
+        router: Router,
+        sockets: Vec<std::net::TcpListener>,
+    },
+}
+
+/// What becomes of the admin listener.
+enum StagedAdmin {
+    /// It stays as it is (or stays off).
+    Keep,
+    /// It stops.
+    Stop,
+    /// It (re)starts on this socket, configured at this address.
+    Start(SocketAddr, std::net::TcpListener),
+}
+
+/// Everything a new config needs, prepared and not yet visible.
+pub(super) struct Staged {
+    config: Config,
+    pools: Vec<Arc<Pool>>,
+    listeners: Vec<StagedListener>,
+    admin: StagedAdmin,
+    access_logs: HashMap<AccessLogConfig, AccessLog>,
+    restart_needed: Vec<String>,
+}
+
 impl Running {
     pub(super) fn handle(&mut self, command: Command) {
         let (result, reply) = match command {
@@ -111,13 +172,14 @@ impl Running {
                 return;
             }
         };
-        if let Some(admin) = &self.admin {
-            admin.reloads.record(result.is_ok());
-        }
+        self.admin_state.reloads.record(result.is_ok());
         self.publish();
         match &result {
             Ok(summary) => {
                 tracing::info!("config reloaded: {}", summary.config);
+                for key in &summary.restart_needed {
+                    tracing::warn!("{key} changed: it applies at the next start; still running the old value");
+                }
                 self.reopen_logs();
             }
             Err(ReloadError::Invalid(LoadError::Invalid(errors))) => {
@@ -141,67 +203,157 @@ impl Running {
         }
     }
 
-    pub(super) fn apply(&mut self, mut config: Config) -> Result<ReloadSummary, ReloadError> {
+    /// Prepares and commits `config`; on error nothing changed.
+    pub(super) fn apply(&mut self, config: Config) -> Result<ReloadSummary, ReloadError> {
+        let staged = self.prepare(config, Sockets::default(), false)?;
+        Ok(self.commit(staged))
+    }
+
+    /// Everything that can fail, with no effect anyone sees (see the module's docs). `sockets`
+    /// holds sockets already bound for the config's listeners (at start); `starting` is true
+    /// for the server's first config.
+    pub(super) fn prepare(&self, mut config: Config, sockets: Sockets, starting: bool) -> Result<Staged, ReloadError> {
         if config.source.is_none() {
             config.source = self.config.source.clone();
         }
-        // Listeners are matched by their configured address; bind the new ones first, so a
-        // failure leaves everything as it was.
+        let workers = self.workers.handles().len();
+        let mut restart_needed = Vec::new();
+        match config.workers {
+            Some(w) if w != workers && !starting => {
+                restart_needed.push(format!("server.workers ({workers} running, {w} in the file)"));
+                config.workers = Some(workers);
+            }
+            _ => config.workers = Some(workers),
+        }
+
+        // Listeners are matched by their configured address; new ones get all their sockets.
+        let mut given: Vec<Option<std::net::TcpListener>> =
+            sockets.listeners.into_iter().map(|(_, s)| Some(s)).collect();
         let mut kept = vec![false; self.listeners.len()];
-        let mut plan = Vec::new();
-        for l in &config.listeners {
-            let existing = (0..self.listeners.len()).find(|&i| !kept[i] && self.listeners[i].config.listen == l.listen);
+        let mut plan: Vec<(ListenerConfig, Result<usize, Vec<std::net::TcpListener>>)> = Vec::new();
+        for (i, l) in config.listeners.iter().enumerate() {
+            let existing = (0..self.listeners.len()).find(|&k| !kept[k] && self.listeners[k].config.listen == l.listen);
             match existing {
-                Some(i) => {
-                    kept[i] = true;
-                    plan.push((l.clone(), Ok(i)));
+                Some(k) => {
+                    kept[k] = true;
+                    plan.push((l.clone(), Ok(k)));
                 }
-                None => plan.push((
-                    l.clone(),
-                    Err(listener::bind(l.listen, self.workers.handles().len() > 1)?),
-                )),
+                None => {
+                    let first = match given.get_mut(i).and_then(Option::take) {
+                        Some(s) => s,
+                        None => listener::bind(l.listen, workers > 1)?,
+                    };
+                    let addr = first.local_addr().unwrap_or(l.listen);
+                    let mut all = vec![first];
+                    for _ in 1..workers {
+                        all.push(listener::bind(addr, true)?);
+                    }
+                    plan.push((l.clone(), Err(all)));
+                }
             }
         }
 
-        let new_pools = self.build_pools(&config);
-        let old_pools = std::mem::replace(&mut self.pools, new_pools);
-        // Open new access logs before anything is swapped: a failure leaves everything as it
-        // was (the new pools are simply dropped).
-        let routers = match config
-            .listeners
-            .iter()
-            .map(|l| self.router(l))
-            .collect::<Result<Vec<_>, _>>()
-        {
-            Ok(routers) => routers,
-            Err(e) => {
-                self.pools = old_pools;
-                return Err(e.into());
+        let admin = match (&config.admin, &self.admin, sockets.admin) {
+            (Some(a), _, Some(socket)) => StagedAdmin::Start(a.listen, socket),
+            (Some(a), Some(running), None) if running.listen == a.listen => StagedAdmin::Keep,
+            (Some(a), _, None) if starting => {
+                // `Server::bind` could not take the default address; it said so.
+                let _ = a;
+                StagedAdmin::Keep
             }
+            (Some(a), _, None) => match listener::bind(a.listen, false) {
+                Ok(socket) => StagedAdmin::Start(a.listen, socket),
+                Err(e) if !a.explicit => {
+                    tracing::warn!("admin API not moved: {e}");
+                    StagedAdmin::Keep
+                }
+                Err(e) => return Err(e.into()),
+            },
+            (None, Some(_), _) => StagedAdmin::Stop,
+            (None, None, _) => StagedAdmin::Keep,
         };
-        let mut routers = routers.into_iter();
-        let mut listeners = Vec::new();
-        let old: Vec<_> = std::mem::take(&mut self.listeners).into_iter().map(Some).collect();
-        let mut old = old;
+
+        let pools: Vec<Arc<Pool>> = config
+            .pools
+            .iter()
+            .map(|p| Arc::new(Pool::with_registry(p, &self.registry)))
+            .collect();
+        let mut access_logs = HashMap::new();
+        let mut listeners = Vec::with_capacity(plan.len());
         for (l, target) in plan {
-            match target {
-                Ok(i) => {
-                    let Some(mut running) = old[i].take() else { continue };
-                    if let Some(router) = routers.next() {
-                        running.router.store(std::sync::Arc::new(router));
-                    }
+            let log = match &l.access_log {
+                None => None,
+                Some(c) => Some(match access_logs.get(c).or_else(|| self.access_logs.get(c)) {
+                    Some(log) => AccessLog::clone(log),
+                    None => AccessLog::open(c).map_err(|source| StartError::AccessLog {
+                        path: c.path.as_ref().map_or("-".into(), |p| p.display().to_string()),
+                        source,
+                    })?,
+                }),
+            };
+            if let (Some(c), Some(log)) = (&l.access_log, &log) {
+                access_logs.insert(c.clone(), log.clone());
+            }
+            let router = Router::new(&l, &pools).with_access_log(log);
+            listeners.push(match target {
+                Ok(index) => StagedListener::Kept {
+                    index,
+                    config: l,
+                    router,
+                },
+                Err(sockets) => StagedListener::New {
+                    config: l,
+                    router,
+                    sockets,
+                },
+            });
+        }
+        Ok(Staged {
+            config,
+            pools,
+            listeners,
+            admin,
+            access_logs,
+            restart_needed,
+        })
+    }
+
+    /// Makes a prepared config the running one. Nothing here can fail.
+    pub(super) fn commit(&mut self, staged: Staged) -> ReloadSummary {
+        let Staged {
+            config,
+            pools,
+            listeners: staged_listeners,
+            admin,
+            access_logs,
+            restart_needed,
+        } = staged;
+        for pool in &pools {
+            pool.start();
+        }
+        let mut old: Vec<Option<super::RunningListener>> =
+            std::mem::take(&mut self.listeners).into_iter().map(Some).collect();
+        let mut listeners = Vec::with_capacity(staged_listeners.len());
+        for staged in staged_listeners {
+            match staged {
+                StagedListener::Kept { index, config, router } => {
+                    let Some(mut running) = old.get_mut(index).and_then(Option::take) else {
+                        continue;
+                    };
+                    running.router.store(Arc::new(router));
                     running.limit.set_max(
-                        l.max_client_connections
+                        config
+                            .max_client_connections
                             .unwrap_or_else(listener::default_max_client_connections),
                     );
-                    running.config = l;
+                    running.config = config;
                     listeners.push(running);
                 }
-                Err(socket) => {
-                    routers.next();
-                    self.start_listener(l, socket)?;
-                    listeners.extend(self.listeners.pop());
-                }
+                StagedListener::New {
+                    config,
+                    router,
+                    sockets,
+                } => listeners.push(self.start_listener(config, router, sockets)),
             }
         }
         for removed in old.into_iter().flatten() {
@@ -209,19 +361,34 @@ impl Running {
             removed.stop();
         }
         self.listeners = listeners;
+        self.pools = pools;
         // Writers of logs no listener uses any more end once their last request is logged.
-        self.access_logs
-            .retain(|c, _| config.listeners.iter().any(|l| l.access_log.as_ref() == Some(c)));
-        if let (Some(admin), Some(settings)) = (&self.admin, &config.admin) {
-            admin
-                .access
-                .store(std::sync::Arc::new(crate::admin::Access::of(settings)));
+        self.access_logs = access_logs;
+
+        let access = config.admin.as_ref().map(Access::of).unwrap_or_default();
+        self.admin_state.access.store(Arc::new(access));
+        match admin {
+            StagedAdmin::Keep => {}
+            StagedAdmin::Stop => {
+                if let Some(old) = self.admin.take() {
+                    tracing::info!("admin API stopped");
+                    let _ = old.stop.send(true);
+                }
+            }
+            StagedAdmin::Start(listen, socket) => {
+                if let Some(old) = self.admin.take() {
+                    let _ = old.stop.send(true);
+                }
+                self.admin = self.start_admin(listen, socket);
+            }
         }
         let summary = ReloadSummary {
             config: config.summary(),
             file: config.source.clone(),
+            restart_needed,
         };
         self.config = config;
-        Ok(summary)
+        self.publish();
+        summary
     }
 }

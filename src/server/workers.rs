@@ -3,6 +3,10 @@
 //! sockets; a connection then lives on one worker, with no cross-thread wakeups on its path.
 //! Pools, routers and backends are shared (all read lock-free); idle upstream connections are
 //! kept per worker, so a request reuses a connection driven by its own thread.
+//!
+//! The thread that starts the workers is the control plane's: config loading, DNS, health
+//! probes, selection rebuilds and the admin API run there, never on a worker, so none of it
+//! stalls a request.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,7 +20,7 @@ thread_local! {
 
 static COUNT: AtomicUsize = AtomicUsize::new(1);
 
-/// The index of the worker running on this thread (0 on the main runtime).
+/// The index of the worker running on this thread (0 on any other thread).
 pub fn current() -> usize {
     WORKER.with(Cell::get)
 }
@@ -26,7 +30,7 @@ pub fn count() -> usize {
     COUNT.load(Ordering::Relaxed).max(1)
 }
 
-/// The worker runtimes: the caller's (worker 0) plus one thread each for the others.
+/// The worker runtimes, one thread each.
 #[derive(Debug)]
 pub struct Workers {
     handles: Vec<Handle>,
@@ -34,13 +38,13 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// Starts `n - 1` worker threads beside the current runtime. Must run inside a runtime.
+    /// Starts `n` (at least 1) worker threads.
     pub fn start(n: usize) -> std::io::Result<Workers> {
         let n = n.max(1);
         COUNT.fetch_max(n, Ordering::Relaxed);
         let (stop, stopped) = watch::channel(false);
-        let mut handles = vec![Handle::current()];
-        for i in 1..n {
+        let mut handles = Vec::with_capacity(n);
+        for i in 0..n {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             handles.push(runtime.handle().clone());
             let mut stopped = stopped.clone();
@@ -56,7 +60,7 @@ impl Workers {
         Ok(Workers { handles, stop })
     }
 
-    /// Each worker's runtime, worker 0 first.
+    /// Each worker's runtime, in index order.
     pub fn handles(&self) -> &[Handle] {
         &self.handles
     }

@@ -22,6 +22,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::backend::clock_nanos;
+use super::idle::UpstreamTimeouts;
 use super::Backend;
 use crate::server::workers;
 
@@ -92,8 +93,8 @@ pub enum UpstreamError {
 #[derive(Debug)]
 pub struct ConnectionPool {
     address: SocketAddr,
-    connect_timeout: Duration,
-    idle_timeout_nanos: u64,
+    /// Its timeouts (a reload may change them).
+    pub timeouts: UpstreamTimeouts,
     /// Idle connections per worker: a connection is driven by the worker that opened it.
     idle: Vec<ArrayQueue<Idle>>,
 }
@@ -117,8 +118,7 @@ impl ConnectionPool {
     pub fn new(address: SocketAddr, connect_timeout: Duration, idle_timeout: Duration) -> ConnectionPool {
         ConnectionPool {
             address,
-            connect_timeout,
-            idle_timeout_nanos: u64::try_from(idle_timeout.as_nanos()).unwrap_or(u64::MAX),
+            timeouts: UpstreamTimeouts::new(connect_timeout, idle_timeout),
             idle: (0..workers::count())
                 .map(|_| ArrayQueue::new(MAX_IDLE_PER_BACKEND))
                 .collect(),
@@ -136,7 +136,7 @@ impl ConnectionPool {
     }
 
     fn expired(&self, idle: &Idle, now: u64) -> bool {
-        now.saturating_sub(idle.since) > self.idle_timeout_nanos
+        now.saturating_sub(idle.since) > self.timeouts.idle_nanos()
     }
 
     /// A ready connection: an idle one if any is usable, else a new one.
@@ -163,10 +163,11 @@ impl ConnectionPool {
 
     /// Opens a new connection and spawns the task that drives it.
     pub async fn connect(self: &Arc<Self>) -> Result<PooledConnection, UpstreamError> {
-        let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.address)).await {
+        let connect_timeout = self.timeouts.connect();
+        let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(self.address)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => return Err(UpstreamError::Connect(e)),
-            Err(_) => return Err(UpstreamError::ConnectTimeout(self.connect_timeout)),
+            Err(_) => return Err(UpstreamError::ConnectTimeout(connect_timeout)),
         };
         let _ = stream.set_nodelay(true);
         let (sender, connection) = http1::Builder::new().handshake(TokioIo::new(stream)).await?;

@@ -7,6 +7,7 @@
 //! closes connections idle past the pool's idle timeout.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
@@ -29,6 +30,44 @@ pub enum ConnectError {
     TimedOut(Duration),
 }
 
+/// A backend's connect and idle timeouts, which a reload may change while its connections
+/// stay pooled.
+#[derive(Debug)]
+pub struct UpstreamTimeouts {
+    connect_nanos: AtomicU64,
+    idle_nanos: AtomicU64,
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl UpstreamTimeouts {
+    /// These timeouts.
+    pub fn new(connect: Duration, idle: Duration) -> UpstreamTimeouts {
+        UpstreamTimeouts {
+            connect_nanos: AtomicU64::new(nanos(connect)),
+            idle_nanos: AtomicU64::new(nanos(idle)),
+        }
+    }
+
+    /// Replaces both (on reload).
+    pub fn set(&self, connect: Duration, idle: Duration) {
+        self.connect_nanos.store(nanos(connect), Ordering::Relaxed);
+        self.idle_nanos.store(nanos(idle), Ordering::Relaxed);
+    }
+
+    /// Time allowed to connect.
+    pub fn connect(&self) -> Duration {
+        Duration::from_nanos(self.connect_nanos.load(Ordering::Relaxed))
+    }
+
+    /// How long a connection may stay idle, in nanoseconds.
+    pub fn idle_nanos(&self) -> u64 {
+        self.idle_nanos.load(Ordering::Relaxed)
+    }
+}
+
 #[derive(Debug)]
 struct Idle {
     stream: TcpStream,
@@ -39,8 +78,8 @@ struct Idle {
 #[derive(Debug)]
 pub struct IdleConnections {
     address: SocketAddr,
-    connect_timeout: Duration,
-    idle_timeout_nanos: u64,
+    /// Its timeouts (a reload may change them).
+    pub timeouts: UpstreamTimeouts,
     queues: Vec<ArrayQueue<Idle>>,
 }
 
@@ -49,8 +88,7 @@ impl IdleConnections {
     pub fn new(address: SocketAddr, connect_timeout: Duration, idle_timeout: Duration) -> IdleConnections {
         IdleConnections {
             address,
-            connect_timeout,
-            idle_timeout_nanos: u64::try_from(idle_timeout.as_nanos()).unwrap_or(u64::MAX),
+            timeouts: UpstreamTimeouts::new(connect_timeout, idle_timeout),
             queues: (0..workers::count())
                 .map(|_| ArrayQueue::new(MAX_IDLE_PER_WORKER))
                 .collect(),
@@ -63,7 +101,7 @@ impl IdleConnections {
 
     /// The connect timeout.
     pub fn connect_timeout(&self) -> Duration {
-        self.connect_timeout
+        self.timeouts.connect()
     }
 
     /// Connections waiting for a request, over all workers.
@@ -75,7 +113,7 @@ impl IdleConnections {
     /// [`clock_nanos`] time.
     pub fn checkout(&self, now: u64) -> Option<TcpStream> {
         while let Some(idle) = self.local().pop() {
-            if now.saturating_sub(idle.since) > self.idle_timeout_nanos {
+            if now.saturating_sub(idle.since) > self.timeouts.idle_nanos() {
                 continue;
             }
             // Closed by the backend (or it sent something unasked): not usable.
@@ -107,7 +145,7 @@ impl IdleConnections {
         for queue in &self.queues {
             for _ in 0..queue.len() {
                 let Some(idle) = queue.pop() else { break };
-                if now.saturating_sub(idle.since) <= self.idle_timeout_nanos {
+                if now.saturating_sub(idle.since) <= self.timeouts.idle_nanos() {
                     let _ = queue.push(idle);
                 }
             }

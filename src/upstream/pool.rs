@@ -34,6 +34,10 @@ pub struct Member {
     pub idle: Arc<IdleConnections>,
     /// Slots under `max_connections`, if limited.
     pub slots: Option<Arc<Semaphore>>,
+    /// Its weight in this config (applied to the shared backend when the pool starts).
+    weight: u32,
+    /// True when this build created the backend (no running config had it).
+    created: bool,
 }
 
 /// The backends picks choose from right now, with the selector built for exactly them.
@@ -65,6 +69,8 @@ pub struct Pool {
     /// True while some backend's slow-start ramp is under way: the selection is rebuilt on a
     /// short period so its weight keeps rising.
     ramping: AtomicBool,
+    /// Built by a reload while an earlier build of the pool runs: backends it adds ramp up.
+    reloading: bool,
 }
 
 /// The outcome of a pick.
@@ -110,13 +116,17 @@ impl Selection {
 }
 
 impl Pool {
-    /// Builds the pool with backends of its own. Call [`Pool::start`] inside a tokio runtime
-    /// to run its health checks.
+    /// Builds the pool with backends of its own, ready to pick. Call [`Pool::start`] inside
+    /// a tokio runtime to run its health checks as well.
     pub fn new(config: &PoolConfig) -> Pool {
-        Pool::with_registry(config, &BackendRegistry::new())
+        let pool = Pool::with_registry(config, &BackendRegistry::new());
+        pool.commit();
+        pool
     }
 
-    /// Builds the pool, taking the backends it shares with a previous config from `registry`.
+    /// Prepares the pool, taking the backends (and their idle connections) it shares with a
+    /// previous config from `registry`. Nothing shared changes until [`Pool::start`]: a
+    /// reload that fails after this leaves every running backend as it was.
     pub fn with_registry(config: &PoolConfig, registry: &BackendRegistry) -> Pool {
         // A backend added by a reload (the pool already has live backends) ramps up.
         let reloading = registry.has_pool(&config.name);
@@ -124,38 +134,25 @@ impl Pool {
             .backends
             .iter()
             .map(|b| {
-                let (backend, is_new) = registry.get_or_create(&config.name, b.address, b.weight);
-                if is_new && reloading && config.slow_start.is_some() {
-                    backend.mark_ready(clock_nanos());
-                }
-                match &config.health_check {
-                    Some(h) if is_new && h.start_unhealthy => {
-                        backend.set_probed_down(true);
-                    }
-                    // Checks were turned off: nothing will ever mark it up again.
-                    None => {
-                        backend.set_probed_down(false);
-                    }
-                    Some(_) => {}
-                }
+                let (upstream, fresh) = registry.get_or_create(
+                    &config.name,
+                    b.address,
+                    b.weight,
+                    config.timeouts.connect,
+                    config.timeouts.idle,
+                );
                 Member {
-                    idle: Arc::new(IdleConnections::new(
-                        b.address,
-                        config.timeouts.connect,
-                        config.timeouts.idle,
-                    )),
-                    connections: Arc::new(ConnectionPool::new(
-                        b.address,
-                        config.timeouts.connect,
-                        config.timeouts.idle,
-                    )),
+                    idle: upstream.idle,
+                    connections: upstream.connections,
                     slots: config.max_connections.map(|n| Arc::new(Semaphore::new(n as usize))),
-                    backend,
+                    backend: upstream.backend,
+                    weight: b.weight,
+                    created: fresh,
                 }
             })
             .collect();
         let empty = Selection::build(&[], Vec::new(), &[], config.algorithm, &config.select, None, false);
-        let pool = Pool {
+        Pool {
             retry_budget: RetryBudget::new(config.retries.budget_percent),
             stats: registry.pool_stats(&config.name),
             config: config.clone(),
@@ -165,22 +162,52 @@ impl Pool {
             in_panic: AtomicBool::new(false),
             built: AtomicBool::new(false),
             ramping: AtomicBool::new(false),
-        };
-        pool.rebuild();
-        pool
+            reloading,
+        }
     }
 
-    /// Starts the pool's background work: active health checks, the task that rebuilds the
-    /// selection when backends are ejected or return, and the idle-connection sweeper. Each
-    /// ends by itself once the pool is dropped.
+    /// Applies this config to the backends it shares with earlier ones (weights, timeouts,
+    /// health-check switches, slow start for backends a reload added) and builds the first
+    /// selection. Infallible: the commit step of a reload.
+    fn commit(&self) {
+        let now = clock_nanos();
+        for m in &self.members {
+            m.backend.set_weight(m.weight);
+            m.idle
+                .timeouts
+                .set(self.config.timeouts.connect, self.config.timeouts.idle);
+            m.connections
+                .timeouts
+                .set(self.config.timeouts.connect, self.config.timeouts.idle);
+            if m.created && self.reloading && self.config.slow_start.is_some() {
+                m.backend.mark_ready(now);
+            }
+            match &self.config.health_check {
+                Some(h) if m.created && h.start_unhealthy => {
+                    m.backend.set_probed_down(true);
+                }
+                // Checks were turned off: nothing will ever mark it up again.
+                None => {
+                    m.backend.set_probed_down(false);
+                }
+                Some(_) => {}
+            }
+        }
+        self.rebuild();
+    }
+
+    /// Commits the pool (see [`Pool::with_registry`]) and starts its background work: active
+    /// health checks, the task that rebuilds the selection when backends are ejected or
+    /// return, and the idle-connection sweeper. Each ends by itself once the pool is dropped.
     pub fn start(self: &Arc<Self>) {
+        self.commit();
         if let Some(check) = &self.config.health_check {
             for index in 0..self.members.len() {
                 crate::health::active::spawn(Arc::downgrade(self), index, check.clone());
             }
         }
         spawn_rebuilder(Arc::downgrade(self), Arc::clone(&self.changed));
-        spawn_idle_sweeper(&self.members, self.config.timeouts.idle);
+        spawn_idle_sweeper(Arc::downgrade(self), self.config.timeouts.idle);
     }
 
     /// The pool's validated config.
@@ -429,12 +456,8 @@ fn spawn_rebuilder(pool: Weak<Pool>, changed: Arc<Notify>) {
 }
 
 /// Closes idle connections past their idle timeout, about twice per timeout, until the pool is
-/// dropped.
-fn spawn_idle_sweeper(members: &[Member], idle: Duration) {
-    let weak: Vec<(Weak<ConnectionPool>, Weak<IdleConnections>)> = members
-        .iter()
-        .map(|m| (Arc::downgrade(&m.connections), Arc::downgrade(&m.idle)))
-        .collect();
+/// dropped (a reload's new build of the pool sweeps the connections it took over).
+fn spawn_idle_sweeper(pool: Weak<Pool>, idle: Duration) {
     let period = (idle / 2).max(Duration::from_millis(100));
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(period);
@@ -442,19 +465,10 @@ fn spawn_idle_sweeper(members: &[Member], idle: Duration) {
         tick.tick().await;
         loop {
             tick.tick().await;
-            let mut alive = false;
-            for (pool, idle) in &weak {
-                if let Some(pool) = pool.upgrade() {
-                    pool.sweep();
-                    alive = true;
-                }
-                if let Some(idle) = idle.upgrade() {
-                    idle.sweep();
-                    alive = true;
-                }
-            }
-            if !alive {
-                return;
+            let Some(pool) = pool.upgrade() else { return };
+            for m in &pool.members {
+                m.connections.sweep();
+                m.idle.sweep();
             }
         }
     });

@@ -1,21 +1,43 @@
-//! Backends shared across config reloads: the same pool and address keep the same
-//! [`Backend`], so health, in-flight counts and latency figures survive a reload.
+//! What outlives a reload: the same pool and address keep the same [`Backend`] (health,
+//! in-flight counts, latency figures) and the same idle upstream connections, and each pool
+//! name keeps its own figures.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
+use super::connection::ConnectionPool;
+use super::idle::IdleConnections;
 use super::Backend;
 use crate::stats::StatusCounts;
 
-/// Every live backend by (pool name, address). Used only while building pools, off the hot
-/// path; entries whose backend is gone are pruned as pools are built.
+/// Every live backend by (pool name, address), with its connections. Used only while building
+/// pools, off the hot path; entries whose backend is gone are pruned as pools are built.
 #[derive(Debug, Default)]
 pub struct BackendRegistry {
-    backends: Mutex<HashMap<(String, SocketAddr), Weak<Backend>>>,
+    backends: Mutex<HashMap<(String, SocketAddr), Entry>>,
     /// Figures of each pool name ever configured, kept across reloads (a handful of counters
     /// per name).
     pools: Mutex<HashMap<String, Arc<PoolStats>>>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    backend: Weak<Backend>,
+    idle: Weak<IdleConnections>,
+    connections: Weak<ConnectionPool>,
+}
+
+/// A backend with its pooled connections, shared by every build of its pool.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// The backend and its live figures.
+    pub backend: Arc<Backend>,
+    /// Idle connections of the HTTP/1 engine.
+    pub idle: Arc<IdleConnections>,
+    /// Idle connections of hyper's client (requests that arrived over HTTP/2).
+    pub connections: Arc<ConnectionPool>,
 }
 
 /// A pool's own figures, which outlive any one build of the pool.
@@ -40,22 +62,51 @@ impl BackendRegistry {
     /// True when `pool` has live backends: it is being rebuilt by a reload.
     pub fn has_pool(&self, pool: &str) -> bool {
         let map = self.backends.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        map.iter().any(|((p, _), b)| p == pool && b.strong_count() > 0)
+        map.iter().any(|((p, _), e)| p == pool && e.backend.strong_count() > 0)
     }
 
-    /// The live backend of `pool` at `address`, its weight set to `weight`, or a new one;
-    /// the flag says whether it is new.
-    pub fn get_or_create(&self, pool: &str, address: SocketAddr, weight: u32) -> (Arc<Backend>, bool) {
+    /// The live backend of `pool` at `address` with its connections, or a new one (with
+    /// `weight` and these timeouts); the flag says whether it is new. Nothing about an
+    /// existing backend changes here: a reload that fails later must leave it as it was.
+    pub fn get_or_create(
+        &self,
+        pool: &str,
+        address: SocketAddr,
+        weight: u32,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> (Upstream, bool) {
         let mut map = self.backends.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        map.retain(|_, b| b.strong_count() > 0);
+        map.retain(|_, e| e.backend.strong_count() > 0);
         let key = (pool.to_owned(), address);
-        if let Some(existing) = map.get(&key).and_then(Weak::upgrade) {
-            existing.set_weight(weight);
-            return (existing, false);
+        if let Some(e) = map.get(&key) {
+            if let (Some(backend), Some(idle), Some(connections)) =
+                (e.backend.upgrade(), e.idle.upgrade(), e.connections.upgrade())
+            {
+                return (
+                    Upstream {
+                        backend,
+                        idle,
+                        connections,
+                    },
+                    false,
+                );
+            }
         }
-        let backend = Arc::new(Backend::new(address, weight));
-        map.insert(key, Arc::downgrade(&backend));
-        (backend, true)
+        let upstream = Upstream {
+            backend: Arc::new(Backend::new(address, weight)),
+            idle: Arc::new(IdleConnections::new(address, connect_timeout, idle_timeout)),
+            connections: Arc::new(ConnectionPool::new(address, connect_timeout, idle_timeout)),
+        };
+        map.insert(
+            key,
+            Entry {
+                backend: Arc::downgrade(&upstream.backend),
+                idle: Arc::downgrade(&upstream.idle),
+                connections: Arc::downgrade(&upstream.connections),
+            },
+        );
+        (upstream, true)
     }
 }
 
@@ -64,19 +115,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_live_backend_is_shared_and_a_dropped_one_is_new() {
+    fn a_live_backend_is_shared_unchanged_and_a_dropped_one_is_new() {
         let registry = BackendRegistry::new();
         let addr: SocketAddr = "127.0.0.1:9000".parse().expect("addr");
-        let (a, new_a) = registry.get_or_create("web", addr, 1);
-        let (b, new_b) = registry.get_or_create("web", addr, 3);
+        let t = Duration::from_secs(1);
+        let (a, new_a) = registry.get_or_create("web", addr, 1, t, t);
+        let (b, new_b) = registry.get_or_create("web", addr, 3, t, t);
         assert!(new_a && !new_b);
-        assert!(Arc::ptr_eq(&a, &b));
-        assert_eq!(a.weight(), 3);
-        let (other_pool, new_other) = registry.get_or_create("api", addr, 1);
-        assert!(new_other && !Arc::ptr_eq(&a, &other_pool));
+        assert!(Arc::ptr_eq(&a.backend, &b.backend) && Arc::ptr_eq(&a.idle, &b.idle));
+        assert_eq!(
+            a.backend.weight(),
+            1,
+            "the weight changes only when the new pool starts"
+        );
+        let (other_pool, new_other) = registry.get_or_create("api", addr, 1, t, t);
+        assert!(new_other && !Arc::ptr_eq(&a.backend, &other_pool.backend));
         drop((a, b));
         assert!(
-            registry.get_or_create("web", addr, 1).1,
+            registry.get_or_create("web", addr, 1, t, t).1,
             "dropped backends are not revived"
         );
     }
