@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use steelyard::config::{
     self, AdminConfig, Algorithm, BackendConfig, CheckKind, Config, HealthCheckConfig, StatusSet, Timeouts, MAX_WEIGHT,
 };
+use steelyard::server::dns::System;
 use steelyard::upstream::HashKey;
 
 /// Steelyard: a fast HTTP load balancer and reverse proxy.
@@ -135,7 +136,7 @@ impl Cli {
                 if self.has_quick_flags() {
                     return Err("--config cannot be combined with --listen, --backend or the timeout flags".into());
                 }
-                Config::load(path).map_err(|e| e.to_string())?
+                Config::load(path, &System).map_err(|e| e.to_string())?
             }
             None if !self.has_quick_flags() => {
                 let mut c = Config::original_demo();
@@ -222,7 +223,7 @@ impl Cli {
 }
 
 fn parse_listen(s: &str) -> Result<SocketAddr, String> {
-    config::parse_listen_address(s)
+    config::parse_listen_address(s, &System)
 }
 
 /// `--admin`: an address, or off.
@@ -238,7 +239,7 @@ fn parse_admin(s: &str) -> Result<AdminFlag, String> {
     if s == "off" {
         return Ok(AdminFlag::Off);
     }
-    config::parse_listen_address(s).map(AdminFlag::At)
+    config::parse_listen_address(s, &System).map(AdminFlag::At)
 }
 
 fn parse_hash_key(s: &str) -> Result<HashKey, String> {
@@ -262,7 +263,7 @@ fn parse_backend(s: &str) -> Result<BackendConfig, String> {
         Some((a, o)) => (a, Some(o)),
         None => (s, None),
     };
-    let (addresses, dns_name) = config::parse_backend_addresses(addr)?;
+    let (addresses, dns_name) = config::parse_backend_addresses(addr, &System)?;
     let address = addresses[0];
     let mut weight = 1;
     if let Some(options) = options {

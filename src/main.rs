@@ -44,13 +44,11 @@ fn check(cli: &Cli) -> ExitCode {
         eprintln!("steelyard check: give the file to check with --config FILE");
         return ExitCode::from(2);
     };
-    match Config::load(path) {
+    match Config::load(path, &steelyard::server::dns::System) {
         Ok(config) => {
             println!("{}: OK: {}", path.display(), config.summary());
             if let Some(w) = config.workers {
-                println!(
-                    "note: server.workers = {w} applies when Steelyard starts; a reload keeps the running number"
-                );
+                println!("note: server.workers = {w} applies when Steelyard starts; a reload keeps the running number");
             }
             ExitCode::SUCCESS
         }

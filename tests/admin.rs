@@ -208,7 +208,7 @@ async fn reload_through_the_api_reports_errors_and_counts_them() {
     std::fs::create_dir_all(&dir).expect("dir");
     let file = dir.join("admin.toml");
     std::fs::write(&file, admin_toml(&[a.addr], "", "")).expect("write");
-    let sy = spawn_steelyard(steelyard::Config::load(&file).expect("valid")).await;
+    let sy = spawn_steelyard(steelyard::Config::load(&file, &steelyard::server::dns::System).expect("valid")).await;
     let (status, body) = admin_post(&sy, "/api/reload").await;
     assert_eq!(status, 200, "{body}");
     std::fs::write(&file, admin_toml(&[a.addr], "", "weight = 3")).expect("write");
@@ -431,7 +431,7 @@ async fn silent_admin_clients_are_closed() {
 #[test]
 fn an_exposed_admin_listener_needs_a_token() {
     let text = "[admin]\nlisten = \"0.0.0.0:9901\"\n[[listeners]]\nlisten = \"127.0.0.1:0\"\nroutes = [{ pool = \"p\" }]\n[pools.p]\nbackends = [\"127.0.0.1:1\"]\n";
-    let err = steelyard::Config::from_toml(text, "a.toml")
+    let err = steelyard::Config::from_toml(text, "a.toml", &steelyard::server::dns::System)
         .expect_err("refused")
         .to_string();
     assert!(
@@ -439,5 +439,5 @@ fn an_exposed_admin_listener_needs_a_token() {
         "{err}"
     );
     let with_token = text.replace("[admin]\n", "[admin]\ntoken = \"t\"\n");
-    assert!(steelyard::Config::from_toml(&with_token, "a.toml").is_ok());
+    assert!(steelyard::Config::from_toml(&with_token, "a.toml", &steelyard::server::dns::System).is_ok());
 }

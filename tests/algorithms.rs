@@ -258,7 +258,7 @@ async fn sticky_ids_are_keyed_by_the_shared_secret() {
     assert_ne!(a, other, "another secret, another id");
 
     let short = one_pool_toml(&[origin.addr], "sticky = { cookie = \"srv\", secret = \"short\" }");
-    let errors = steelyard::Config::from_toml(&short, "s.toml")
+    let errors = steelyard::Config::from_toml(&short, "s.toml", &steelyard::server::dns::System)
         .expect_err("too short")
         .to_string();
     assert!(errors.contains("sticky.secret: use at least 16 characters"), "{errors}");
@@ -267,7 +267,7 @@ async fn sticky_ids_are_keyed_by_the_shared_secret() {
 #[tokio::test]
 async fn bad_algorithm_settings_are_rejected_with_positions() {
     let text = "[[listeners]]\nlisten = \"127.0.0.1:0\"\nroutes = [{ pool = \"p\" }]\n[pools.p]\nalgorithm = \"round_robin\"\nhash_key = \"path\"\nbackends = [\"127.0.0.1:1\"]\n[pools.q]\nalgorithm = \"maglev\"\nmaglev_table_size = 65536\nhash_key = \"header:\"\nbackends = [\"127.0.0.1:1\"]\n";
-    let errors = steelyard::Config::from_toml(text, "a.toml")
+    let errors = steelyard::Config::from_toml(text, "a.toml", &steelyard::server::dns::System)
         .expect_err("invalid")
         .to_string();
     let lines: Vec<&str> = errors.lines().collect();

@@ -322,7 +322,7 @@ path = "/x"
 expect_status = "500-200"
 healthy_threshold = 0
 "#;
-    let errors = steelyard::Config::from_toml(text, "h.toml")
+    let errors = steelyard::Config::from_toml(text, "h.toml", &steelyard::server::dns::System)
         .expect_err("invalid")
         .to_string();
     let lines: Vec<&str> = errors.lines().collect();

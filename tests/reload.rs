@@ -111,7 +111,7 @@ async fn an_invalid_config_is_reported_and_the_old_one_keeps_serving() {
     std::fs::create_dir_all(&dir).expect("dir");
     let file = dir.join("steelyard.toml");
     std::fs::write(&file, toml_with("", "", &[&a])).expect("write");
-    let sy = spawn_steelyard(steelyard::Config::load(&file).expect("valid")).await;
+    let sy = spawn_steelyard(steelyard::Config::load(&file, &steelyard::server::dns::System).expect("valid")).await;
     std::fs::write(&file, toml_with("", "algorithm = \"fastest\"", &[&a])).expect("write");
     let err = sy.reload.reload().await.expect_err("invalid").to_string();
     assert!(

@@ -146,7 +146,7 @@ mod tests {
         let text = format!(
             "[[listeners]]\nlisten = \"127.0.0.1:0\"\n{extra}\nroutes = [{{ pool = \"p\" }}]\n[pools.p]\nbackends = [\"127.0.0.1:1\"]\n"
         );
-        Config::from_toml(&text, "t.toml")
+        Config::from_toml(&text, "t.toml", &crate::config::LiteralsOnly)
             .map(|c| c.listeners[0].client)
             .map_err(|e| e.to_string())
     }

@@ -8,7 +8,6 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::Arc;
@@ -17,23 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use http::header::{HeaderValue, REFERER, USER_AGENT};
 use http::{HeaderMap, Method, Uri};
 
-/// Where and how a listener's access log is written.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct AccessLogConfig {
-    /// A file to append to, or `None` for standard output (`"-"`).
-    pub path: Option<PathBuf>,
-    /// Line format.
-    pub format: AccessLogFormat,
-}
-
-/// Access log line formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum AccessLogFormat {
-    /// nginx/Apache "combined", plus request time, upstream and request id.
-    Combined,
-    /// One JSON object per line.
-    Json,
-}
+pub use crate::config::{AccessLogConfig, AccessLogFormat};
 
 /// One finished request.
 #[derive(Debug)]

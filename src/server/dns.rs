@@ -7,10 +7,25 @@
 //! join (with slow start, if set), removed ones drain. A failed lookup keeps the old addresses.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use crate::config::{order_addresses, BackendConfig, Config};
+use crate::config::{order_addresses, BackendConfig, Config, Resolve};
+
+/// The system's resolver (`getaddrinfo`), as config validation's [`Resolve`]. It blocks: call
+/// it from the control thread or `steelyard check`, never from a worker.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct System;
+
+impl Resolve for System {
+    fn resolve(&self, host_port: &str) -> Result<Vec<SocketAddr>, String> {
+        let host = host_port.rsplit_once(':').map_or(host_port, |(h, _)| h);
+        host_port
+            .to_socket_addrs()
+            .map(Iterator::collect)
+            .map_err(|e| format!("cannot resolve host {host:?}: {e}"))
+    }
+}
 
 /// The distinct host names in `config`, with the shortest refresh interval among their pools.
 pub fn names(config: &Config) -> (Vec<String>, Option<Duration>) {
@@ -100,7 +115,7 @@ routes = [{ pool = "p" }]
 dns_refresh = "5s"
 backends = ["127.0.0.1:9000", { address = "localhost:9100", weight = 3 }]
 "#;
-        Config::from_toml(text, "t.toml").expect("valid")
+        Config::from_toml(text, "t.toml", &System).expect("valid")
     }
 
     #[test]

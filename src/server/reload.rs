@@ -159,7 +159,7 @@ impl Running {
             Command::FromFile(reply) => {
                 let result = match self.config.source.clone() {
                     None => Err(ReloadError::NoConfigFile),
-                    Some(path) => Config::load(&path)
+                    Some(path) => Config::load(&path, &super::dns::System)
                         .map_err(ReloadError::from)
                         .and_then(|c| self.apply(c)),
                 };

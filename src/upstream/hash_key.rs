@@ -8,21 +8,6 @@ use http::{HeaderMap, Uri};
 use super::hash::hash64;
 use crate::http1::head::Field;
 
-/// The part of a request that hashing algorithms (maglev, ring_hash) hash.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HashKey {
-    /// The client's IP address.
-    ClientIp,
-    /// The value of a request header.
-    Header(HeaderName),
-    /// The value of a cookie.
-    Cookie(String),
-    /// The path, without the query.
-    Path,
-    /// The raw value of a query parameter.
-    Query(String),
-}
-
 /// The parts of a request a load-balancing decision may look at.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestView<'a> {
@@ -100,22 +85,9 @@ impl<'a> RequestView<'a> {
     }
 }
 
-impl HashKey {
-    /// Parses `client_ip`, `header:NAME`, `cookie:NAME`, `path` or `query:NAME`.
-    pub fn parse(s: &str) -> Result<HashKey, String> {
-        let expected = "expected client_ip, header:NAME, cookie:NAME, path or query:NAME";
-        match s.split_once(':') {
-            None if s == "client_ip" => Ok(HashKey::ClientIp),
-            None if s == "path" => Ok(HashKey::Path),
-            Some(("header", name)) => HeaderName::from_bytes(name.trim().as_bytes())
-                .map(HashKey::Header)
-                .map_err(|_| format!("invalid hash_key {s:?}: {name:?} is not a header name")),
-            Some(("cookie", name)) if !name.trim().is_empty() => Ok(HashKey::Cookie(name.trim().to_owned())),
-            Some(("query", name)) if !name.trim().is_empty() => Ok(HashKey::Query(name.trim().to_owned())),
-            _ => Err(format!("invalid hash_key {s:?} ({expected})")),
-        }
-    }
+pub use crate::config::HashKey;
 
+impl HashKey {
     /// The hash of this key in `req`, or `None` when the request lacks it.
     pub fn hash(&self, req: &RequestView) -> Option<u64> {
         match self {

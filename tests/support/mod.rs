@@ -444,7 +444,8 @@ pub async fn spawn_steelyard(mut config: Config) -> Steelyard {
 
 /// A validated config from TOML text; panics with the errors when invalid.
 pub fn config(toml: &str) -> Config {
-    Config::from_toml(toml, "test.toml").unwrap_or_else(|e| panic!("invalid test config:\n{e}"))
+    Config::from_toml(toml, "test.toml", &steelyard::server::dns::System)
+        .unwrap_or_else(|e| panic!("invalid test config:\n{e}"))
 }
 
 /// TOML for one listener on port 0 and one pool over `backends` with `pool_extra` lines.

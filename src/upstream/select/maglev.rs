@@ -12,9 +12,6 @@ use super::{random_allowed, PickContext, Select};
 use crate::upstream::hash::hash64_seeded;
 use crate::upstream::Backend;
 
-/// Default lookup table size: a prime, about 650 slots per backend at 100 backends.
-pub const DEFAULT_TABLE_SIZE: usize = 65537;
-
 /// A Maglev lookup table.
 #[derive(Debug)]
 pub struct Maglev {
@@ -104,6 +101,7 @@ impl Select for Maglev {
 mod tests {
     use super::super::test_support::backends;
     use super::*;
+    use crate::config::DEFAULT_MAGLEV_TABLE_SIZE as DEFAULT_TABLE_SIZE;
     use crate::upstream::hash::hash64;
 
     fn owners(backends: &[Arc<Backend>], keys: u64) -> Vec<std::net::SocketAddr> {

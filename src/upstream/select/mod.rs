@@ -13,7 +13,6 @@ mod round_robin;
 
 use std::fmt::Debug;
 use std::sync::Arc;
-use std::time::Duration;
 
 pub use least_connections::LeastConnections;
 pub use least_request::LeastRequest;
@@ -63,23 +62,7 @@ pub trait Select: Send + Sync + Debug {
     }
 }
 
-/// Algorithm settings beyond the name, from the pool's config.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SelectOptions {
-    /// Maglev lookup table size (a prime).
-    pub maglev_table_size: usize,
-    /// Peak-EWMA: the assumed latency of a backend with no sample yet.
-    pub ewma_default_rtt: Duration,
-}
-
-impl Default for SelectOptions {
-    fn default() -> Self {
-        SelectOptions {
-            maglev_table_size: maglev::DEFAULT_TABLE_SIZE,
-            ewma_default_rtt: Duration::from_millis(30),
-        }
-    }
-}
+pub use crate::config::SelectOptions;
 
 /// Builds the selector for `algorithm` over `backends`, using their configured weights.
 pub fn build(algorithm: Algorithm, backends: &[Arc<Backend>], options: &SelectOptions) -> Box<dyn Select> {

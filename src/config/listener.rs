@@ -1,0 +1,216 @@
+//! `[[listeners]]`: addresses to accept on, their routes, access logs and edge settings.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use toml::Spanned;
+
+use super::address::parse_listen_address;
+use super::client::{self, ClientSettings};
+use super::file::ListenerSection;
+use super::Checker;
+
+/// Where and how a listener's access log is written.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AccessLogConfig {
+    /// A file to append to, or `None` for standard output (`"-"`).
+    pub path: Option<PathBuf>,
+    /// Line format.
+    pub format: AccessLogFormat,
+}
+
+/// Access log line formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AccessLogFormat {
+    /// nginx/Apache "combined", plus request time, upstream and request id.
+    Combined,
+    /// One JSON object per line.
+    Json,
+}
+
+/// One listener.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// Name used in logs.
+    pub name: String,
+    /// Address to bind (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Routes in the order written; the router sorts them by specificity.
+    pub routes: Vec<RouteConfig>,
+    /// Most client connections open at once, if limited.
+    pub max_client_connections: Option<usize>,
+    /// Its access log, if any.
+    pub access_log: Option<AccessLogConfig>,
+    /// Edge timeouts and request limits.
+    pub client: ClientSettings,
+}
+
+/// One route: which requests go to which pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConfig {
+    /// Host to match.
+    pub host: HostMatch,
+    /// Path prefix to match, always starting with `/`.
+    pub path_prefix: String,
+    /// Index into [`Config::pools`].
+    pub pool: usize,
+}
+
+/// How a route matches the request's host (port ignored, case-insensitive).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostMatch {
+    /// Any host, or none.
+    Any,
+    /// Exactly this host, lowercase.
+    Exact(String),
+    /// Any host ending in this suffix, lowercase, with its leading dot (`*.example.com` →
+    /// `.example.com`), so subdomains match and the bare domain does not.
+    Suffix(String),
+}
+
+/// Parses a route host: `example.com`, `*.example.com`, or `*` (any).
+pub(super) fn parse_host(s: &str) -> Result<HostMatch, String> {
+    let lower = s.trim().to_ascii_lowercase();
+    if lower.is_empty() || lower == "*" {
+        return Ok(HostMatch::Any);
+    }
+    if let Some(suffix) = lower.strip_prefix("*.") {
+        if suffix.is_empty() || suffix.contains('*') {
+            return Err(format!("invalid host {s:?}: a wildcard is \"*.example.com\""));
+        }
+        return Ok(HostMatch::Suffix(format!(".{suffix}")));
+    }
+    if lower.contains('*') || lower.contains('/') || lower.contains(' ') {
+        return Err(format!("invalid host {s:?}: use \"example.com\" or \"*.example.com\""));
+    }
+    Ok(HostMatch::Exact(lower))
+}
+
+/// Validates `listeners[i]` (`pool_names` in config order; `listen_addrs` collects addresses
+/// to catch duplicates).
+pub(super) fn validate(
+    i: usize,
+    l: &Spanned<ListenerSection>,
+    pool_names: &[&String],
+    listen_addrs: &mut HashSet<SocketAddr>,
+    check: &mut Checker,
+) -> Option<ListenerConfig> {
+    let l_span = l.span();
+    let l = l.get_ref();
+    let listen = match parse_listen_address(l.listen.get_ref(), check.resolver) {
+        Ok(a) => a,
+        Err(msg) => {
+            check.error(l.listen.span(), format!("listeners[{i}].listen: {msg}"));
+            return None;
+        }
+    };
+    if listen.port() != 0 && !listen_addrs.insert(listen) {
+        check.error(
+            l.listen.span(),
+            format!("listeners[{i}].listen: duplicate listener address {listen}"),
+        );
+    }
+    if l.routes.is_empty() {
+        check.error(
+            l_span.clone(),
+            format!("listeners[{i}]: no [[listeners.routes]]; add one with pool = \"NAME\""),
+        );
+    }
+    let mut seen = HashSet::new();
+    let mut routes = Vec::new();
+    for (j, r) in l.routes.iter().enumerate() {
+        let key = format!("listeners[{i}].routes[{j}]");
+        let r_span = r.span();
+        let r = r.get_ref();
+        let host = match &r.host {
+            None => Some(HostMatch::Any),
+            Some(h) => parse_host(h.get_ref())
+                .map_err(|msg| check.error(h.span(), format!("{key}.host: {msg}")))
+                .ok(),
+        };
+        let path_prefix = match &r.path_prefix {
+            None => Some("/".to_owned()),
+            Some(p) if p.get_ref().starts_with('/') => Some(p.get_ref().clone()),
+            Some(p) => {
+                check.error(
+                    p.span(),
+                    format!("{key}.path_prefix: {:?} must start with '/'", p.get_ref()),
+                );
+                None
+            }
+        };
+        let pool = pool_names.iter().position(|n| *n == r.pool.get_ref());
+        if pool.is_none() {
+            let known = if pool_names.is_empty() {
+                "no pools are defined".to_owned()
+            } else {
+                format!(
+                    "defined pools: {}",
+                    pool_names.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                )
+            };
+            check.error(
+                r.pool.span(),
+                format!("{key}.pool: no pool named {:?} ({known})", r.pool.get_ref()),
+            );
+        }
+        if let (Some(host), Some(path_prefix), Some(pool)) = (host, path_prefix, pool) {
+            if !seen.insert((host.clone(), path_prefix.clone())) {
+                check.error(
+                    r_span,
+                    format!("{key}: duplicate route (same host and path_prefix as an earlier route)"),
+                );
+            }
+            routes.push(RouteConfig {
+                host,
+                path_prefix,
+                pool,
+            });
+        }
+    }
+    let max_client_connections = l
+        .max_client_connections
+        .as_ref()
+        .and_then(|m| match usize::try_from(*m.get_ref()) {
+            Ok(n) if n >= 1 => Some(n),
+            _ => {
+                check.error(
+                    m.span(),
+                    format!("listeners[{i}].max_client_connections: must be at least 1"),
+                );
+                None
+            }
+        });
+    let access_log = l.access_log.as_ref().and_then(|a| {
+        let a = a.get_ref();
+        let format = match a.format.as_ref().map(|f| f.get_ref().as_str()) {
+            None | Some("combined") => AccessLogFormat::Combined,
+            Some("json") => AccessLogFormat::Json,
+            Some(other) => {
+                let span = a.format.as_ref().map_or(0..0, |f| f.span());
+                check.error(
+                    span,
+                    format!("listeners[{i}].access_log.format: {other:?} is not \"combined\" or \"json\""),
+                );
+                return None;
+            }
+        };
+        let path = a.path.get_ref();
+        Some(AccessLogConfig {
+            path: (path != "-").then(|| PathBuf::from(path)),
+            format,
+        })
+    });
+    Some(ListenerConfig {
+        name: l.name.clone().unwrap_or_else(|| listen.to_string()),
+        listen,
+        routes,
+        max_client_connections,
+        access_log,
+        client: ClientSettings {
+            trust_request_id: l.trust_request_id.unwrap_or(true),
+            ..client::validate(&format!("listeners[{i}]"), &l.timeouts, &l.limits, check)
+        },
+    })
+}

@@ -1,0 +1,458 @@
+//! `[pools.NAME]`: backends, algorithm, timeouts, stickiness and resilience of one pool.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::header::HeaderName;
+use toml::Spanned;
+
+use super::address::parse_backend_addresses;
+use super::file::{BackendEntry, PoolSection, TimeoutsSection};
+use super::resilience::{self, HealthCheckConfig, PassiveConfig, RetryConfig, SlowStart};
+use super::Checker;
+
+/// The part of a request that hashing algorithms (maglev, ring_hash) hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// The client's IP address.
+    ClientIp,
+    /// The value of a request header.
+    Header(HeaderName),
+    /// The value of a cookie.
+    Cookie(String),
+    /// The path, without the query.
+    Path,
+    /// The raw value of a query parameter.
+    Query(String),
+}
+
+impl HashKey {
+    /// Parses `client_ip`, `header:NAME`, `cookie:NAME`, `path` or `query:NAME`.
+    pub fn parse(s: &str) -> Result<HashKey, String> {
+        let expected = "expected client_ip, header:NAME, cookie:NAME, path or query:NAME";
+        match s.split_once(':') {
+            None if s == "client_ip" => Ok(HashKey::ClientIp),
+            None if s == "path" => Ok(HashKey::Path),
+            Some(("header", name)) => HeaderName::from_bytes(name.trim().as_bytes())
+                .map(HashKey::Header)
+                .map_err(|_| format!("invalid hash_key {s:?}: {name:?} is not a header name")),
+            Some(("cookie", name)) if !name.trim().is_empty() => Ok(HashKey::Cookie(name.trim().to_owned())),
+            Some(("query", name)) if !name.trim().is_empty() => Ok(HashKey::Query(name.trim().to_owned())),
+            _ => Err(format!("invalid hash_key {s:?} ({expected})")),
+        }
+    }
+}
+
+/// Maglev's default lookup table size: a prime, about 650 slots per backend at 100 backends.
+pub const DEFAULT_MAGLEV_TABLE_SIZE: usize = 65537;
+
+/// Algorithm settings beyond the name, from the pool's config.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SelectOptions {
+    /// Maglev lookup table size (a prime).
+    pub maglev_table_size: usize,
+    /// Peak-EWMA: the assumed latency of a backend with no sample yet.
+    pub ewma_default_rtt: Duration,
+}
+
+impl Default for SelectOptions {
+    fn default() -> Self {
+        SelectOptions {
+            maglev_table_size: DEFAULT_MAGLEV_TABLE_SIZE,
+            ewma_default_rtt: Duration::from_millis(30),
+        }
+    }
+}
+
+/// Largest accepted backend weight (HAProxy's limit too); keeps the weighted schedule small.
+pub const MAX_WEIGHT: u32 = 256;
+
+/// Default time allowed to connect to a backend.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Default time allowed for a backend's response headers after the request was sent.
+pub const DEFAULT_RESPONSE_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Default lifetime of an unused pooled upstream connection.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The load-balancing algorithm of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// Smooth weighted round robin (nginx's).
+    RoundRobin,
+    /// Fewest in-flight requests relative to weight, ties by rotation.
+    LeastConnections,
+    /// Power of two random choices on in-flight requests.
+    LeastRequest,
+    /// Power of two choices on peak-EWMA latency x (in-flight + 1).
+    PeakEwma,
+    /// Weighted random.
+    Random,
+    /// Maglev consistent hashing.
+    Maglev,
+    /// Ketama-style consistent hash ring.
+    RingHash,
+}
+
+impl Algorithm {
+    /// Every algorithm with its config name.
+    pub const ALL: &'static [(&'static str, Algorithm)] = &[
+        ("round_robin", Algorithm::RoundRobin),
+        ("least_connections", Algorithm::LeastConnections),
+        ("least_request", Algorithm::LeastRequest),
+        ("peak_ewma", Algorithm::PeakEwma),
+        ("random", Algorithm::Random),
+        ("maglev", Algorithm::Maglev),
+        ("ring_hash", Algorithm::RingHash),
+    ];
+
+    /// True for the algorithms that hash a request key.
+    pub fn hashes(self) -> bool {
+        matches!(self, Algorithm::Maglev | Algorithm::RingHash)
+    }
+
+    /// The algorithm named `name` in the config, if there is one.
+    pub fn from_name(name: &str) -> Option<Algorithm> {
+        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, a)| *a)
+    }
+
+    /// The config name of this algorithm.
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, a)| *a == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("?")
+    }
+
+    fn names() -> String {
+        Self::ALL.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// A pool of backends and how to use them.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// The name from `[pools.NAME]`.
+    pub name: String,
+    /// How a backend is chosen.
+    pub algorithm: Algorithm,
+    /// At least one backend, no duplicates.
+    pub backends: Vec<BackendConfig>,
+    /// Upstream timeouts.
+    pub timeouts: Timeouts,
+    /// What hashing algorithms hash (`None` for the others).
+    pub hash_key: Option<HashKey>,
+    /// Algorithm settings beyond the name.
+    pub select: SelectOptions,
+    /// Peak-EWMA decay window.
+    pub ewma_decay: Duration,
+    /// Sticky sessions, if on.
+    pub sticky: Option<StickyConfig>,
+    /// Active health checks, if on.
+    pub health_check: Option<HealthCheckConfig>,
+    /// Outlier detection from real traffic.
+    pub passive: PassiveConfig,
+    /// Below this percentage of eligible backends the pool routes to all of them (0: never).
+    pub panic_threshold: u32,
+    /// Retry policy.
+    pub retries: RetryConfig,
+    /// Most concurrent requests per backend, if limited.
+    pub max_connections: Option<u32>,
+    /// How long a request may wait for a backend slot under `max_connections`.
+    pub queue_timeout: Duration,
+    /// Weight ramp for new and recovered backends, if on.
+    pub slow_start: Option<SlowStart>,
+    /// How often backends given by name are resolved again.
+    pub dns_refresh: Duration,
+}
+
+/// Default interval between DNS resolutions of backends given by name.
+pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(30);
+
+/// Sticky sessions: a cookie naming the backend a client was sent to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickyConfig {
+    /// The cookie's name.
+    pub cookie: String,
+    /// Its `Max-Age`; `None` makes it a session cookie.
+    pub ttl: Option<Duration>,
+    /// The key of the hash from backend address to cookie value: from `secret`, else the
+    /// `STEELYARD_STICKY_SECRET` environment variable; `None` means a random key per process
+    /// (cookies then name nothing after a restart, and a fleet does not share them).
+    pub secret: Option<String>,
+}
+
+/// The environment variable that gives sticky cookies their hash key when a pool's `sticky`
+/// table has no `secret`.
+pub const STICKY_SECRET_ENV: &str = "STEELYARD_STICKY_SECRET";
+
+/// Default peak-EWMA decay window.
+pub const DEFAULT_EWMA_DECAY: Duration = Duration::from_secs(10);
+
+/// One backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// Where to connect.
+    pub address: SocketAddr,
+    /// Relative share of traffic, 1..=[`MAX_WEIGHT`].
+    pub weight: u32,
+    /// The `host:port` it was resolved from, when given as a name: re-resolved every
+    /// `dns_refresh`, each address being a backend of this weight.
+    pub dns_name: Option<String>,
+}
+
+/// Upstream timeouts of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Time allowed to open a TCP connection to a backend (504 when exceeded).
+    pub connect: Duration,
+    /// Time allowed from sending the request to receiving response headers (504 when exceeded).
+    pub response_header: Duration,
+    /// How long an unused pooled upstream connection stays open.
+    pub idle: Duration,
+    /// Time for the whole request until response headers, retries included (504 when
+    /// exceeded); `None` means only the per-attempt timeouts apply.
+    pub request: Option<Duration>,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: DEFAULT_CONNECT_TIMEOUT,
+            response_header: DEFAULT_RESPONSE_HEADER_TIMEOUT,
+            idle: DEFAULT_IDLE_TIMEOUT,
+            request: None,
+        }
+    }
+}
+
+pub(super) fn validate(name: &str, section: &Spanned<PoolSection>, check: &mut Checker) -> PoolConfig {
+    let p = section.get_ref();
+    let key = format!("pools.{name}");
+    let algorithm = match &p.algorithm {
+        None => Algorithm::RoundRobin,
+        Some(a) => Algorithm::from_name(a.get_ref()).unwrap_or_else(|| {
+            check.error(
+                a.span(),
+                format!(
+                    "{key}.algorithm: unknown algorithm {:?} (expected one of: {})",
+                    a.get_ref(),
+                    Algorithm::names()
+                ),
+            );
+            Algorithm::RoundRobin
+        }),
+    };
+    if p.backends.get_ref().is_empty() {
+        check.error(
+            p.backends.span(),
+            format!("{key}.backends: a pool needs at least one backend"),
+        );
+    }
+    let mut backends: Vec<BackendConfig> = Vec::new();
+    for (i, entry) in p.backends.get_ref().iter().enumerate() {
+        let bkey = format!("{key}.backends[{i}]");
+        for b in validate_backend(&bkey, entry, check) {
+            match backends.iter().find(|o| o.address == b.address) {
+                // Two names resolving to one address: that address is one backend.
+                Some(o) if o.dns_name.is_some() || b.dns_name.is_some() => {}
+                Some(_) => check.error(entry.span(), format!("{bkey}: duplicate backend {}", b.address)),
+                None => backends.push(b),
+            }
+        }
+    }
+    let hash_key = match &p.hash_key {
+        Some(k) if !algorithm.hashes() => {
+            check.error(
+                k.span(),
+                format!("{key}.hash_key: only maglev and ring_hash hash a key; remove it or change the algorithm"),
+            );
+            None
+        }
+        Some(k) => HashKey::parse(k.get_ref())
+            .map_err(|msg| check.error(k.span(), format!("{key}.hash_key: {msg}")))
+            .ok(),
+        None => algorithm.hashes().then_some(HashKey::ClientIp),
+    };
+    let mut select = SelectOptions::default();
+    if let Some(size) = &p.maglev_table_size {
+        let n = *size.get_ref();
+        if algorithm != Algorithm::Maglev {
+            check.error(
+                size.span(),
+                format!("{key}.maglev_table_size: only applies to algorithm = \"maglev\""),
+            );
+        } else if !(101..=16_777_259).contains(&n) || !is_prime(n as u64) {
+            check.error(
+                size.span(),
+                format!("{key}.maglev_table_size: must be a prime from 101 to 16777259 (default 65537), got {n}"),
+            );
+        } else if (n as usize) < backends.len() {
+            check.error(
+                size.span(),
+                format!("{key}.maglev_table_size: smaller than the number of backends"),
+            );
+        } else {
+            select.maglev_table_size = n as usize;
+        }
+    }
+    let mut ewma_decay = DEFAULT_EWMA_DECAY;
+    if let Some(ewma) = &p.peak_ewma {
+        ewma_decay = check.duration(&format!("{key}.peak_ewma.decay"), &ewma.decay, DEFAULT_EWMA_DECAY);
+        select.ewma_default_rtt = check.duration(
+            &format!("{key}.peak_ewma.default_rtt"),
+            &ewma.default_rtt,
+            select.ewma_default_rtt,
+        );
+        if ewma_decay.is_zero() {
+            check.error(
+                ewma.decay.as_ref().map_or(0..0, |d| d.span()),
+                format!("{key}.peak_ewma.decay: must be greater than zero"),
+            );
+        }
+    }
+    let sticky = p.sticky.as_ref().and_then(|s| {
+        let s = s.get_ref();
+        let name = s.cookie.get_ref();
+        let valid = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !valid {
+            check.error(
+                s.cookie.span(),
+                format!("{key}.sticky.cookie: {name:?} is not a valid cookie name"),
+            );
+        }
+        let ttl = s
+            .ttl
+            .as_ref()
+            .map(|t| check.duration(&format!("{key}.sticky.ttl"), &Some(t.clone()), Duration::ZERO));
+        let secret = match &s.secret {
+            Some(secret) if secret.get_ref().len() < 16 => {
+                check.error(
+                    secret.span(),
+                    format!("{key}.sticky.secret: use at least 16 characters (a random string)"),
+                );
+                None
+            }
+            Some(secret) => Some(secret.get_ref().clone()),
+            None => std::env::var(STICKY_SECRET_ENV).ok().filter(|s| !s.is_empty()),
+        };
+        valid.then(|| StickyConfig {
+            cookie: name.clone(),
+            ttl,
+            secret,
+        })
+    });
+    let health_check = p
+        .health_check
+        .as_ref()
+        .map(|h| resilience::health_check(&key, h, check));
+    let passive = resilience::passive(&key, &p.passive, check);
+    let retries = resilience::retries(&key, &p.retries, check);
+    let (max_connections, queue_timeout, panic_threshold) = resilience::limits(&key, p, check);
+    let slow_start = resilience::slow_start(&key, p, check);
+    let dns_refresh = check.duration(&format!("{key}.dns_refresh"), &p.dns_refresh, DEFAULT_DNS_REFRESH);
+    if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&dns_refresh) {
+        let span = p.dns_refresh.as_ref().map_or(0..0, |d| d.span());
+        check.error(span, format!("{key}.dns_refresh: must be from 1s to 1h"));
+    }
+    PoolConfig {
+        name: name.to_owned(),
+        algorithm,
+        backends,
+        timeouts: validate_timeouts(&key, &p.timeouts, check),
+        hash_key,
+        select,
+        ewma_decay,
+        sticky,
+        health_check,
+        passive,
+        panic_threshold,
+        retries,
+        max_connections,
+        queue_timeout,
+        slow_start,
+        dns_refresh,
+    }
+}
+
+fn is_prime(n: u64) -> bool {
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
+}
+
+fn validate_backend(key: &str, entry: &Spanned<BackendEntry>, check: &mut Checker) -> Vec<BackendConfig> {
+    let e = entry.get_ref();
+    // A bare string has an empty span of its own; use the entry's.
+    let addr_span = if e.address.span().is_empty() {
+        entry.span()
+    } else {
+        e.address.span()
+    };
+    let addresses = parse_backend_addresses(e.address.get_ref(), check.resolver)
+        .map_err(|msg| check.error(addr_span, format!("{key}.address: {msg}")))
+        .ok();
+    let weight = match &e.weight {
+        None => Some(1),
+        Some(w) => match u32::try_from(*w.get_ref()) {
+            Ok(n) if (1..=MAX_WEIGHT).contains(&n) => Some(n),
+            _ => {
+                check.error(
+                    w.span(),
+                    format!("{key}.weight: must be from 1 to {MAX_WEIGHT}, got {}", w.get_ref()),
+                );
+                None
+            }
+        },
+    };
+    let (Some((addresses, dns_name)), Some(weight)) = (addresses, weight) else {
+        return Vec::new();
+    };
+    addresses
+        .into_iter()
+        .map(|address| BackendConfig {
+            address,
+            weight,
+            dns_name: dns_name.clone(),
+        })
+        .collect()
+}
+
+fn validate_timeouts(key: &str, t: &TimeoutsSection, check: &mut Checker) -> Timeouts {
+    let timeouts = Timeouts {
+        connect: check.duration(&format!("{key}.timeouts.connect"), &t.connect, DEFAULT_CONNECT_TIMEOUT),
+        response_header: check.duration(
+            &format!("{key}.timeouts.response_header"),
+            &t.response_header,
+            DEFAULT_RESPONSE_HEADER_TIMEOUT,
+        ),
+        idle: check.duration(&format!("{key}.timeouts.idle"), &t.idle, DEFAULT_IDLE_TIMEOUT),
+        request: t.request.as_ref().map(|r| {
+            check.duration(
+                &format!("{key}.timeouts.request"),
+                &Some(r.clone()),
+                Duration::from_secs(1),
+            )
+        }),
+    };
+    for (name, value, span) in [
+        ("connect", timeouts.connect, t.connect.as_ref().map(|s| s.span())),
+        (
+            "response_header",
+            timeouts.response_header,
+            t.response_header.as_ref().map(|s| s.span()),
+        ),
+        ("idle", timeouts.idle, t.idle.as_ref().map(|s| s.span())),
+    ] {
+        if value.is_zero() {
+            check.error(
+                span.unwrap_or(0..0),
+                format!("{key}.timeouts.{name}: must be greater than zero"),
+            );
+        }
+    }
+    timeouts
+}
