@@ -204,6 +204,11 @@ async fn accepted_requests_reach_the_origin_exactly_as_rewritten() {
             format!("GET /p?q HTTP/1.1\r\nX-Request-Id: r3\r\nHost: real.test:8080\r\n{fwd}X-Forwarded-Host: real.test:8080\r\nVia: 1.1 steelyard\r\n\r\n"),
         ),
         (
+            "absolute form without a path forwards / (found by fuzzing)",
+            b"GET http://real.test HTTP/1.1\r\nX-Request-Id: r3b\r\nConnection: close\r\n\r\n",
+            format!("GET / HTTP/1.1\r\nX-Request-Id: r3b\r\nHost: real.test\r\n{fwd}X-Forwarded-Host: real.test\r\nVia: 1.1 steelyard\r\n\r\n"),
+        ),
+        (
             "existing X-Forwarded-For and Via are appended to",
             b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 203.0.113.9\r\nVia: 1.1 edge\r\nX-Forwarded-Proto: https\r\nX-Request-Id: r4\r\nConnection: close\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 203.0.113.9, 127.0.0.1\r\nVia: 1.1 edge, 1.1 steelyard\r\nX-Request-Id: r4\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: a\r\n\r\n".to_string(),

@@ -287,6 +287,16 @@ pub struct RequestHead {
     pub request_id: Option<Span>,
 }
 
+impl RequestHead {
+    /// The target to forward, in origin form: `/` for an absolute-form target without a path.
+    pub fn path<'a>(&self, head: &'a [u8]) -> &'a [u8] {
+        match self.path.get(head) {
+            b"" => b"/",
+            path => path,
+        }
+    }
+}
+
 /// A parsed, checked response head.
 #[derive(Debug, Clone, Copy)]
 pub struct ResponseHead {
@@ -688,12 +698,13 @@ fn split_target(target: &str, method: Method) -> Result<(&str, Option<&str>), He
     if authority.is_empty() || authority.contains('@') || !valid_host(authority.as_bytes()) {
         return Err(HeadError::Malformed("invalid authority in request target"));
     }
-    let path = if path.is_empty() { "/" } else { path };
+    // An empty path stays an empty span: the request's path is then "/" (RFC 9112 §3.2.1),
+    // see [`RequestHead::path`].
     if path.starts_with('#') {
         return Err(HeadError::Malformed("fragment in request target"));
     }
     // "?q" with no path forwards as "/?q" would need a copy; require a path instead.
-    if !path.starts_with('/') {
+    if !path.is_empty() && !path.starts_with('/') {
         return Err(HeadError::Malformed("absolute-form target without a path"));
     }
     Ok((path, Some(authority)))
@@ -791,8 +802,12 @@ mod tests {
         let raw = "GET http://a.test:8080/x?y HTTP/1.1\r\nHost: b.test\r\n\r\n";
         let head = request(raw).expect("valid").expect("complete");
         assert_eq!(head.host.map(|h| h.get(raw.as_bytes())), Some(&b"a.test:8080"[..]));
-        assert_eq!(head.path.get(raw.as_bytes()), b"/x?y");
+        assert_eq!(head.path(raw.as_bytes()), b"/x?y");
         assert!(head.host_from_target);
+        // Found by fuzzing: an empty path is "/", never an empty request target.
+        let raw = "GET http://a.test HTTP/1.1\r\n\r\n";
+        let head = request(raw).expect("valid").expect("complete");
+        assert_eq!(head.path(raw.as_bytes()), b"/");
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub fn request_head(out: &mut Vec<u8>, head: &[u8], req: &RequestHead, fields: &
     out.clear();
     out.extend_from_slice(req.method_span.get(head));
     out.push(b' ');
-    out.extend_from_slice(req.path.get(head));
+    out.extend_from_slice(req.path(head));
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut host_written = false;
     let last_xff = fields.iter().rposition(|f| f.kind == Kind::XForwardedFor);

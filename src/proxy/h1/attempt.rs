@@ -124,7 +124,7 @@ pub(super) async fn proxy(
         }
         let picked = {
             let head_bytes = conn.buf.prefix();
-            let target = std::str::from_utf8(req.path.get(head_bytes)).unwrap_or("/");
+            let target = std::str::from_utf8(req.path(head_bytes)).unwrap_or("/");
             let view = RequestView::of_raw(conn.info.peer.ip(), head_bytes, &scratch.fields, target);
             pool.pick(&view, &tried[..attempts]).map(|p| (p.index, p.set_cookie))
         };

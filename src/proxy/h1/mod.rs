@@ -232,7 +232,7 @@ async fn route(
     }
     let head_bytes = conn.buf.prefix();
     let host = req.host.and_then(|h| std::str::from_utf8(h.get(head_bytes)).ok());
-    let target = std::str::from_utf8(req.path.get(head_bytes)).unwrap_or("/");
+    let target = std::str::from_utf8(req.path(head_bytes)).unwrap_or("/");
     // `OPTIONS *` is about the server as a whole: it takes the routes of `/`.
     let path = if target == "*" {
         "/"
