@@ -400,3 +400,36 @@ async fn requests_are_served_while_the_control_thread_is_blocked() {
     let took = done.expect("20 requests answered while the control thread was blocked");
     assert!(took < blocked, "{took:?}");
 }
+
+/// A pool's own figures (retries, Steelyard's own responses) and its retry budget outlive a
+/// reload: counters do not restart from 0, and a reload does not refill the budget.
+#[tokio::test]
+async fn pool_figures_survive_a_reload() {
+    let live = spawn_origin("live").await;
+    let dead = closed_port();
+    let toml = |algorithm: &str| {
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[[listeners]]\nlisten = \"127.0.0.1:0\"\nroutes = [{{ pool = \"main\" }}]\n[pools.main]\nalgorithm = \"{algorithm}\"\nbackends = [\"{}\", \"{}\"]\npassive = {{ consecutive_failures = 0 }}\n",
+            dead.addr, live.addr
+        )
+    };
+    let sy = spawn_steelyard(config(&toml("round_robin"))).await;
+    let admin = sy.admin.expect("admin");
+    let client = client();
+    // Round robin sends every request to the dead backend first (a retry moves the turn on to
+    // the live one, so the next request starts at the dead one again): 4 retries.
+    for _ in 0..4 {
+        assert_eq!(get(&client, &sy.url("/")).await.1, "live");
+    }
+    let retries = || async {
+        let text = get(&client, &format!("http://{admin}/metrics")).await.1;
+        text.lines()
+            .find(|l| l.starts_with("steelyard_retries_total{pool=\"main\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .expect("retries series")
+            .to_owned()
+    };
+    assert_eq!(retries().await, "4");
+    sy.reload.apply(config(&toml("least_request"))).await.expect("reload");
+    assert_eq!(retries().await, "4", "the counter is the same after the reload");
+}

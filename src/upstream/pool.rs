@@ -61,7 +61,7 @@ pub struct Pool {
     /// Signalled from the hot path when a backend was ejected (and on drop); the pool's
     /// rebuilding task waits on it.
     changed: Arc<Notify>,
-    retry_budget: RetryBudget,
+    /// Figures (and the retry budget) shared by every build of the pool.
     stats: Arc<PoolStats>,
     in_panic: AtomicBool,
     /// Set once the first selection is built (backends present from the start do not ramp).
@@ -153,8 +153,7 @@ impl Pool {
             .collect();
         let empty = Selection::build(&[], Vec::new(), &[], config.algorithm, &config.select, None, false);
         Pool {
-            retry_budget: RetryBudget::new(config.retries.budget_percent),
-            stats: registry.pool_stats(&config.name),
+            stats: registry.pool_stats(&config.name, config.retries.budget_percent),
             config: config.clone(),
             members,
             selection: ArcSwap::from_pointee(empty),
@@ -171,6 +170,7 @@ impl Pool {
     /// selection. Infallible: the commit step of a reload.
     fn commit(&self) {
         let now = clock_nanos();
+        self.stats.retry_budget.set_percent(self.config.retries.budget_percent);
         for m in &self.members {
             m.backend.set_weight(m.weight);
             m.idle
@@ -242,7 +242,7 @@ impl Pool {
 
     /// Its retry budget.
     pub fn retry_budget(&self) -> &RetryBudget {
-        &self.retry_budget
+        &self.stats.retry_budget
     }
 
     /// The current selection.

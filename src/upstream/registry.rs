@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use super::connection::ConnectionPool;
 use super::idle::IdleConnections;
+use super::retry_budget::RetryBudget;
 use super::Backend;
 use crate::stats::StatusCounts;
 
@@ -41,10 +42,21 @@ pub struct Upstream {
 }
 
 /// A pool's own figures, which outlive any one build of the pool.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PoolStats {
     /// Responses Steelyard wrote itself for requests routed to the pool (502, 503, 504...).
     pub local_responses: StatusCounts,
+    /// The retry budget and its counters: a reload neither refills nor resets it.
+    pub retry_budget: RetryBudget,
+}
+
+impl PoolStats {
+    fn new(retry_percent: u32) -> PoolStats {
+        PoolStats {
+            local_responses: StatusCounts::default(),
+            retry_budget: RetryBudget::new(retry_percent),
+        }
+    }
 }
 
 impl BackendRegistry {
@@ -53,10 +65,14 @@ impl BackendRegistry {
         BackendRegistry::default()
     }
 
-    /// The figures of the pool named `pool`, the same object across reloads.
-    pub fn pool_stats(&self, pool: &str) -> Arc<PoolStats> {
+    /// The figures of the pool named `pool`, the same object across reloads (created with a
+    /// retry budget of `retry_percent` the first time).
+    pub fn pool_stats(&self, pool: &str, retry_percent: u32) -> Arc<PoolStats> {
         let mut map = self.pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        Arc::clone(map.entry(pool.to_owned()).or_default())
+        Arc::clone(
+            map.entry(pool.to_owned())
+                .or_insert_with(|| Arc::new(PoolStats::new(retry_percent))),
+        )
     }
 
     /// True when `pool` has live backends: it is being rebuilt by a reload.

@@ -17,7 +17,8 @@ const MAX_TOKENS: i64 = 100;
 /// The retry budget of one pool.
 #[derive(Debug)]
 pub struct RetryBudget {
-    deposit: i64,
+    /// Thousandths of a token each request deposits (a reload may change it).
+    deposit: AtomicI64,
     balance: AtomicI64,
     refused: AtomicU64,
     retries: AtomicU64,
@@ -27,17 +28,23 @@ impl RetryBudget {
     /// A budget allowing retries of up to `percent`% of requests.
     pub fn new(percent: u32) -> RetryBudget {
         RetryBudget {
-            deposit: i64::from(percent) * TOKEN / 100,
+            deposit: AtomicI64::new(i64::from(percent) * TOKEN / 100),
             balance: AtomicI64::new(RESERVE_TOKENS * TOKEN),
             refused: AtomicU64::new(0),
             retries: AtomicU64::new(0),
         }
     }
 
+    /// Changes the share of requests retries may add (on reload); the balance is kept.
+    pub fn set_percent(&self, percent: u32) {
+        self.deposit.store(i64::from(percent) * TOKEN / 100, Ordering::Relaxed);
+    }
+
     /// Credits one incoming request.
     pub fn deposit(&self) {
-        if self.deposit > 0 && self.balance.load(Ordering::Relaxed) < MAX_TOKENS * TOKEN {
-            self.balance.fetch_add(self.deposit, Ordering::Relaxed);
+        let deposit = self.deposit.load(Ordering::Relaxed);
+        if deposit > 0 && self.balance.load(Ordering::Relaxed) < MAX_TOKENS * TOKEN {
+            self.balance.fetch_add(deposit, Ordering::Relaxed);
         }
     }
 
