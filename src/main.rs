@@ -78,8 +78,7 @@ fn run(cli: &Cli) -> ExitCode {
     let watch = cli.watch.then(|| config.source.clone()).flatten();
     let result = runtime.block_on(async {
         let server = Server::bind(config)?;
-        tokio::spawn(reload_on_sighup(server.reload_handle()));
-        tokio::spawn(reopen_logs_on_sigusr1(server.reload_handle()));
+        spawn_signal_handlers(&server.reload_handle());
         if let Some(path) = watch {
             tokio::spawn(reload_on_change(server.reload_handle(), path));
         }
@@ -123,40 +122,57 @@ fn init_logging(cli: &Cli) {
     }
 }
 
-/// Reloads the config file on every SIGHUP (the outcome is logged by the server).
-async fn reload_on_sighup(handle: ReloadHandle) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot listen for SIGHUP; reload with the admin API instead");
-            return;
+/// The operator's signals (nginx's): SIGHUP reloads the config file, SIGUSR1 reopens the
+/// access logs (for logrotate). Outcomes are logged by the server.
+#[cfg(unix)]
+fn spawn_signal_handlers(handle: &ReloadHandle) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let handlers: [(SignalKind, Signalled, &str, &str); 2] = [
+        (
+            SignalKind::hangup(),
+            Signalled::Reload,
+            "SIGHUP",
+            "reload with the admin API instead",
+        ),
+        (
+            SignalKind::user_defined1(),
+            Signalled::ReopenLogs,
+            "SIGUSR1",
+            "access logs reopen on reload only",
+        ),
+    ];
+    for (kind, command, name, fallback) in handlers {
+        let handle = handle.clone();
+        let Ok(mut signals) = signal(kind) else {
+            tracing::warn!("cannot listen for {name}; {fallback}");
+            continue;
         };
-        while hangups.recv().await.is_some() {
-            tracing::info!("received SIGHUP: reloading the config");
-            let _ = handle.reload().await;
-        }
+        tokio::spawn(async move {
+            while signals.recv().await.is_some() {
+                match command {
+                    Signalled::Reload => {
+                        tracing::info!("received {name}: reloading the config");
+                        let _ = handle.reload().await;
+                    }
+                    Signalled::ReopenLogs => {
+                        tracing::info!("received {name}: reopening access logs");
+                        let _ = handle.reopen_logs().await;
+                    }
+                }
+            }
+        });
     }
-    #[cfg(not(unix))]
-    let _ = handle;
 }
 
-/// Reopens access log files on every SIGUSR1 (nginx's convention, for logrotate).
-async fn reopen_logs_on_sigusr1(handle: ReloadHandle) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut signals) = signal(SignalKind::user_defined1()) else {
-            tracing::warn!("cannot listen for SIGUSR1; access logs reopen on reload only");
-            return;
-        };
-        while signals.recv().await.is_some() {
-            tracing::info!("received SIGUSR1: reopening access logs");
-            let _ = handle.reopen_logs().await;
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = handle;
+#[cfg(not(unix))]
+fn spawn_signal_handlers(_handle: &ReloadHandle) {}
+
+/// What an operator's signal asks for.
+#[derive(Clone, Copy)]
+#[cfg_attr(not(unix), allow(dead_code))]
+enum Signalled {
+    Reload,
+    ReopenLogs,
 }
 
 /// `--watch`: reloads when the config file's modification time or size changes (checked

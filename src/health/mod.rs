@@ -1,4 +1,5 @@
-//! Health: active probes of backends. (Passive health, ejecting backends that fail real
-//! requests, lives with the pool: [`crate::upstream::Pool::record_failure`].)
+//! Health: active probes of backends ([`active`]) and passive ejection of backends that fail
+//! real requests ([`passive`]). Both only mark backends; the pool rebuilds its selection.
 
 pub mod active;
+pub mod passive;

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use super::access_log::{new_request_id, AccessLog, AccessRecord, PendingLog};
 use super::headers::{add_forwarding, strip_hop_by_hop, X_REQUEST_ID};
+use super::retry;
 use super::{ProxyBody, ProxyError, Router};
 use crate::config::RetryConfig;
 use crate::stats::StatusCounts;
@@ -186,7 +187,6 @@ async fn proxy(
         let (index, member, set_cookie) = (picked.index, picked.member, picked.set_cookie);
         tried[attempts] = index;
         attempts += 1;
-        let may_retry = attempts <= config.retries.attempts as usize;
         let backend = &member.backend;
 
         let slot = match &member.slots {
@@ -209,7 +209,11 @@ async fn proxy(
         // One timer covers connecting and the response headers. Connecting sends nothing, so
         // its failure can always be retried; after the request went out, only replayable
         // requests can be.
-        let replayable = matches!(payload, Payload::Replayable(_));
+        let so_far = retry::Attempts {
+            made: attempts,
+            replayable: matches!(payload, Payload::Replayable(_)),
+            body_consumed: false,
+        };
         let mut request_sent = false;
         let exchange = tokio::time::timeout_at(attempt_deadline, async {
             let mut connection = member.connections.checkout().await.map_err(|e| (false, e))?;
@@ -226,13 +230,11 @@ async fn proxy(
                 let status = res.status().as_u16();
                 let is_5xx = status >= 500;
                 if is_5xx && config.passive.eject_on_5xx {
-                    pool.record_failure(index);
+                    crate::health::passive::record_failure(pool, index);
                 } else {
                     backend.record_success();
                 }
-                if replayable
-                    && may_retry
-                    && config.retries.on_status.contains(status)
+                if retry::allows(&config.retries, retry::Failure::Status(status), so_far)
                     && pool.retry_budget().try_withdraw()
                 {
                     tracing::debug!(pool = pool.name(), backend = %backend.address(), status, "retrying on status");
@@ -255,17 +257,17 @@ async fn proxy(
             }
             // The streamed body already went to a backend: it cannot be sent again.
             Ok(Ok(None)) => return last_failure.response(),
-            Ok(Err((true, e))) => (classify(&e), error_chain(&e), config.retries.on_reset),
+            Ok(Err((true, e))) => (classify(&e), error_chain(&e), retry::Failure::Reset),
             Err(_) if request_sent => {
                 let overall = deadline.is_some_and(|d| attempt_deadline >= d);
                 if overall {
-                    pool.record_failure(index);
+                    crate::health::passive::record_failure(pool, index);
                     return timed_out(pool, conn);
                 }
                 (
                     ProxyError::ResponseHeaderTimeout,
                     "no response headers within the response_header timeout".into(),
-                    config.retries.on_timeout,
+                    retry::Failure::Timeout,
                 )
             }
             connect_failure => {
@@ -276,19 +278,20 @@ async fn proxy(
                         "no connection within the response_header timeout".into(),
                     ),
                 };
-                pool.record_failure(index);
+                crate::health::passive::record_failure(pool, index);
                 log_failure(pool, conn, backend.address(), failure, &why);
                 last_failure = failure;
-                if may_retry && config.retries.on_connect_failure && pool.retry_budget().try_withdraw() {
+                if retry::allows(&config.retries, retry::Failure::Connect, so_far) && pool.retry_budget().try_withdraw()
+                {
                     continue;
                 }
                 return failure.response();
             }
         };
-        pool.record_failure(index);
+        crate::health::passive::record_failure(pool, index);
         log_failure(pool, conn, backend.address(), failure, &why);
         last_failure = failure;
-        if replayable && may_retry && retry_wanted && pool.retry_budget().try_withdraw() {
+        if retry::allows(&config.retries, retry_wanted, so_far) && pool.retry_budget().try_withdraw() {
             continue;
         }
         return failure.response();

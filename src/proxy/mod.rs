@@ -6,6 +6,7 @@ pub mod error;
 pub mod forward;
 pub mod h1;
 pub mod headers;
+pub mod retry;
 pub mod router;
 
 pub use body::ProxyBody;

@@ -327,43 +327,6 @@ impl Pool {
         self.changed.notify_one();
     }
 
-    /// Records a failure of member `index` for passive health; ejects it once it has failed
-    /// `consecutive_failures` times in a row, unless that would eject more than
-    /// `max_ejection_percent` of the pool.
-    pub fn record_failure(&self, index: usize) {
-        let Some(member) = self.members.get(index) else { return };
-        let failures = member.backend.record_failure();
-        let passive = &self.config.passive;
-        if passive.consecutive_failures == 0 || failures < passive.consecutive_failures {
-            return;
-        }
-        let now = clock_nanos();
-        if member.backend.is_ejected(now) {
-            return;
-        }
-        let ejected = self.members.iter().filter(|m| m.backend.is_ejected(now)).count();
-        if (ejected + 1) * 100 > passive.max_ejection_percent as usize * self.members.len() {
-            return;
-        }
-        let length = member.backend.eject(
-            now,
-            passive.base_ejection_time,
-            crate::config::resilience::MAX_EJECTION_MULTIPLIER,
-        );
-        if self.config.health_check.is_some() {
-            // With active checks on, it comes back by passing them (possibly before the
-            // ejection time is over), never merely because the time ran out.
-            member.backend.set_probed_down(true);
-        }
-        tracing::warn!(
-            pool = self.name(),
-            backend = %member.backend.address(),
-            failures,
-            "backend ejected for {length:?} after {failures} failures in a row"
-        );
-        self.request_rebuild();
-    }
-
     /// Chooses a backend for `req` from the current selection, never one of `exclude`
     /// (member indices already tried). A valid sticky cookie wins over the algorithm;
     /// otherwise the algorithm picks and, in a sticky pool, the response must set the

@@ -18,6 +18,7 @@ use crate::http1::head::{Framing, RequestHead};
 use crate::http1::io::{write_all_vectored, Timer};
 use crate::http1::write::{self, Forwarding};
 use crate::proxy::access_log::AccessRecord;
+use crate::proxy::retry;
 use crate::proxy::ProxyError;
 use crate::upstream::backend::nanos_at;
 use crate::upstream::idle::ConnectError;
@@ -141,7 +142,11 @@ pub(super) async fn proxy(
         let member = &pool.members()[index];
         tried[attempts] = index;
         attempts += 1;
-        let may_retry = attempts <= policy.attempts as usize;
+        let so_far = retry::Attempts {
+            made: attempts,
+            replayable,
+            body_consumed: body_touched,
+        };
         let backend = &member.backend;
         let _slot = match &member.slots {
             None => None,
@@ -172,7 +177,7 @@ pub(super) async fn proxy(
             attempt_deadline = attempt_deadline.min(d);
         }
         let retry_status = |status: u16| {
-            replayable && may_retry && policy.on_status.contains(status) && pool.retry_budget().try_withdraw()
+            retry::allows(policy, retry::Failure::Status(status), so_far) && pool.retry_budget().try_withdraw()
         };
         let plan = AttemptPlan {
             settings,
@@ -197,7 +202,7 @@ pub(super) async fn proxy(
                 bytes,
             } => {
                 if status >= 500 && config.passive.eject_on_5xx {
-                    pool.record_failure(index);
+                    crate::health::passive::record_failure(pool, index);
                 } else {
                     backend.record_success();
                 }
@@ -224,14 +229,14 @@ pub(super) async fn proxy(
             }
             Attempt::RetryStatus { status } => {
                 if config.passive.eject_on_5xx && status >= 500 {
-                    pool.record_failure(index);
+                    crate::health::passive::record_failure(pool, index);
                 }
                 tracing::debug!(pool = pool.name(), backend = %backend.address(), status, "retrying on status");
                 last_failure = ProxyError::BadGateway;
                 continue;
             }
             Attempt::Failed { error, why, retry } => {
-                pool.record_failure(index);
+                crate::health::passive::record_failure(pool, index);
                 tracing::warn!(
                     backend = %backend.address(),
                     pool = pool.name(),
@@ -241,12 +246,16 @@ pub(super) async fn proxy(
                     "backend request failed"
                 );
                 last_failure = error;
-                let wanted = match retry {
-                    RetryKind::Connect => policy.on_connect_failure,
-                    RetryKind::Reset => replayable && policy.on_reset,
-                    RetryKind::Timeout => replayable && policy.on_timeout,
+                let failure = match retry {
+                    RetryKind::Connect => retry::Failure::Connect,
+                    RetryKind::Reset => retry::Failure::Reset,
+                    RetryKind::Timeout => retry::Failure::Timeout,
                 };
-                if may_retry && wanted && (!body_touched || replayable) && pool.retry_budget().try_withdraw() {
+                let so_far = retry::Attempts {
+                    body_consumed: body_touched,
+                    ..so_far
+                };
+                if retry::allows(policy, failure, so_far) && pool.retry_budget().try_withdraw() {
                     continue;
                 }
                 return answer(
