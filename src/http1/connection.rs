@@ -84,6 +84,8 @@ pub struct ConnInfo {
     pub(super) waker: AtomicWaker,
     /// Its entry in the registry.
     slot: u32,
+    /// The worker thread serving it: the index of its per-worker idle upstream connections.
+    pub worker: u32,
     registry: Arc<Registry>,
 }
 
@@ -145,7 +147,7 @@ impl Registry {
     }
 
     /// Registers an admitted connection (see [`ConnectionLimit::admit`]).
-    fn register(self: &Arc<Self>, stream: &TcpStream, peer: SocketAddr) -> Registered {
+    fn register(self: &Arc<Self>, stream: &TcpStream, peer: SocketAddr, worker: usize) -> Registered {
         use std::os::fd::AsRawFd;
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let slot = open.iter().position(Option::is_none).unwrap_or(open.len());
@@ -156,6 +158,7 @@ impl Registry {
             alarm: AtomicBool::new(false),
             waker: AtomicWaker::new(),
             slot: u32::try_from(slot).unwrap_or(u32::MAX),
+            worker: u32::try_from(worker).unwrap_or(0),
             registry: Arc::clone(self),
         });
         let entry = Some((stream.as_raw_fd(), Arc::clone(&info)));
@@ -225,10 +228,15 @@ fn shutdown_read(fd: i32) {
 /// only the connection, the listener's shared state and one timer. Everything a request needs
 /// lives in a recycled block while the request runs. (An `async move` block rather than an
 /// `async fn`, whose arguments would be stored twice.)
-pub fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> impl Future<Output = ()> + Send {
+pub fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    worker: usize,
+    shared: Arc<Shared>,
+) -> impl Future<Output = ()> + Send {
     let _ = stream.set_nodelay(true);
     let mut conn = Client {
-        info: shared.registry.register(&stream, peer),
+        info: shared.registry.register(&stream, peer, worker),
         stream,
         buf: Buffer::default(),
     };
@@ -322,10 +330,10 @@ async fn is_h2_preface(conn: &mut Client) -> bool {
 async fn serve_h2(conn: Client, shared: Arc<Shared>) {
     let mut stop = shared.stop.clone();
     let Client { info, stream, buf } = conn;
-    let peer = info.peer;
+    let (peer, worker) = (info.peer, info.worker as usize);
     // Unregistered now: shutdown reaches HTTP/2 connections through `stop`.
     drop(info);
-    let info = Arc::new(crate::proxy::forward::ConnInfo::new(peer));
+    let info = Arc::new(crate::proxy::forward::ConnInfo::new(peer, worker));
     let router = Arc::clone(&shared.router);
     let limit = Arc::clone(&shared.limit);
     let service = hyper::service::service_fn(move |req| {
@@ -439,12 +447,12 @@ mod tests {
             active: tokio::sync::mpsc::channel(1).0,
         });
         assert!(shared.limit.admit() && shared.limit.admit());
-        let future = serve(stream, addr, Arc::clone(&shared));
+        let future = serve(stream, addr, 0, Arc::clone(&shared));
         let size = std::mem::size_of_val(&future);
         drop(future);
         let stream = TcpStream::connect(addr).await.expect("connect");
         let mut conn = Client {
-            info: shared.registry.register(&stream, addr),
+            info: shared.registry.register(&stream, addr, 0),
             stream,
             buf: Buffer::default(),
         };

@@ -31,14 +31,20 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// The client's IP, pre-rendered for `X-Forwarded-For`.
     pub client_ip: HeaderValue,
+    /// The worker thread serving it (whose idle upstream connections it uses).
+    pub worker: usize,
 }
 
 impl ConnInfo {
-    /// Info for a connection from `peer`.
-    pub fn new(peer: SocketAddr) -> ConnInfo {
+    /// Info for a connection from `peer`, served by worker `worker`.
+    pub fn new(peer: SocketAddr, worker: usize) -> ConnInfo {
         let ip = peer.ip().to_canonical();
         let client_ip = HeaderValue::try_from(ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        ConnInfo { peer, client_ip }
+        ConnInfo {
+            peer,
+            client_ip,
+            worker,
+        }
     }
 }
 
@@ -216,7 +222,7 @@ async fn proxy(
         };
         let mut request_sent = false;
         let exchange = tokio::time::timeout_at(attempt_deadline, async {
-            let mut connection = member.connections.checkout().await.map_err(|e| (false, e))?;
+            let mut connection = member.connections.checkout(conn.worker).await.map_err(|e| (false, e))?;
             let Some(upstream_req) = next_request(&mut parts, &mut payload, backend) else {
                 return Ok(None);
             };

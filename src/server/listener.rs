@@ -135,8 +135,9 @@ async fn refuse(mut stream: TcpStream) {
     .await;
 }
 
-/// Accepts connections until `stop` turns true; each connection is served on its own task.
-pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+/// Accepts connections until `stop` turns true; each connection is served on its own task of
+/// this worker (`worker`: its index).
+pub async fn accept_loop(listener: TcpListener, worker: usize, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -149,7 +150,7 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: w
                         continue;
                     }
                     // Uncounted by the connection's registry entry when it closes.
-                    tokio::spawn(crate::http1::connection::serve(stream, peer, Arc::clone(&shared)));
+                    tokio::spawn(crate::http1::connection::serve(stream, peer, worker, Arc::clone(&shared)));
                 }
                 Err(e) => {
                     // Typically EMFILE: back off briefly rather than spin.

@@ -163,8 +163,8 @@ impl Server {
         let workers = workers::Workers::start(self.config.workers.unwrap_or(1)).map_err(StartError::Workers)?;
         let access = self.config.admin.as_ref().map(Access::of).unwrap_or_default();
         let mut running = Running {
+            registry: BackendRegistry::new(workers.handles().len()),
             workers,
-            registry: BackendRegistry::new(),
             active,
             listeners: Vec::new(),
             pools: Vec::new(),
@@ -312,12 +312,12 @@ impl Running {
             stop: stopped.clone(),
             active: self.active.clone(),
         });
-        for (worker, socket) in self.workers.handles().iter().zip(sockets) {
+        for (index, (worker, socket)) in self.workers.handles().iter().zip(sockets).enumerate() {
             let shared = Arc::clone(&shared);
             let stopped = stopped.clone();
             worker.spawn(async move {
                 match tokio::net::TcpListener::from_std(socket) {
-                    Ok(socket) => listener::accept_loop(socket, shared, stopped).await,
+                    Ok(socket) => listener::accept_loop(socket, index, shared, stopped).await,
                     Err(e) => tracing::error!("cannot accept on {addr}: {e}"),
                 }
             });

@@ -2,33 +2,15 @@
 //! `SO_REUSEPORT` socket (nginx's worker model). The kernel spreads new connections over the
 //! sockets; a connection then lives on one worker, with no cross-thread wakeups on its path.
 //! Pools, routers and backends are shared (all read lock-free); idle upstream connections are
-//! kept per worker, so a request reuses a connection driven by its own thread.
+//! kept per worker (each accepted connection carries its worker's index), so a request reuses
+//! a connection driven by its own thread.
 //!
 //! The thread that starts the workers is the control plane's: config loading, DNS, health
 //! probes, selection rebuilds and the admin API run there, never on a worker, so none of it
 //! stalls a request.
 
-use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use tokio::runtime::Handle;
 use tokio::sync::watch;
-
-thread_local! {
-    static WORKER: Cell<usize> = const { Cell::new(0) };
-}
-
-static COUNT: AtomicUsize = AtomicUsize::new(1);
-
-/// The index of the worker running on this thread (0 on any other thread).
-pub fn current() -> usize {
-    WORKER.with(Cell::get)
-}
-
-/// How many workers the process runs (at least 1).
-pub fn count() -> usize {
-    COUNT.load(Ordering::Relaxed).max(1)
-}
 
 /// The worker runtimes, one thread each.
 #[derive(Debug)]
@@ -41,7 +23,6 @@ impl Workers {
     /// Starts `n` (at least 1) worker threads.
     pub fn start(n: usize) -> std::io::Result<Workers> {
         let n = n.max(1);
-        COUNT.fetch_max(n, Ordering::Relaxed);
         let (stop, stopped) = watch::channel(false);
         let mut handles = Vec::with_capacity(n);
         for i in 0..n {
@@ -51,7 +32,6 @@ impl Workers {
             std::thread::Builder::new()
                 .name(format!("steelyard-worker-{i}"))
                 .spawn(move || {
-                    WORKER.with(|w| w.set(i));
                     runtime.block_on(async move {
                         let _ = stopped.wait_for(|s| *s).await;
                     });

@@ -24,7 +24,6 @@ use tokio::net::TcpStream;
 use super::backend::clock_nanos;
 use super::idle::UpstreamTimeouts;
 use super::Backend;
-use crate::server::workers;
 
 /// A request body on its way to a backend: the client's, streamed, or a copy kept in memory
 /// so that the request can be sent again on a retry.
@@ -110,24 +109,31 @@ struct Idle {
 pub struct PooledConnection {
     sender: SendRequest<UpstreamBody>,
     home: Arc<ConnectionPool>,
+    /// The worker whose idle queue it goes back to.
+    worker: usize,
     reused: bool,
 }
 
 impl ConnectionPool {
     /// An empty pool for the backend at `address`.
-    pub fn new(address: SocketAddr, connect_timeout: Duration, idle_timeout: Duration) -> ConnectionPool {
+    pub fn new(
+        address: SocketAddr,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        workers: usize,
+    ) -> ConnectionPool {
         ConnectionPool {
             address,
             timeouts: UpstreamTimeouts::new(connect_timeout, idle_timeout),
-            idle: (0..workers::count())
+            idle: (0..workers.max(1))
                 .map(|_| ArrayQueue::new(MAX_IDLE_PER_BACKEND))
                 .collect(),
         }
     }
 
     /// This worker's idle connections.
-    fn local(&self) -> &ArrayQueue<Idle> {
-        &self.idle[workers::current() % self.idle.len()]
+    fn local(&self, worker: usize) -> &ArrayQueue<Idle> {
+        &self.idle[worker % self.idle.len()]
     }
 
     /// Connections waiting for a request.
@@ -140,9 +146,9 @@ impl ConnectionPool {
     }
 
     /// A ready connection: an idle one if any is usable, else a new one.
-    pub async fn checkout(self: &Arc<Self>) -> Result<PooledConnection, UpstreamError> {
+    pub async fn checkout(self: &Arc<Self>, worker: usize) -> Result<PooledConnection, UpstreamError> {
         let now = clock_nanos();
-        while let Some(idle) = self.local().pop() {
+        while let Some(idle) = self.local(worker).pop() {
             if idle.sender.is_closed() || self.expired(&idle, now) {
                 continue;
             }
@@ -155,14 +161,15 @@ impl ConnectionPool {
             return Ok(PooledConnection {
                 sender,
                 home: Arc::clone(self),
+                worker,
                 reused: true,
             });
         }
-        self.connect().await
+        self.connect(worker).await
     }
 
     /// Opens a new connection and spawns the task that drives it.
-    pub async fn connect(self: &Arc<Self>) -> Result<PooledConnection, UpstreamError> {
+    pub async fn connect(self: &Arc<Self>, worker: usize) -> Result<PooledConnection, UpstreamError> {
         let connect_timeout = self.timeouts.connect();
         let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(self.address)).await {
             Ok(Ok(stream)) => stream,
@@ -180,6 +187,7 @@ impl ConnectionPool {
         Ok(PooledConnection {
             sender,
             home: Arc::clone(self),
+            worker,
             reused: false,
         })
     }
@@ -206,7 +214,7 @@ impl PooledConnection {
             Ok(res) => Ok(res),
             Err(mut e) => match e.take_message() {
                 Some(req) if self.reused => {
-                    *self = self.home.connect().await?;
+                    *self = self.home.connect(self.worker).await?;
                     Ok(self.sender.send_request(req).await?)
                 }
                 _ => Err(UpstreamError::Http(e.into_error())),
@@ -220,7 +228,7 @@ impl PooledConnection {
         if self.sender.is_closed() {
             return;
         }
-        let _ = self.home.local().push(Idle {
+        let _ = self.home.local(self.worker).push(Idle {
             sender: self.sender,
             since: clock_nanos(),
         });

@@ -14,7 +14,6 @@ use crossbeam_queue::ArrayQueue;
 use tokio::net::TcpStream;
 
 use super::backend::clock_nanos;
-use crate::server::workers;
 
 /// Most idle connections kept per backend and worker; beyond it, released ones are closed.
 pub const MAX_IDLE_PER_WORKER: usize = 128;
@@ -85,18 +84,24 @@ pub struct IdleConnections {
 
 impl IdleConnections {
     /// None yet, for the backend at `address`.
-    pub fn new(address: SocketAddr, connect_timeout: Duration, idle_timeout: Duration) -> IdleConnections {
+    pub fn new(
+        address: SocketAddr,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        workers: usize,
+    ) -> IdleConnections {
         IdleConnections {
             address,
             timeouts: UpstreamTimeouts::new(connect_timeout, idle_timeout),
-            queues: (0..workers::count())
+            queues: (0..workers.max(1))
                 .map(|_| ArrayQueue::new(MAX_IDLE_PER_WORKER))
                 .collect(),
         }
     }
 
-    fn local(&self) -> &ArrayQueue<Idle> {
-        &self.queues[workers::current() % self.queues.len()]
+    /// Worker `worker`'s queue.
+    fn local(&self, worker: usize) -> &ArrayQueue<Idle> {
+        &self.queues[worker % self.queues.len()]
     }
 
     /// The connect timeout.
@@ -111,8 +116,8 @@ impl IdleConnections {
 
     /// An idle connection of this worker that the backend has not closed, if any; `now` is
     /// [`clock_nanos`] time.
-    pub fn checkout(&self, now: u64) -> Option<TcpStream> {
-        while let Some(idle) = self.local().pop() {
+    pub fn checkout(&self, worker: usize, now: u64) -> Option<TcpStream> {
+        while let Some(idle) = self.local(worker).pop() {
             if now.saturating_sub(idle.since) > self.timeouts.idle_nanos() {
                 continue;
             }
@@ -135,8 +140,8 @@ impl IdleConnections {
 
     /// Keeps `stream` for the next request of this worker. Call only when its last response
     /// ended exactly and nothing more was read.
-    pub fn checkin(&self, stream: TcpStream, now: u64) {
-        let _ = self.local().push(Idle { stream, since: now });
+    pub fn checkin(&self, worker: usize, stream: TcpStream, now: u64) {
+        let _ = self.local(worker).push(Idle { stream, since: now });
     }
 
     /// Closes connections idle past the idle timeout.

@@ -119,7 +119,7 @@ impl Pool {
     /// Builds the pool with backends of its own, ready to pick. Call [`Pool::start`] inside
     /// a tokio runtime to run its health checks as well.
     pub fn new(config: &PoolConfig) -> Pool {
-        let pool = Pool::with_registry(config, &BackendRegistry::new());
+        let pool = Pool::with_registry(config, &BackendRegistry::new(1));
         pool.commit();
         pool
     }

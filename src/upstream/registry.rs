@@ -15,8 +15,10 @@ use crate::stats::StatusCounts;
 
 /// Every live backend by (pool name, address), with its connections. Used only while building
 /// pools, off the hot path; entries whose backend is gone are pruned as pools are built.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct BackendRegistry {
+    /// Worker threads: idle connections are kept per worker.
+    workers: usize,
     backends: Mutex<HashMap<(String, SocketAddr), Entry>>,
     /// Figures of each pool name ever configured, kept across reloads (a handful of counters
     /// per name).
@@ -60,9 +62,13 @@ impl PoolStats {
 }
 
 impl BackendRegistry {
-    /// An empty registry.
-    pub fn new() -> BackendRegistry {
-        BackendRegistry::default()
+    /// An empty registry for a server with `workers` worker threads.
+    pub fn new(workers: usize) -> BackendRegistry {
+        BackendRegistry {
+            workers: workers.max(1),
+            backends: Mutex::default(),
+            pools: Mutex::default(),
+        }
     }
 
     /// The figures of the pool named `pool`, the same object across reloads (created with a
@@ -111,8 +117,18 @@ impl BackendRegistry {
         }
         let upstream = Upstream {
             backend: Arc::new(Backend::new(address, weight)),
-            idle: Arc::new(IdleConnections::new(address, connect_timeout, idle_timeout)),
-            connections: Arc::new(ConnectionPool::new(address, connect_timeout, idle_timeout)),
+            idle: Arc::new(IdleConnections::new(
+                address,
+                connect_timeout,
+                idle_timeout,
+                self.workers,
+            )),
+            connections: Arc::new(ConnectionPool::new(
+                address,
+                connect_timeout,
+                idle_timeout,
+                self.workers,
+            )),
         };
         map.insert(
             key,
@@ -132,7 +148,7 @@ mod tests {
 
     #[test]
     fn a_live_backend_is_shared_unchanged_and_a_dropped_one_is_new() {
-        let registry = BackendRegistry::new();
+        let registry = BackendRegistry::new(1);
         let addr: SocketAddr = "127.0.0.1:9000".parse().expect("addr");
         let t = Duration::from_secs(1);
         let (a, new_a) = registry.get_or_create("web", addr, 1, t, t);

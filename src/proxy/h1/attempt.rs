@@ -193,7 +193,9 @@ pub(super) async fn proxy(
         let ended = Instant::now();
         let latency = ended - attempt_started;
         if let Some(upstream) = reusable {
-            member.idle.checkin(upstream, nanos_at(ended.into_std()));
+            member
+                .idle
+                .checkin(conn.info.worker as usize, upstream, nanos_at(ended.into_std()));
         }
         match outcome {
             Attempt::Done {
@@ -338,7 +340,9 @@ async fn attempt(
     scratch: &mut Scratch,
 ) -> (Attempt, Option<TcpStream>) {
     let member = plan.member;
-    let mut pooled = member.idle.checkout(nanos_at(plan.started.into_std()));
+    let mut pooled = member
+        .idle
+        .checkout(conn.info.worker as usize, nanos_at(plan.started.into_std()));
     loop {
         let reused = pooled.is_some();
         let mut upstream = match pooled.take() {
