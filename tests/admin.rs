@@ -57,8 +57,9 @@ async fn metrics_count_requests_by_backend_and_status_class() {
         .await
         .expect("post");
     assert_eq!(res.text().await.expect("body").split(' ').next(), Some("1234"));
-    let (status, text) = admin_get(&sy, "/metrics", None).await;
-    assert_eq!(status, 200);
+    // A response is counted when the worker finishes it, which may be just after the client
+    // read its last byte: wait until all 11 are in.
+    let text = metrics_once_counted(&sy, 11).await;
     let line = |needle: &str| {
         text.lines()
             .find(|l| l.starts_with(needle))
@@ -227,6 +228,17 @@ async fn reload_through_the_api_reports_errors_and_counts_them() {
     assert_eq!(get(&client(), &sy.url("/")).await.1, "a");
 }
 
+/// The metrics page once `steelyard_requests_total` sums to `responses` (the worker counts a
+/// response when it finishes it, possibly just after the client read its last byte).
+async fn metrics_once_counted(sy: &Steelyard, responses: u64) -> String {
+    eventually("every response to be counted", || async {
+        let (status, body) = admin_get(sy, "/metrics", None).await;
+        status == 200 && family_sum(&body, "steelyard_requests_total") >= responses
+    })
+    .await;
+    admin_get(sy, "/metrics", None).await.1
+}
+
 /// The sum of every series of `family` in a Prometheus text exposition.
 fn family_sum(text: &str, family: &str) -> u64 {
     text.lines()
@@ -280,7 +292,7 @@ async fn requests_total_sums_to_every_response_sent() {
     assert_eq!(res.status(), 404);
     sent += 1;
 
-    let (_, text) = admin_get(&sy, "/metrics", None).await;
+    let text = metrics_once_counted(&sy, sent).await;
     assert_eq!(family_sum(&text, "steelyard_requests_total"), sent, "{text}");
     let series = |labels: &str| {
         text.lines()

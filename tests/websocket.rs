@@ -81,10 +81,11 @@ async fn websocket_frames_pass_both_ways_and_either_side_can_close() {
         .await
         .expect("upgrade through the proxy");
     assert_eq!(response.status(), 101);
-    assert_eq!(
-        metric(&sy, "steelyard_upgraded_connections{").await,
-        "steelyard_upgraded_connections{listener=\"web\"} 1"
-    );
+    // Counted by the worker as the tunnel starts, just after the 101 went out.
+    eventually("the tunnel to be counted", || async {
+        metric(&sy, "steelyard_upgraded_connections{").await == "steelyard_upgraded_connections{listener=\"web\"} 1"
+    })
+    .await;
 
     ws.send(Message::text("hello")).await.expect("send text");
     assert_eq!(ws.next().await.expect("frame").expect("ok"), Message::text("hello"));
