@@ -453,3 +453,40 @@ fn an_exposed_admin_listener_needs_a_token() {
     let with_token = text.replace("[admin]\n", "[admin]\ntoken = \"t\"\n");
     assert!(steelyard::Config::from_toml(&with_token, "a.toml", &steelyard::server::dns::System).is_ok());
 }
+
+/// Out of descriptors, `accept` fails at once every time it is called; the admin server backs
+/// off instead of spinning on it. With every descriptor held by idle admin connections, the
+/// process uses well under a third of a core, and the admin answers again once they are gone.
+#[test]
+fn admin_accept_errors_back_off_instead_of_spinning() {
+    let script = format!(
+        "ulimit -n 40 && exec {BIN} --listen 127.0.0.1:0 --backend 127.0.0.1:1 --workers 1 --admin 127.0.0.1:0"
+    );
+    let mut p = Process::start_command(std::process::Command::new("sh").args(["-c", &script]));
+    let line = p.wait_for_line("admin API and dashboard on http://");
+    let admin: SocketAddr = line[line.find("http://").expect("url") + 7..]
+        .trim_end_matches('/')
+        .parse()
+        .expect("admin address");
+    // Connections wait in the accept queue even when the process cannot take them.
+    let held: Vec<_> = (0..60)
+        .map(|_| std::net::TcpStream::connect(admin).expect("connect"))
+        .collect();
+    p.wait_for_line("admin accept failed");
+    let before = p.cpu_ticks();
+    // A measurement window, not a wait for an event: CPU used while accept keeps failing.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let used = p.cpu_ticks() - before;
+    assert!(used < 30, "{used} ticks of CPU in 1 s while out of descriptors");
+    drop(held);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(eventually("the admin to answer again", || async {
+        client()
+            .get(format!("http://{admin}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    }));
+    p.signal("-TERM");
+    p.wait();
+}
