@@ -13,6 +13,7 @@ pub mod http1;
 pub mod proxy;
 pub mod server;
 pub mod stats;
+pub mod tls;
 pub mod upstream;
 
 use std::future::Future;

@@ -46,6 +46,19 @@ fn check(cli: &Cli) -> ExitCode {
     };
     match Config::load(path, &steelyard::server::dns::System) {
         Ok(config) => {
+            // Certificates are files of their own: load and check every one.
+            let mut bad = false;
+            for l in &config.listeners {
+                if let Some(tls) = &l.tls {
+                    if let Err(e) = steelyard::tls::server_config(tls) {
+                        eprintln!("{e}");
+                        bad = true;
+                    }
+                }
+            }
+            if bad {
+                return ExitCode::FAILURE;
+            }
             println!("{}: OK: {}", path.display(), config.summary());
             if let Some(w) = config.workers {
                 println!("note: server.workers = {w} applies when Steelyard starts; a reload keeps the running number");

@@ -76,6 +76,8 @@ pub struct ListenerSection {
     pub limits: Option<Spanned<ListenerLimitsSection>>,
     /// `false`: replace every client's `X-Request-Id` with one of ours.
     pub trust_request_id: Option<bool>,
+    /// `tls = { certificates = [...] }`: terminate TLS on this listener.
+    pub tls: Option<Spanned<TlsSection>>,
 }
 
 /// A listener's `timeouts = {...}`: how long clients may take.
@@ -106,6 +108,24 @@ pub struct ListenerLimitsSection {
     pub uri_bytes: Option<Spanned<i64>>,
     /// Largest request body.
     pub request_body: Option<Spanned<i64>>,
+}
+
+/// `tls = { certificates = [{ cert = "site.pem", key = "site.key" }, ...] }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// Certificates to serve, chosen by SNI; the first is the default.
+    pub certificates: Vec<Spanned<CertificateSection>>,
+}
+
+/// One certificate chain and its key, PEM files.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateSection {
+    /// The chain, leaf first.
+    pub cert: Spanned<String>,
+    /// The private key.
+    pub key: Spanned<String>,
 }
 
 /// `access_log = { path = "-" | "/var/log/...", format = "combined" | "json" }`.

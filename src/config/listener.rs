@@ -44,6 +44,29 @@ pub struct ListenerConfig {
     pub access_log: Option<AccessLogConfig>,
     /// Edge timeouts and request limits.
     pub client: ClientSettings,
+    /// TLS termination, if on.
+    pub tls: Option<TlsConfig>,
+}
+
+/// A listener's TLS settings: the files as configured (loaded and checked by `crate::tls`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// Certificates chosen by SNI; the first is the default for clients without SNI or with
+    /// a name no certificate covers.
+    pub certificates: Vec<CertificateFiles>,
+}
+
+/// One certificate chain and its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFiles {
+    /// PEM chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// Where the entry is in the config file (`FILE:LINE:COL`), for errors found on loading.
+    pub at: String,
+    /// Its key (`listeners[0].tls.certificates[1]`).
+    pub key_name: String,
 }
 
 /// One route: which requests go to which pool.
@@ -202,7 +225,28 @@ pub(super) fn validate(
             format,
         })
     });
+    let tls = l.tls.as_ref().and_then(|t| {
+        let key = format!("listeners[{i}].tls.certificates");
+        if t.get_ref().certificates.is_empty() {
+            check.error(t.span(), format!("{key}: give at least one {{ cert, key }}"));
+            return None;
+        }
+        let certificates = t
+            .get_ref()
+            .certificates
+            .iter()
+            .enumerate()
+            .map(|(j, c)| CertificateFiles {
+                cert: check.path(c.get_ref().cert.get_ref()),
+                key: check.path(c.get_ref().key.get_ref()),
+                at: check.location(c.span()),
+                key_name: format!("{key}[{j}]"),
+            })
+            .collect();
+        Some(TlsConfig { certificates })
+    });
     Some(ListenerConfig {
+        tls,
         name: l.name.clone().unwrap_or_else(|| listen.to_string()),
         listen,
         routes,

@@ -30,7 +30,9 @@ pub use address::{
 };
 pub use admin::{AdminConfig, DEFAULT_ADMIN_LISTEN};
 pub use client::ClientSettings;
-pub use listener::{AccessLogConfig, AccessLogFormat, HostMatch, ListenerConfig, RouteConfig};
+pub use listener::{
+    AccessLogConfig, AccessLogFormat, CertificateFiles, HostMatch, ListenerConfig, RouteConfig, TlsConfig,
+};
 pub use pool::{
     Algorithm, BackendConfig, HashKey, PoolConfig, SelectOptions, StickyConfig, Timeouts, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DNS_REFRESH, DEFAULT_EWMA_DECAY, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAGLEV_TABLE_SIZE,
@@ -120,6 +122,21 @@ pub(crate) struct Checker<'a> {
 }
 
 impl Checker<'_> {
+    /// `FILE:LINE:COL` of a span, for errors found later (a certificate that does not load).
+    fn location(&self, span: Range<usize>) -> String {
+        let (line, column) = line_col(self.text, span.start);
+        format!("{}:{line}:{column}", self.file)
+    }
+
+    /// A path from the file, relative to the file's directory unless absolute.
+    fn path(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        match Path::new(self.file).parent() {
+            Some(dir) if p.is_relative() => dir.join(p),
+            _ => p.to_owned(),
+        }
+    }
+
     fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
         let (line, column) = line_col(self.text, span.start);
         self.errors.push(ConfigError {
@@ -258,6 +275,7 @@ impl Config {
                 max_client_connections: None,
                 access_log: None,
                 client: ClientSettings::default(),
+                tls: None,
             }],
             pools: vec![PoolConfig {
                 name: "default".into(),

@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::buffer::{self, Buffer, BUF_SIZE};
+use super::client_io::ClientIo;
 use super::io::Timer;
 use super::recycle::Recycled;
 use crate::proxy::h1::{self, Next};
@@ -101,6 +102,14 @@ impl std::ops::Deref for Registered {
     }
 }
 
+impl Registered {
+    /// A handle on the connection's timer (the deadline lives in the shared record, so the
+    /// connection's task holds no timer state of its own).
+    pub fn timer(&self) -> Timer {
+        Timer::new(Arc::clone(&self.0))
+    }
+}
+
 impl Drop for Registered {
     fn drop(&mut self) {
         let registry = &self.0.registry;
@@ -117,8 +126,8 @@ impl Drop for Registered {
 pub struct Client {
     /// Who it is. Declared first: dropped (unregistered) before the socket closes.
     pub info: Registered,
-    /// The socket.
-    pub stream: TcpStream,
+    /// The socket, or the TLS session over it.
+    pub stream: ClientIo,
     /// Bytes read and not yet consumed; holds no memory while empty.
     pub buf: Buffer,
 }
@@ -237,15 +246,23 @@ pub fn serve(
     let _ = stream.set_nodelay(true);
     let mut conn = Client {
         info: shared.registry.register(&stream, peer, worker),
-        stream,
+        stream: ClientIo::Plain(stream),
         buf: Buffer::default(),
     };
     async move {
+        if let Some(config) = shared.router.load().tls().cloned() {
+            // Boxed: the handshake's state is large and only TLS connections need it.
+            conn = match Box::pin(handshake(conn, config, &shared)).await {
+                Some(conn) => conn,
+                None => return,
+            };
+        }
         // The idle deadline: the first request's head timeout from now, then the keep-alive
         // timeout from the end of each response. The registry's sweep closes the connection
         // when it passes while idle.
-        let mut timer = Timer::new(Arc::clone(&conn.info.0));
-        timer.set(Instant::now() + shared.router.load().client_settings().head_timeout);
+        conn.info
+            .timer()
+            .set(Instant::now() + shared.router.load().client_settings().head_timeout);
         let mut first = true;
         loop {
             if conn.buf.is_empty() {
@@ -285,8 +302,14 @@ pub fn serve(
             }
             if first {
                 first = false;
+                // HTTP/2 by ALPN over TLS, by its preface (prior knowledge) in the clear.
                 // Boxed: only a connection's first bytes need it, so no idle connection pays.
-                if Box::pin(is_h2_preface(&mut conn)).await {
+                let h2 = if conn.stream.is_tls() {
+                    conn.stream.alpn_is_h2()
+                } else {
+                    Box::pin(is_h2_preface(&mut conn)).await
+                };
+                if h2 {
                     // Boxed: hyper's connection state would otherwise size every task.
                     Box::pin(serve_h2(conn, shared)).await;
                     return;
@@ -294,10 +317,36 @@ pub fn serve(
             }
             // A head must be complete within the head timeout of its first byte.
             // A pipelined request already buffered re-arms the timer for its own head.
-            match Recycled::new(h1::serve(&mut conn, &shared, &mut timer)).await {
-                Next::KeepAlive(idle_deadline) => timer.set(idle_deadline),
+            match Recycled::new(h1::serve(&mut conn, &shared)).await {
+                Next::KeepAlive(idle_deadline) => conn.info.timer().set(idle_deadline),
                 Next::Close => break,
             }
+        }
+    }
+}
+
+/// Runs the TLS handshake within the listener's head timeout; `None` when it fails (logged at
+/// debug level: scanners and health probes fail handshakes all day).
+async fn handshake(conn: Client, config: Arc<rustls::ServerConfig>, shared: &Shared) -> Option<Client> {
+    let limit = shared.router.load().client_settings().head_timeout;
+    let Client { info, stream, buf } = conn;
+    let ClientIo::Plain(stream) = stream else {
+        return None;
+    };
+    let peer = info.peer;
+    match tokio::time::timeout(limit, tokio_rustls::TlsAcceptor::from(config).accept(stream)).await {
+        Ok(Ok(tls)) => Some(Client {
+            info,
+            stream: ClientIo::tls(tls),
+            buf,
+        }),
+        Ok(Err(e)) => {
+            tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(client = %peer, "no TLS handshake within the head timeout");
+            None
         }
     }
 }
@@ -333,7 +382,7 @@ async fn serve_h2(conn: Client, shared: Arc<Shared>) {
     let (peer, worker) = (info.peer, info.worker as usize);
     // Unregistered now: shutdown reaches HTTP/2 connections through `stop`.
     drop(info);
-    let info = Arc::new(crate::proxy::forward::ConnInfo::new(peer, worker));
+    let info = Arc::new(crate::proxy::forward::ConnInfo::new(peer, worker, stream.is_tls()));
     let router = Arc::clone(&shared.router);
     let limit = Arc::clone(&shared.limit);
     let service = hyper::service::service_fn(move |req| {
@@ -380,7 +429,7 @@ async fn serve_h2(conn: Client, shared: Arc<Shared>) {
 struct Rewind {
     prefix: Vec<u8>,
     pos: usize,
-    inner: TcpStream,
+    inner: ClientIo,
 }
 
 impl AsyncRead for Rewind {
@@ -453,11 +502,10 @@ mod tests {
         let stream = TcpStream::connect(addr).await.expect("connect");
         let mut conn = Client {
             info: shared.registry.register(&stream, addr, 0),
-            stream,
+            stream: ClientIo::Plain(stream),
             buf: Buffer::default(),
         };
-        let mut timer = Timer::new(Arc::clone(&conn.info.0));
-        let request = h1::serve(&mut conn, &shared, &mut timer);
+        let request = h1::serve(&mut conn, &shared);
         let request_size = std::mem::size_of_val(&request);
         // A request's state is moved into its recycled block once per request.
         assert!(request_size <= 3072, "request future is {request_size} bytes");

@@ -259,6 +259,7 @@ where
             write::response_head(out, ubuf.unread(), &res, fields, ClientFraming::Empty, true, 1, None);
             progress.client_written.store(true, Ordering::Relaxed);
             cwr.write_all(out).await.map_err(|_| DownloadError::Client)?;
+            cwr.flush().await.map_err(|_| DownloadError::Client)?;
             ubuf.consume(res.len);
             return Ok(Downloaded::Upgraded);
         }
@@ -267,6 +268,7 @@ where
             if plan.client_minor == 1 {
                 write::response_head(out, ubuf.unread(), &res, fields, ClientFraming::Empty, true, 1, None);
                 cwr.write_all(out).await.map_err(|_| DownloadError::Client)?;
+                cwr.flush().await.map_err(|_| DownloadError::Client)?;
             }
             ubuf.consume(res.len);
             continue;
@@ -382,6 +384,8 @@ where
         let Some(room) = ubuf.room(BUF_SIZE + chunked::MAX_TRAILERS) else {
             return Err(DownloadError::Body("chunk line too long"));
         };
+        // What was written may still sit in a TLS session: send it before waiting.
+        cwr.flush().await.map_err(|_| DownloadError::Client)?;
         match urd.read_buf(room).await {
             Ok(0) if upstream_framing == Framing::Close => {
                 if chunked_out {
@@ -397,6 +401,7 @@ where
             }
         }
     }
+    cwr.flush().await.map_err(|_| DownloadError::Client)?;
     let reusable = res.keep_alive && upstream_framing != Framing::Close && ubuf.is_empty();
     Ok(Downloaded::Complete {
         status: res.status,
@@ -447,6 +452,7 @@ where
         if !u.is_empty() {
             let n = u.len();
             to.write_all(u).await?;
+            to.flush().await?;
             buf.consume(n);
             total += n as u64;
             progress.tick();

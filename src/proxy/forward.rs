@@ -33,17 +33,20 @@ pub struct ConnInfo {
     pub client_ip: HeaderValue,
     /// The worker thread serving it (whose idle upstream connections it uses).
     pub worker: usize,
+    /// True when it arrived over TLS (`X-Forwarded-Proto: https`).
+    pub tls: bool,
 }
 
 impl ConnInfo {
-    /// Info for a connection from `peer`, served by worker `worker`.
-    pub fn new(peer: SocketAddr, worker: usize) -> ConnInfo {
+    /// Info for a connection from `peer`, served by worker `worker`, over TLS or not.
+    pub fn new(peer: SocketAddr, worker: usize, tls: bool) -> ConnInfo {
         let ip = peer.ip().to_canonical();
         let client_ip = HeaderValue::try_from(ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         ConnInfo {
             peer,
             client_ip,
             worker,
+            tls,
         }
     }
 }
@@ -168,7 +171,13 @@ async fn proxy(
 ) -> Response<ProxyBody> {
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    add_forwarding(&mut parts.headers, parts.version, &conn.client_ip, host.as_ref());
+    add_forwarding(
+        &mut parts.headers,
+        parts.version,
+        &conn.client_ip,
+        host.as_ref(),
+        conn.tls,
+    );
     parts.uri = origin_form(std::mem::take(&mut parts.uri));
     parts.version = Version::HTTP_11;
 

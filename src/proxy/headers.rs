@@ -18,6 +18,7 @@ static VIA_HTTP10: HeaderValue = HeaderValue::from_static("1.0 steelyard");
 static VIA_HTTP11: HeaderValue = HeaderValue::from_static("1.1 steelyard");
 static VIA_HTTP2: HeaderValue = HeaderValue::from_static("2.0 steelyard");
 static PROTO_HTTP: HeaderValue = HeaderValue::from_static("http");
+static PROTO_HTTPS: HeaderValue = HeaderValue::from_static("https");
 
 /// Removes hop-by-hop headers: `Connection`, every header it names, and the fixed list.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -78,9 +79,16 @@ fn append_to_list(headers: &mut HeaderMap, name: &HeaderName, value: &HeaderValu
 ///
 /// `client_ip` is pre-rendered per connection; `host` is the request's original host, which
 /// the `Host` header keeps (HTTP/2 requests carry it in the URI and get a `Host` header here).
-pub fn add_forwarding(headers: &mut HeaderMap, version: Version, client_ip: &HeaderValue, host: Option<&HeaderValue>) {
+pub fn add_forwarding(
+    headers: &mut HeaderMap,
+    version: Version,
+    client_ip: &HeaderValue,
+    host: Option<&HeaderValue>,
+    tls: bool,
+) {
     append_to_list(headers, &X_FORWARDED_FOR, client_ip);
-    headers.insert(&X_FORWARDED_PROTO, PROTO_HTTP.clone());
+    let proto = if tls { &PROTO_HTTPS } else { &PROTO_HTTP };
+    headers.insert(&X_FORWARDED_PROTO, proto.clone());
     if let Some(host) = host {
         if !headers.contains_key(HOST) {
             headers.insert(HOST, host.clone());
@@ -127,6 +135,7 @@ mod tests {
             Version::HTTP_2,
             &HeaderValue::from_static("127.0.0.1"),
             Some(&host),
+            false,
         );
         assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");

@@ -13,6 +13,8 @@ pub struct Router {
     routes: Vec<Route>,
     access_log: Option<AccessLog>,
     client: ClientSettings,
+    /// The TLS config new connections handshake with, when the listener terminates TLS.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 #[derive(Debug)]
@@ -65,7 +67,19 @@ impl Router {
             routes,
             access_log: None,
             client: listener.client,
+            tls: None,
         }
+    }
+
+    /// Terminates TLS with `config` on this listener's new connections.
+    pub fn with_tls(mut self, config: Option<Arc<rustls::ServerConfig>>) -> Router {
+        self.tls = config;
+        self
+    }
+
+    /// The TLS config for new connections, if the listener terminates TLS.
+    pub fn tls(&self) -> Option<&Arc<rustls::ServerConfig>> {
+        self.tls.as_ref()
     }
 
     /// Writes this listener's requests to `log`.

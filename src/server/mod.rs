@@ -46,6 +46,9 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// A listener's certificates could not be loaded.
+    #[error("{0}")]
+    Tls(crate::tls::TlsError),
     /// The worker threads could not be started.
     #[error("cannot start the worker threads: {0}")]
     Workers(std::io::Error),
@@ -184,6 +187,7 @@ impl Server {
             .prepare(self.config.clone(), sockets, true)
             .map_err(|e| match e {
                 ReloadError::Bind(e) => e,
+                ReloadError::Tls(e) => StartError::Tls(e),
                 other => StartError::Bind {
                     addr: config::DEFAULT_ADMIN_LISTEN,
                     source: std::io::Error::other(other.to_string()),

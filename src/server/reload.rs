@@ -40,6 +40,9 @@ pub enum ReloadError {
     /// A new listener could not be bound, or a new access log opened.
     #[error("{0}")]
     Bind(#[from] StartError),
+    /// A listener's certificates could not be loaded.
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// The server has stopped.
     #[error("the server is not running")]
     Stopped,
@@ -294,7 +297,11 @@ impl Running {
             if let (Some(c), Some(log)) = (&l.access_log, &log) {
                 access_logs.insert(c.clone(), log.clone());
             }
-            let router = Router::new(&l, &pools).with_access_log(log);
+            let tls = match &l.tls {
+                None => None,
+                Some(t) => Some(crate::tls::server_config(t)?),
+            };
+            let router = Router::new(&l, &pools).with_access_log(log).with_tls(tls);
             listeners.push(match target {
                 Ok(index) => StagedListener::Kept {
                     index,

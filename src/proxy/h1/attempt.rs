@@ -434,7 +434,7 @@ async fn exchange(
         &scratch.fields,
         &Forwarding {
             client_ip,
-            proto: b"http",
+            proto: if conn.stream.is_tls() { b"https" } else { b"http" },
             backend_authority: backend.authority().as_str().as_bytes(),
             request_id: request_id.get(head_bytes),
         },

@@ -8,9 +8,9 @@ use attempt::proxy;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::http1::client_io::ClientIo;
 use http::header::{HeaderName, HeaderValue, REFERER, USER_AGENT};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::access_log::{request_id_bytes, AccessRecord};
@@ -58,7 +58,9 @@ impl Drop for Scratch {
 
 /// Serves the request whose first bytes are in `conn`'s buffer; its whole head must arrive
 /// within the head timeout from now.
-pub async fn serve(conn: &mut Client, shared: &Shared, timer: &mut Timer) -> Next {
+pub async fn serve(conn: &mut Client, shared: &Shared) -> Next {
+    let mut timer = conn.info.timer();
+    let timer = &mut timer;
     let now = Instant::now();
     let router = shared.router.load_full();
     let settings = router.client_settings();
@@ -138,7 +140,11 @@ async fn write_local(conn: &mut Client, out: &mut Vec<u8>, status: u16, extra: &
     let text = format_status_body(status, &mut body);
     let len = text.len() as u64;
     write::local_response(out, status, extra, text, keep_alive);
-    let _ = tokio::time::timeout(Duration::from_secs(5), conn.stream.write_all(out)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        conn.stream.write_all(out).await?;
+        conn.stream.flush().await
+    })
+    .await;
     if !keep_alive {
         linger(&mut conn.stream).await;
     }
@@ -148,7 +154,7 @@ async fn write_local(conn: &mut Client, out: &mut Vec<u8>, status: u16, extra: &
 /// Closes our side, then reads and discards what the client still sends for a moment, so
 /// that closing with unread bytes does not reset the connection and destroy the response
 /// in flight (nginx's lingering close).
-async fn linger(stream: &mut TcpStream) {
+async fn linger(stream: &mut ClientIo) {
     use tokio::io::AsyncReadExt;
     let _ = stream.shutdown().await;
     let mut sink = [0u8; 1024];

@@ -1,0 +1,323 @@
+//! TLS termination on a listener: certificates chosen by SNI (exact, wildcard, default),
+//! HTTP/1.1 and HTTP/2 by ALPN, `X-Forwarded-Proto: https`, certificates swapped by a reload
+//! without dropping an open connection, and `check` naming bad certificate entries. Real
+//! certificates from a test CA (rcgen), a real rustls client, real sockets.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use support::*;
+
+/// A test CA and the files of certificates it signed.
+struct Pki {
+    ca: CertificateDer<'static>,
+    issuer: CertifiedIssuer<'static, KeyPair>,
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("CA");
+        let dir = std::env::temp_dir().join(format!("steelyard-tls-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        Pki {
+            ca: issuer.der().clone(),
+            issuer,
+            dir,
+        }
+    }
+
+    /// Writes `FILE.pem` and `FILE.key` for a certificate covering `names`; returns its DER.
+    fn issue(&self, file: &str, names: &[&str]) -> CertificateDer<'static> {
+        let key = KeyPair::generate().expect("key");
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = CertificateParams::new(names)
+            .expect("params")
+            .signed_by(&key, &self.issuer)
+            .expect("sign");
+        std::fs::write(self.dir.join(format!("{file}.pem")), cert.pem()).expect("write cert");
+        std::fs::write(self.dir.join(format!("{file}.key")), key.serialize_pem()).expect("write key");
+        cert.der().clone()
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir.join(file).display().to_string()
+    }
+
+    /// A client trusting this CA, offering `alpn`.
+    fn connector(&self, alpn: &[&[u8]]) -> TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.clone()).expect("root");
+        let mut config =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        TlsConnector::from(Arc::new(config))
+    }
+}
+
+fn tls_toml(pki: &Pki, certs: &[&str], origin: &Origin) -> String {
+    let list: Vec<String> = certs
+        .iter()
+        .map(|c| {
+            format!(
+                "{{ cert = \"{}\", key = \"{}\" }}",
+                pki.path(&format!("{c}.pem")),
+                pki.path(&format!("{c}.key"))
+            )
+        })
+        .collect();
+    format!(
+        "[[listeners]]\nlisten = \"127.0.0.1:0\"\ntls = {{ certificates = [{}] }}\nroutes = [{{ pool = \"main\" }}]\n\n[pools.main]\nbackends = [\"{}\"]\n",
+        list.join(", "),
+        origin.addr
+    )
+}
+
+async fn connect(pki: &Pki, alpn: &[&[u8]], addr: std::net::SocketAddr, sni: &str) -> TlsStream<TcpStream> {
+    let name = match sni.parse::<std::net::IpAddr>() {
+        Ok(ip) => ServerName::IpAddress(ip.into()),
+        Err(_) => ServerName::try_from(sni.to_owned()).expect("name"),
+    };
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    pki.connector(alpn).connect(name, tcp).await.expect("handshake")
+}
+
+fn leaf(stream: &TlsStream<TcpStream>) -> CertificateDer<'static> {
+    stream.get_ref().1.peer_certificates().expect("certificates")[0].clone()
+}
+
+/// One HTTP/1.1 request on an open TLS stream; returns the response's body.
+async fn get_over(stream: &mut TlsStream<TcpStream>, host: &str) -> String {
+    stream
+        .write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).await.expect("read");
+        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_owned)
+                })
+                .expect("content-length")
+                .trim()
+                .parse()
+                .expect("length");
+            if got.len() >= end + 4 + length {
+                assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+                return text[end + 4..end + 4 + length].to_owned();
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_chooses_the_certificate_and_requests_are_proxied() {
+    let origin = spawn_origin("a").await;
+    let pki = Pki::new("sni");
+    let default = pki.issue("default", &["default.test", "127.0.0.1"]);
+    let exact = pki.issue("exact", &["a.test"]);
+    let wildcard = pki.issue("wildcard", &["*.b.test"]);
+    let sy = spawn_steelyard(config(&tls_toml(&pki, &["default", "exact", "wildcard"], &origin))).await;
+
+    for (sni, expected, what) in [
+        ("a.test", &exact, "exact name"),
+        ("x.b.test", &wildcard, "wildcard"),
+        ("127.0.0.1", &default, "no SNI (an IP address)"),
+    ] {
+        let mut stream = connect(&pki, &[b"http/1.1"], sy.addr, sni).await;
+        assert_eq!(&leaf(&stream), expected, "{what}");
+        assert_eq!(get_over(&mut stream, sni).await, "a", "{what}");
+        assert_eq!(origin.last_headers()["x-forwarded-proto"], "https", "{what}");
+        // Keep-alive: a second request on the same session.
+        assert_eq!(get_over(&mut stream, sni).await, "a", "{what}: second request");
+    }
+    // An unknown name gets the default certificate, which does not cover it: the client
+    // refuses it, as it should.
+    let tcp = TcpStream::connect(sy.addr).await.expect("connect");
+    let refused = pki
+        .connector(&[b"http/1.1"])
+        .connect(ServerName::try_from("unknown.test").expect("name"), tcp)
+        .await;
+    assert!(refused.is_err(), "the default certificate does not cover unknown.test");
+    // Plain HTTP on a TLS listener is not served.
+    let plain = raw_exchange(sy.addr, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert!(!plain.starts_with("HTTP/1.1 200"), "{plain:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alpn_h2_is_served_over_http2() {
+    let origin = spawn_origin("a").await;
+    let pki = Pki::new("alpn");
+    pki.issue("site", &["a.test"]);
+    let sy = spawn_steelyard(config(&tls_toml(&pki, &["site"], &origin))).await;
+    let stream = connect(&pki, &[b"h2", b"http/1.1"], sy.addr, "a.test").await;
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(connection);
+    for _ in 0..3 {
+        let req = http::Request::get("https://a.test/")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .expect("request");
+        let res = sender.send_request(req).await.expect("response");
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.version(), http::Version::HTTP_2);
+        let body = http_body_util::BodyExt::collect(res.into_body()).await.expect("body");
+        assert_eq!(&body.to_bytes()[..], b"a");
+        assert_eq!(origin.last_headers()["x-forwarded-proto"], "https");
+    }
+}
+
+/// A reload with a new certificate: new handshakes get it, a session opened before keeps
+/// working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_swaps_certificates_without_dropping_connections() {
+    let origin = spawn_origin("a").await;
+    let pki = Pki::new("reload");
+    let first = pki.issue("one", &["a.test"]);
+    let second = pki.issue("two", &["a.test"]);
+    let sy = spawn_steelyard(config(&tls_toml(&pki, &["one"], &origin))).await;
+    let mut open = connect(&pki, &[b"http/1.1"], sy.addr, "a.test").await;
+    assert_eq!(leaf(&open), first);
+    assert_eq!(get_over(&mut open, "a.test").await, "a");
+
+    sy.reload
+        .apply(config(&tls_toml(&pki, &["two"], &origin)))
+        .await
+        .expect("reload");
+    let fresh = connect(&pki, &[b"http/1.1"], sy.addr, "a.test").await;
+    assert_eq!(leaf(&fresh), second, "new handshakes use the new certificate");
+    assert_eq!(
+        get_over(&mut open, "a.test").await,
+        "a",
+        "the open session keeps working"
+    );
+}
+
+/// Bad certificate entries are reported by `check` (and refused by a reload) at their
+/// `FILE:LINE:COL`, naming the file.
+#[tokio::test]
+async fn bad_certificates_are_reported_at_their_entry() {
+    let origin = spawn_origin("a").await;
+    let pki = Pki::new("bad");
+    pki.issue("one", &["a.test"]);
+    pki.issue("two", &["a.test"]);
+    // A key that belongs to another certificate.
+    std::fs::copy(pki.dir.join("two.key"), pki.dir.join("mismatch.key")).expect("copy");
+    std::fs::copy(pki.dir.join("one.pem"), pki.dir.join("mismatch.pem")).expect("copy");
+    let cases = [
+        (&["mismatch"][..], "does not belong to"),
+        (&["missing"][..], "cannot read certificates from"),
+        (
+            &["one", "two"][..],
+            "claims \"a.test\", which listeners[0].tls.certificates[0] already serves",
+        ),
+    ];
+    for (certs, expected) in cases {
+        let file = pki.dir.join("check.toml");
+        std::fs::write(&file, tls_toml(&pki, certs, &origin)).expect("write");
+        let out = std::process::Command::new(BIN)
+            .args(["check", "--config", file.to_str().expect("utf-8")])
+            .output()
+            .expect("run check");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{certs:?}: {stderr}");
+        let entry = certs.len() - 1;
+        let prefix = format!(
+            "{}:3:{}: listeners[0].tls.certificates[{entry}]: ",
+            file.display(),
+            column_of_entry(&file, entry)
+        );
+        assert!(
+            stderr.starts_with(&prefix),
+            "{certs:?}: expected {prefix:?} in {stderr}"
+        );
+        assert!(stderr.contains(expected), "{certs:?}: {stderr}");
+    }
+}
+
+/// The 1-based column where the `index`th `{ cert = ... }` entry starts on line 3.
+fn column_of_entry(file: &Path, index: usize) -> usize {
+    let text = std::fs::read_to_string(file).expect("read");
+    let line = text.lines().nth(2).expect("line 3");
+    line.match_indices("{ cert =").nth(index).expect("entry").0 + 1
+}
+
+/// Bodies through the HTTP/1 engine over TLS, both ways at once and large: a 4 MiB download,
+/// a 1 MiB echo (the request body goes up while the response comes down) and a 3 MiB upload,
+/// all on one kept-alive session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_stream_both_ways_over_tls() {
+    use http_body_util::{BodyExt, Full};
+    let origin = spawn_origin("a").await;
+    let pki = Pki::new("bodies");
+    pki.issue("site", &["a.test"]);
+    let sy = spawn_steelyard(config(&tls_toml(&pki, &["site"], &origin))).await;
+    let stream = connect(&pki, &[b"http/1.1"], sy.addr, "a.test").await;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(connection);
+    let send = |method: &str, path: &str, body: Vec<u8>| {
+        http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "a.test")
+            .body(Full::new(bytes::Bytes::from(body)))
+            .expect("request")
+    };
+
+    let res = sender
+        .send_request(send("GET", "/download?bytes=4194304", Vec::new()))
+        .await
+        .expect("download");
+    assert_eq!(res.status(), 200);
+    let body = res.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(body.len(), 4 << 20);
+    assert_eq!(&body[..], &pattern_chunk(0, 4 << 20)[..], "every byte in place");
+
+    let echo: Vec<u8> = (0..1 << 20).map(|i| (i % 253) as u8).collect();
+    let res = sender
+        .send_request(send("POST", "/echo", echo.clone()))
+        .await
+        .expect("echo");
+    let body = res.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(&body[..], &echo[..]);
+
+    let upload = vec![7u8; 3 << 20];
+    let expected = format!("{} {}", upload.len(), checksum(CHECKSUM_SEED, &upload));
+    let res = sender
+        .send_request(send("POST", "/upload", upload))
+        .await
+        .expect("upload");
+    let body = res.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(String::from_utf8_lossy(&body), expected);
+}
