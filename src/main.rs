@@ -50,9 +50,16 @@ fn check(cli: &Cli) -> ExitCode {
             let mut bad = false;
             for l in &config.listeners {
                 if let Some(tls) = &l.tls {
-                    if let Err(e) = steelyard::tls::server_config(tls) {
-                        eprintln!("{e}");
-                        bad = true;
+                    match steelyard::tls::server_config(tls) {
+                        Ok(built) => {
+                            for w in &built.warnings {
+                                eprintln!("warning: {w}");
+                            }
+                        }
+                        Err(e) => {
+                            eprintln!("{e}");
+                            bad = true;
+                        }
                     }
                 }
             }

@@ -52,6 +52,30 @@ fn provider() -> Arc<CryptoProvider> {
 struct Loaded {
     key: Arc<CertifiedKey>,
     names: Vec<String>,
+    /// Why it may not work for clients (expired, not yet valid, expiring soon).
+    warning: Option<String>,
+}
+
+/// Certificates expiring sooner than this get a warning.
+const EXPIRY_WARNING_DAYS: i64 = 14;
+
+/// A warning about `der`'s validity period, if it is outside it or close to its end.
+fn validity_warning(der: &CertificateDer<'_>, now_unix: i64) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let validity = cert.validity();
+    let date = |t: &x509_parser::time::ASN1Time| {
+        let d = t.to_datetime();
+        format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
+    };
+    let not_after = validity.not_after.timestamp();
+    if now_unix > not_after {
+        return Some(format!("expired on {}", date(&validity.not_after)));
+    }
+    if now_unix < validity.not_before.timestamp() {
+        return Some(format!("not valid before {}", date(&validity.not_before)));
+    }
+    let days = (not_after - now_unix) / 86_400;
+    (days < EXPIRY_WARNING_DAYS).then(|| format!("expires in {days} days, on {}", date(&validity.not_after)))
 }
 
 fn load(files: &CertificateFiles, provider: &CryptoProvider) -> Result<Loaded, TlsError> {
@@ -104,15 +128,26 @@ fn load(files: &CertificateFiles, provider: &CryptoProvider) -> Result<Loaded, T
         Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
         Err(_) => return Err(mismatch()),
     }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let warning = certified
+        .end_entity_cert()
+        .ok()
+        .and_then(|leaf| validity_warning(leaf, now))
+        .map(|why| format!("{}: {}: {} {why}", files.at, files.key_name, files.cert.display()));
     Ok(Loaded {
         key: Arc::new(certified),
         names,
+        warning,
     })
 }
 
 /// Chooses the certificate for a client by its SNI.
 #[derive(Debug)]
 pub struct CertStore {
+    /// Certificates clients may refuse, as `FILE:LINE:COL: key: file why`.
+    pub warnings: Vec<String>,
     exact: HashMap<String, Arc<CertifiedKey>>,
     /// `*.example.com` stored under `example.com`.
     wildcard: HashMap<String, Arc<CertifiedKey>>,
@@ -126,8 +161,10 @@ impl CertStore {
         let mut exact: HashMap<String, (Arc<CertifiedKey>, usize)> = HashMap::new();
         let mut wildcard: HashMap<String, (Arc<CertifiedKey>, usize)> = HashMap::new();
         let mut default = None;
+        let mut warnings = Vec::new();
         for (i, files) in config.certificates.iter().enumerate() {
             let loaded = load(files, &provider)?;
+            warnings.extend(loaded.warning.clone());
             for name in &loaded.names {
                 let (table, key) = match name.strip_prefix("*.") {
                     Some(parent) => (&mut wildcard, parent.to_owned()),
@@ -157,6 +194,7 @@ impl CertStore {
             });
         };
         Ok(CertStore {
+            warnings,
             exact: exact.into_iter().map(|(k, (v, _))| (k, v)).collect(),
             wildcard: wildcard.into_iter().map(|(k, (v, _))| (k, v)).collect(),
             default,
@@ -181,10 +219,20 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
+/// A listener's TLS config, with what `check` and reloads should warn about.
+#[derive(Debug)]
+pub struct Built {
+    /// The config new connections handshake with.
+    pub config: Arc<ServerConfig>,
+    /// Certificates clients may refuse (expired, not yet valid, expiring within 14 days).
+    pub warnings: Vec<String>,
+}
+
 /// The rustls server config of a listener with `config`: certificates loaded and checked,
 /// ALPN `h2` then `http/1.1`, TLS 1.2 and 1.3, session tickets on.
-pub fn server_config(config: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
-    let store = CertStore::load(config)?;
+pub fn server_config(config: &TlsConfig) -> Result<Built, TlsError> {
+    let mut store = CertStore::load(config)?;
+    let warnings = std::mem::take(&mut store.warnings);
     let located = |message: String| TlsError {
         at: config.certificates.first().map(|c| c.at.clone()).unwrap_or_default(),
         key: "tls".into(),
@@ -198,5 +246,8 @@ pub fn server_config(config: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> 
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     server.ticketer =
         rustls::crypto::ring::Ticketer::new().map_err(|e| located(format!("cannot start session tickets: {e}")))?;
-    Ok(Arc::new(server))
+    Ok(Built {
+        config: Arc::new(server),
+        warnings,
+    })
 }

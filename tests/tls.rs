@@ -40,12 +40,21 @@ impl Pki {
 
     /// Writes `FILE.pem` and `FILE.key` for a certificate covering `names`; returns its DER.
     fn issue(&self, file: &str, names: &[&str]) -> CertificateDer<'static> {
+        self.issue_with(file, names, |_| {})
+    }
+
+    /// [`Pki::issue`] with the certificate's parameters adjusted by `adjust`.
+    fn issue_with(
+        &self,
+        file: &str,
+        names: &[&str],
+        adjust: impl FnOnce(&mut CertificateParams),
+    ) -> CertificateDer<'static> {
         let key = KeyPair::generate().expect("key");
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let cert = CertificateParams::new(names)
-            .expect("params")
-            .signed_by(&key, &self.issuer)
-            .expect("sign");
+        let mut params = CertificateParams::new(names).expect("params");
+        adjust(&mut params);
+        let cert = params.signed_by(&key, &self.issuer).expect("sign");
         std::fs::write(self.dir.join(format!("{file}.pem")), cert.pem()).expect("write cert");
         std::fs::write(self.dir.join(format!("{file}.key")), key.serialize_pem()).expect("write key");
         cert.der().clone()
@@ -320,4 +329,80 @@ async fn large_bodies_stream_both_ways_over_tls() {
         .expect("upload");
     let body = res.into_body().collect().await.expect("body").to_bytes();
     assert_eq!(String::from_utf8_lossy(&body), expected);
+}
+
+/// An expired certificate is a warning, not an error: `check` names it and passes.
+#[tokio::test]
+async fn an_expired_certificate_is_a_warning() {
+    let origin = spawn_origin("a").await;
+    let pki = Pki::new("expired");
+    pki.issue_with("old", &["a.test"], |p| {
+        p.not_before = rcgen::date_time_ymd(1999, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2000, 1, 1);
+    });
+    let file = pki.dir.join("expired.toml");
+    std::fs::write(&file, tls_toml(&pki, &["old"], &origin)).expect("write");
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config", file.to_str().expect("utf-8")])
+        .output()
+        .expect("run check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let expected = format!(
+        "warning: {}:3:{}: listeners[0].tls.certificates[0]: {} expired on 2000-01-01",
+        file.display(),
+        column_of_entry(&file, 0),
+        pki.path("old.pem")
+    );
+    assert!(stderr.contains(&expected), "expected {expected:?} in {stderr}");
+}
+
+/// A plain listener with `redirect_https = true` sends every request to its `https://` URL
+/// (308, the host without its port, the target kept) and forwards nothing.
+#[tokio::test]
+async fn a_plain_listener_can_redirect_to_https() {
+    let origin = spawn_origin("a").await;
+    let toml = format!(
+        "[[listeners]]\nlisten = \"127.0.0.1:0\"\nredirect_https = true\nroutes = [{{ pool = \"main\" }}]\n[pools.main]\nbackends = [\"{}\"]\n",
+        origin.addr
+    );
+    let sy = spawn_steelyard(config(&toml)).await;
+    for (host, target, location) in [
+        ("shop.test:8080", "/cart?item=1", "https://shop.test/cart?item=1"),
+        ("[::1]:80", "/", "https://[::1]/"),
+        ("plain.test", "http://plain.test/abs", "https://plain.test/abs"),
+    ] {
+        let response = raw_exchange(
+            sy.addr,
+            format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert!(
+            response.starts_with("HTTP/1.1 308 Permanent Redirect\r\n"),
+            "{response}"
+        );
+        assert_eq!(raw_header_map(&response)["location"], location, "{response}");
+    }
+    let h2_no_follow = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let h2 = h2_no_follow.get(sy.url("/over/h2?x=1")).send().await.expect("h2");
+    assert_eq!(h2.status(), 308);
+    assert_eq!(h2.headers()["location"], "https://127.0.0.1/over/h2?x=1");
+    assert_eq!(origin.requests(), 0, "nothing is forwarded");
+
+    let both = toml.replace(
+        "redirect_https = true",
+        "redirect_https = true\ntls = { certificates = [{ cert = \"a.pem\", key = \"a.key\" }] }",
+    );
+    let errors = steelyard::Config::from_toml(&both, "r.toml", &steelyard::config::LiteralsOnly)
+        .expect_err("both")
+        .to_string();
+    assert!(
+        errors.contains("r.toml:3:18: listeners[0].redirect_https: this listener already terminates TLS"),
+        "{errors}"
+    );
 }

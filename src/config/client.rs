@@ -31,6 +31,8 @@ pub struct ClientSettings {
     /// Keep a client's `X-Request-Id` when it is well-formed (short, printable); when false,
     /// every request gets an id of ours.
     pub trust_request_id: bool,
+    /// Answer every request with a 308 to the same URL over `https://` (plain listeners).
+    pub redirect_https: bool,
 }
 
 impl Default for ClientSettings {
@@ -46,6 +48,7 @@ impl Default for ClientSettings {
             max_uri_bytes: 8 * 1024,
             max_request_body: None,
             trust_request_id: true,
+            redirect_https: false,
         }
     }
 }

@@ -78,6 +78,8 @@ pub struct ListenerSection {
     pub trust_request_id: Option<bool>,
     /// `tls = { certificates = [...] }`: terminate TLS on this listener.
     pub tls: Option<Spanned<TlsSection>>,
+    /// `true`: answer every request with a 308 to its `https://` URL.
+    pub redirect_https: Option<Spanned<bool>>,
 }
 
 /// A listener's `timeouts = {...}`: how long clients may take.

@@ -245,6 +245,15 @@ pub(super) fn validate(
             .collect();
         Some(TlsConfig { certificates })
     });
+    let redirect_https = l.redirect_https.as_ref().map(|r| {
+        if *r.get_ref() && l.tls.is_some() {
+            check.error(
+                r.span(),
+                format!("listeners[{i}].redirect_https: this listener already terminates TLS"),
+            );
+        }
+        *r.get_ref()
+    });
     Some(ListenerConfig {
         tls,
         name: l.name.clone().unwrap_or_else(|| listen.to_string()),
@@ -254,6 +263,7 @@ pub(super) fn validate(
         access_log,
         client: ClientSettings {
             trust_request_id: l.trust_request_id.unwrap_or(true),
+            redirect_https: redirect_https.unwrap_or(false),
             ..client::validate(&format!("listeners[{i}]"), &l.timeouts, &l.limits, check)
         },
     })

@@ -217,10 +217,28 @@ pub fn local_response(out: &mut Vec<u8>, status: u16, extra: &[u8], body: &[u8],
     out.extend_from_slice(body);
 }
 
+/// The `https://` URL of a request (host without its port, then the origin-form target), for
+/// a redirect from a plain listener.
+pub fn https_location(host: &[u8], path: &[u8]) -> Vec<u8> {
+    let name = if host.first() == Some(&b'[') {
+        host.iter().position(|&b| b == b']').map_or(host, |end| &host[..=end])
+    } else {
+        host.iter()
+            .rposition(|&b| b == b':')
+            .map_or(host, |colon| &host[..colon])
+    };
+    let mut out = Vec::with_capacity(8 + name.len() + path.len());
+    out.extend_from_slice(b"https://");
+    out.extend_from_slice(name);
+    out.extend_from_slice(path);
+    out
+}
+
 /// The canonical reason phrase of the statuses the proxy writes itself.
 pub fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        308 => "Permanent Redirect",
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",

@@ -102,6 +102,19 @@ pub async fn forward(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
+    if router.load().client_settings().redirect_https {
+        if let Some(host) = &host {
+            let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            let location = crate::http1::write::https_location(host.as_bytes(), path.as_bytes());
+            if let Ok(location) = HeaderValue::from_bytes(&location) {
+                unrouted.record(308);
+                let mut res = Response::new(ProxyBody::local("308 Permanent Redirect\n"));
+                *res.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
+                res.headers_mut().insert(http::header::LOCATION, location);
+                return res;
+            }
+        }
+    }
     let (pool, log) = {
         let router = router.load();
         let host_str = host.as_ref().and_then(|h| h.to_str().ok());

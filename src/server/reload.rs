@@ -299,7 +299,13 @@ impl Running {
             }
             let tls = match &l.tls {
                 None => None,
-                Some(t) => Some(crate::tls::server_config(t)?),
+                Some(t) => {
+                    let built = crate::tls::server_config(t)?;
+                    for w in &built.warnings {
+                        tracing::warn!("{w}");
+                    }
+                    Some(built.config)
+                }
             };
             let router = Router::new(&l, &pools).with_access_log(log).with_tls(tls);
             listeners.push(match target {

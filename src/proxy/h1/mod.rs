@@ -236,6 +236,9 @@ async fn route(
             return Next::Close;
         }
     }
+    if settings.redirect_https {
+        return Box::pin(redirect_https(conn, shared, req, keep_alive, scratch)).await;
+    }
     let head_bytes = conn.buf.prefix();
     let host = req.host.and_then(|h| std::str::from_utf8(h.get(head_bytes)).ok());
     let target = std::str::from_utf8(req.path(head_bytes)).unwrap_or("/");
@@ -295,6 +298,33 @@ async fn route(
         log.log(*record);
     }
     next
+}
+
+/// A plain listener's answer to everything: 308 to the same URL over `https://` (400 without a
+/// host to send the client to).
+async fn redirect_https(
+    conn: &mut Client,
+    shared: &Shared,
+    req: &RequestHead,
+    keep_alive: bool,
+    scratch: &mut Scratch,
+) -> Next {
+    let head = conn.buf.prefix();
+    let Some(host) = req.host.map(|h| h.get(head)) else {
+        shared.limit.local_responses().record(400);
+        local(conn, &mut scratch.out, 400, b"", false).await;
+        return Next::Close;
+    };
+    let mut extra = b"Location: ".to_vec();
+    extra.extend_from_slice(&write::https_location(host, req.path(head)));
+    extra.extend_from_slice(b"\r\n");
+    shared.limit.local_responses().record(308);
+    local(conn, &mut scratch.out, 308, &extra, keep_alive).await;
+    if keep_alive {
+        Next::KeepAlive(Instant::now())
+    } else {
+        Next::Close
+    }
 }
 
 fn record_of(conn: &Client, req: &RequestHead, head: &[u8], fields: &[Field], id: &[u8]) -> AccessRecord {
