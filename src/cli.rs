@@ -7,7 +7,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use steelyard::config::{
-    self, AdminConfig, Algorithm, BackendConfig, CheckKind, Config, HealthCheckConfig, StatusSet, Timeouts, MAX_WEIGHT,
+    self, AdminConfig, Algorithm, BackendConfig, CertificateFiles, CheckKind, Config, HealthCheckConfig, StatusSet,
+    Timeouts, TlsConfig, MAX_WEIGHT,
 };
 use steelyard::server::dns::System;
 use steelyard::upstream::HashKey;
@@ -61,6 +62,14 @@ pub struct Cli {
     /// Quick mode: probe every backend with GET PATH (every 5s; 2 passes up, 3 failures down).
     #[arg(long, value_name = "PATH")]
     pub health_check: Option<String>,
+
+    /// Quick mode: terminate TLS with this PEM certificate chain (with --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Quick mode: the PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 
     /// On SIGINT/SIGTERM, how long in-flight requests get to finish (overrides the config file).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -127,6 +136,7 @@ impl Cli {
             || self.hash_key.is_some()
             || self.request_timeout.is_some()
             || self.health_check.is_some()
+            || self.tls_cert.is_some()
     }
 
     /// The config to run: the file, quick mode, or the classic demo setup.
@@ -134,7 +144,9 @@ impl Cli {
         let mut config = match &self.config {
             Some(path) => {
                 if self.has_quick_flags() {
-                    return Err("--config cannot be combined with --listen, --backend or the timeout flags".into());
+                    return Err(
+                        "--config cannot be combined with --listen, --backend, --tls-cert or the timeout flags".into(),
+                    );
                 }
                 Config::load(path, &System).map_err(|e| e.to_string())?
             }
@@ -157,6 +169,16 @@ impl Cli {
                     request: self.request_timeout,
                 };
                 let mut config = Config::quick(listen, self.backends.clone(), self.algorithm, timeouts);
+                if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+                    config.listeners[0].tls = Some(TlsConfig {
+                        certificates: vec![CertificateFiles {
+                            cert: cert.clone(),
+                            key: key.clone(),
+                            at: "--tls-cert".into(),
+                            key_name: "tls".into(),
+                        }],
+                    });
+                }
                 if let Some(key) = &self.hash_key {
                     if !self.algorithm.hashes() {
                         return Err("--hash-key applies only to --algorithm maglev or ring_hash".into());

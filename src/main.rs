@@ -195,20 +195,47 @@ enum Signalled {
     ReopenLogs,
 }
 
-/// `--watch`: reloads when the config file's modification time or size changes (checked
-/// every second; no platform file-watching API needed).
+/// `--watch`: reloads when the config file, or a certificate or key it names, changes its
+/// modification time or size (checked twice a second, applied once the files hold still; no
+/// platform file-watching API needed).
 async fn reload_on_change(handle: ReloadHandle, path: std::path::PathBuf) {
-    let stamp = |p: &std::path::Path| std::fs::metadata(p).ok().map(|m| (m.modified().ok(), m.len()));
-    let mut last = stamp(&path);
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    type Stamp = Option<(Option<std::time::SystemTime>, u64)>;
+    let stamp = |p: &std::path::Path| -> Stamp { std::fs::metadata(p).ok().map(|m| (m.modified().ok(), m.len())) };
+    // The config file and every certificate and key it names (re-read after each change).
+    let watched = |path: &std::path::Path| -> Vec<(std::path::PathBuf, Stamp)> {
+        let mut files = vec![path.to_owned()];
+        if let Ok(config) = Config::load(path, &steelyard::server::dns::System) {
+            for tls in config.listeners.iter().filter_map(|l| l.tls.as_ref()) {
+                for c in &tls.certificates {
+                    files.push(c.cert.clone());
+                    files.push(c.key.clone());
+                }
+            }
+        }
+        files.into_iter().map(|f| (f.clone(), stamp(&f))).collect()
+    };
+    let mut last = watched(&path);
+    // A change is applied once the files hold still for a tick: a certificate and its key are
+    // written one after the other, and reloading between the two would fail.
+    let mut settling: Option<Vec<(std::path::PathBuf, Stamp)>> = None;
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
     loop {
         tick.tick().await;
-        let now = stamp(&path);
-        if now != last && now.is_some() {
-            last = now;
-            tracing::info!(file = %path.display(), "config file changed: reloading");
-            let _ = handle.reload().await;
+        let now: Vec<_> = last.iter().map(|(file, _)| (file.clone(), stamp(file))).collect();
+        if now == last || now.iter().any(|(_, s)| s.is_none()) {
+            settling = None;
+            continue;
         }
+        if settling.as_ref() != Some(&now) {
+            settling = Some(now);
+            continue;
+        }
+        if let Some((file, _)) = now.iter().zip(&last).find(|(n, l)| n != l).map(|(n, _)| n) {
+            tracing::info!(file = %file.display(), "file changed: reloading the config");
+        }
+        settling = None;
+        let _ = handle.reload().await;
+        last = watched(&path);
     }
 }
 

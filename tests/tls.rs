@@ -406,3 +406,41 @@ async fn a_plain_listener_can_redirect_to_https() {
         "{errors}"
     );
 }
+
+/// Quick mode takes `--tls-cert`/`--tls-key`; `--watch` follows the PEM files a config names:
+/// new files at the same paths are used by the next handshakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_mode_and_watch_through_the_binary() {
+    let origin = spawn_origin("a").await;
+    let pki = Pki::new("binary");
+    let first = pki.issue("site", &["a.test"]);
+    let mut quick = Process::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        &origin.addr.to_string(),
+        "--tls-cert",
+        &pki.path("site.pem"),
+        "--tls-key",
+        &pki.path("site.key"),
+    ]);
+    let addr = quick.listening_addr();
+    let mut stream = connect(&pki, &[b"http/1.1"], addr, "a.test").await;
+    assert_eq!(leaf(&stream), first);
+    assert_eq!(get_over(&mut stream, "a.test").await, "a");
+    quick.signal("-TERM");
+    quick.wait();
+
+    let file = pki.dir.join("watch.toml");
+    std::fs::write(&file, tls_toml(&pki, &["site"], &origin)).expect("write");
+    let mut watching = Process::start(&["--config", file.to_str().expect("utf-8"), "--watch"]);
+    let addr = watching.listening_addr();
+    assert_eq!(leaf(&connect(&pki, &[b"http/1.1"], addr, "a.test").await), first);
+    // Renewed at the same paths (as certbot or cert-manager do).
+    let renewed = pki.issue("site", &["a.test"]);
+    watching.wait_for_line("file changed: reloading the config");
+    watching.wait_for_line("config reloaded");
+    assert_eq!(leaf(&connect(&pki, &[b"http/1.1"], addr, "a.test").await), renewed);
+    watching.signal("-TERM");
+    watching.wait();
+}
