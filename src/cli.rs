@@ -177,6 +177,7 @@ impl Cli {
                             at: "--tls-cert".into(),
                             key_name: "tls".into(),
                         }],
+                        client_auth: None,
                     });
                 }
                 if let Some(key) = &self.hash_key {

@@ -18,7 +18,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig};
 use rustls::sign::CertifiedKey;
 
-use crate::config::{CertificateFiles, TlsConfig};
+use crate::config::{CertificateFiles, ClientAuth, TlsConfig};
 
 /// Why a listener's TLS config could not be built. Displays as `FILE:LINE:COL: key: why`.
 #[derive(Debug, thiserror::Error)]
@@ -219,6 +219,43 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
+/// The verifier of client certificates against `auth`'s CAs.
+fn client_verifier(auth: &ClientAuth) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let error = |message: String| TlsError {
+        at: auth.at.clone(),
+        key: "tls.client_ca".into(),
+        message,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(&auth.ca)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| error(format!("cannot read CA certificates from {}: {e}", auth.ca.display())))?;
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| error(format!("{}: not a usable CA certificate: {e}", auth.ca.display())))?;
+    }
+    if roots.is_empty() {
+        return Err(error(format!("{} holds no PEM certificate", auth.ca.display())));
+    }
+    let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+    let builder = if auth.required {
+        builder
+    } else {
+        builder.allow_unauthenticated()
+    };
+    builder
+        .build()
+        .map_err(|e| error(format!("cannot verify client certificates: {e}")))
+}
+
+/// The subject of a verified client certificate (`CN=client-1, O=...`), for the access log.
+pub fn client_subject(certs: Option<&[CertificateDer<'_>]>) -> Option<String> {
+    let leaf = certs?.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    Some(cert.subject().to_string())
+}
+
 /// A listener's TLS config, with what `check` and reloads should warn about.
 #[derive(Debug)]
 pub struct Built {
@@ -238,11 +275,14 @@ pub fn server_config(config: &TlsConfig) -> Result<Built, TlsError> {
         key: "tls".into(),
         message,
     };
-    let mut server = ServerConfig::builder_with_provider(provider())
+    let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| located(format!("cannot build the TLS config: {e}")))?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(store));
+        .map_err(|e| located(format!("cannot build the TLS config: {e}")))?;
+    let builder = match &config.client_auth {
+        None => builder.with_no_client_auth(),
+        Some(auth) => builder.with_client_cert_verifier(client_verifier(auth)?),
+    };
+    let mut server = builder.with_cert_resolver(Arc::new(store));
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     server.ticketer =
         rustls::crypto::ring::Ticketer::new().map_err(|e| located(format!("cannot start session tickets: {e}")))?;

@@ -66,14 +66,30 @@ impl Pki {
 
     /// A client trusting this CA, offering `alpn`.
     fn connector(&self, alpn: &[&[u8]]) -> TlsConnector {
+        self.connector_as(alpn, None)
+    }
+
+    /// [`Pki::connector`] that presents a client certificate with this common name, if any.
+    fn connector_as(&self, alpn: &[&[u8]], client: Option<&str>) -> TlsConnector {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.ca.clone()).expect("root");
-        let mut config =
-            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .expect("versions")
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots);
+        let mut config = match client {
+            None => builder.with_no_client_auth(),
+            Some(name) => {
+                let key = KeyPair::generate().expect("key");
+                let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+                params.distinguished_name.push(rcgen::DnType::CommonName, name);
+                let cert = params.signed_by(&key, &self.issuer).expect("sign");
+                let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+                builder
+                    .with_client_auth_cert(vec![cert.der().clone()], key)
+                    .expect("client auth")
+            }
+        };
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         TlsConnector::from(Arc::new(config))
     }
@@ -443,4 +459,50 @@ async fn quick_mode_and_watch_through_the_binary() {
     assert_eq!(leaf(&connect(&pki, &[b"http/1.1"], addr, "a.test").await), renewed);
     watching.signal("-TERM");
     watching.wait();
+}
+
+/// Client certificates: required, a client without one is refused; optional, it is served;
+/// either way a verified subject reaches the access log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_are_verified_and_logged() {
+    let origin = spawn_origin("a").await;
+    let pki = Pki::new("mtls");
+    pki.issue("site", &["a.test"]);
+    std::fs::write(pki.dir.join("ca.pem"), pki.issuer.pem()).expect("ca");
+    for (mode, without_cert_served) in [("required", false), ("optional", true)] {
+        let log = pki.dir.join(format!("{mode}.log"));
+        let _ = std::fs::remove_file(&log);
+        let toml = tls_toml(&pki, &["site"], &origin).replace(
+            "] }",
+            &format!(
+                "], client_ca = \"{}\", client_auth = \"{mode}\" }}\naccess_log = {{ path = \"{}\", format = \"json\" }}",
+                pki.path("ca.pem"),
+                log.display()
+            ),
+        );
+        let sy = spawn_steelyard(config(&toml)).await;
+        let tcp = TcpStream::connect(sy.addr).await.expect("connect");
+        let name = ServerName::try_from("a.test").expect("name");
+        let served = match pki.connector(&[b"http/1.1"]).connect(name.clone(), tcp).await {
+            Err(_) => false,
+            Ok(mut s) => {
+                let sent = s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n").await.is_ok();
+                let mut buf = [0u8; 64];
+                sent && matches!(s.read(&mut buf).await, Ok(n) if n > 0)
+            }
+        };
+        assert_eq!(served, without_cert_served, "{mode}: a client without a certificate");
+
+        let tcp = TcpStream::connect(sy.addr).await.expect("connect");
+        let mut with = pki
+            .connector_as(&[b"http/1.1"], Some("client-1"))
+            .connect(name, tcp)
+            .await
+            .expect("handshake with a client certificate");
+        assert_eq!(get_over(&mut with, "a.test").await, "a", "{mode}");
+        eventually("the access log line", || async {
+            std::fs::read_to_string(&log).is_ok_and(|t| t.contains("\"tls_client\":\"CN=client-1\""))
+        })
+        .await;
+    }
 }

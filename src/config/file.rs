@@ -118,6 +118,10 @@ pub struct ListenerLimitsSection {
 pub struct TlsSection {
     /// Certificates to serve, chosen by SNI; the first is the default.
     pub certificates: Vec<Spanned<CertificateSection>>,
+    /// PEM CA certificates that client certificates must chain to.
+    pub client_ca: Option<Spanned<String>>,
+    /// `"required"` (default with `client_ca`) or `"optional"`.
+    pub client_auth: Option<Spanned<String>>,
 }
 
 /// One certificate chain and its key, PEM files.

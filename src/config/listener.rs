@@ -54,6 +54,19 @@ pub struct TlsConfig {
     /// Certificates chosen by SNI; the first is the default for clients without SNI or with
     /// a name no certificate covers.
     pub certificates: Vec<CertificateFiles>,
+    /// Client certificates verified against these CAs, if set.
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// Client-certificate verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAuth {
+    /// PEM file of the CA certificates client certificates must chain to.
+    pub ca: PathBuf,
+    /// False: clients without a certificate are served too (one they send is still verified).
+    pub required: bool,
+    /// Where `client_ca` is in the config file (`FILE:LINE:COL`).
+    pub at: String,
 }
 
 /// One certificate chain and its key.
@@ -243,7 +256,32 @@ pub(super) fn validate(
                 key_name: format!("{key}[{j}]"),
             })
             .collect();
-        Some(TlsConfig { certificates })
+        let t = t.get_ref();
+        let required = match t.client_auth.as_ref().map(|a| (a.get_ref().as_str(), a.span())) {
+            None | Some(("required", _)) => true,
+            Some(("optional", _)) => false,
+            Some((other, span)) => {
+                check.error(
+                    span,
+                    format!("listeners[{i}].tls.client_auth: {other:?} is not \"required\" or \"optional\""),
+                );
+                true
+            }
+        };
+        if t.client_ca.is_none() {
+            if let Some(a) = &t.client_auth {
+                check.error(a.span(), format!("listeners[{i}].tls.client_auth: set client_ca too"));
+            }
+        }
+        let client_auth = t.client_ca.as_ref().map(|ca| ClientAuth {
+            ca: check.path(ca.get_ref()),
+            required,
+            at: check.location(ca.span()),
+        });
+        Some(TlsConfig {
+            certificates,
+            client_auth,
+        })
     });
     let redirect_https = l.redirect_https.as_ref().map(|r| {
         if *r.get_ref() && l.tls.is_some() {

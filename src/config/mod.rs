@@ -31,7 +31,7 @@ pub use address::{
 pub use admin::{AdminConfig, DEFAULT_ADMIN_LISTEN};
 pub use client::ClientSettings;
 pub use listener::{
-    AccessLogConfig, AccessLogFormat, CertificateFiles, HostMatch, ListenerConfig, RouteConfig, TlsConfig,
+    AccessLogConfig, AccessLogFormat, CertificateFiles, ClientAuth, HostMatch, ListenerConfig, RouteConfig, TlsConfig,
 };
 pub use pool::{
     Algorithm, BackendConfig, HashKey, PoolConfig, SelectOptions, StickyConfig, Timeouts, DEFAULT_CONNECT_TIMEOUT,

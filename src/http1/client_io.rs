@@ -50,6 +50,14 @@ impl ClientIo {
         }
     }
 
+    /// The subject of the client's verified certificate, when it sent one over TLS.
+    pub fn client_subject(&self) -> Option<String> {
+        match self {
+            ClientIo::Plain(_) => None,
+            ClientIo::Tls(m) => crate::tls::client_subject(lock(m).get_ref().1.peer_certificates()),
+        }
+    }
+
     /// Ready when a read will not wait: the socket is readable, or (TLS) rustls already holds
     /// decrypted bytes or a close. Holds no buffer meanwhile.
     pub fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

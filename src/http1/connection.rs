@@ -382,7 +382,9 @@ async fn serve_h2(conn: Client, shared: Arc<Shared>) {
     let (peer, worker) = (info.peer, info.worker as usize);
     // Unregistered now: shutdown reaches HTTP/2 connections through `stop`.
     drop(info);
-    let info = Arc::new(crate::proxy::forward::ConnInfo::new(peer, worker, stream.is_tls()));
+    let mut info = crate::proxy::forward::ConnInfo::new(peer, worker, stream.is_tls());
+    info.tls_client = stream.client_subject();
+    let info = Arc::new(info);
     let router = Arc::clone(&shared.router);
     let limit = Arc::clone(&shared.limit);
     let service = hyper::service::service_fn(move |req| {

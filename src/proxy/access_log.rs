@@ -51,6 +51,8 @@ pub struct AccessRecord {
     pub retries: u32,
     /// Its `X-Request-Id`.
     pub request_id: HeaderValue,
+    /// The subject of the client's verified TLS certificate, if it sent one.
+    pub tls_client: Option<String>,
 }
 
 impl AccessRecord {
@@ -78,6 +80,7 @@ impl AccessRecord {
             pool: None,
             retries: 0,
             request_id,
+            tls_client: None,
         }
     }
 }
@@ -279,6 +282,7 @@ fn json(out: &mut String, r: &AccessRecord) {
         "pool": r.pool.as_deref(),
         "retries": r.retries,
         "request_id": r.request_id.to_str().ok(),
+        "tls_client": r.tls_client.as_deref(),
     });
     let _ = write!(out, "{value}");
 }

@@ -35,6 +35,8 @@ pub struct ConnInfo {
     pub worker: usize,
     /// True when it arrived over TLS (`X-Forwarded-Proto: https`).
     pub tls: bool,
+    /// The subject of the client's verified TLS certificate, for the access log.
+    pub tls_client: Option<String>,
 }
 
 impl ConnInfo {
@@ -47,6 +49,7 @@ impl ConnInfo {
             client_ip,
             worker,
             tls,
+            tls_client: None,
         }
     }
 }
@@ -123,9 +126,11 @@ pub async fn forward(
             router.access_log().cloned(),
         )
     };
-    let mut record = log
-        .as_ref()
-        .map(|_| AccessRecord::start(conn.peer, req.method(), req.uri(), req.headers(), request_id));
+    let mut record = log.as_ref().map(|_| {
+        let mut r = AccessRecord::start(conn.peer, req.method(), req.uri(), req.headers(), request_id);
+        r.tls_client.clone_from(&conn.tls_client);
+        r
+    });
     let res = match pool {
         Some(pool) => {
             if let Some(r) = record.as_mut() {

@@ -340,6 +340,7 @@ fn record_of(conn: &Client, req: &RequestHead, head: &[u8], fields: &[Field], id
         HeaderValue::from_bytes(id).unwrap_or(HeaderValue::from_static("-")),
     );
     record.host = req.host.and_then(|h| HeaderValue::from_bytes(h.get(head)).ok());
+    record.tls_client = conn.stream.client_subject();
     record.user_agent = value(&USER_AGENT);
     record.referer = value(&REFERER);
     record
