@@ -113,6 +113,9 @@ pub enum Command {
         /// How many demo origins to start.
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=16))]
         origins: u8,
+        /// Also serve HTTPS here, with a certificate made at start (e.g. 127.0.0.1:8443).
+        #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
+        https: Option<SocketAddr>,
     },
 }
 

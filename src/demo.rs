@@ -45,6 +45,29 @@ pub async fn spawn_origin(name: String) -> std::io::Result<SocketAddr> {
     Ok(addr)
 }
 
+/// Makes a certificate for `localhost` and `127.0.0.1` and writes it, its key and the
+/// certificate to trust into a fresh temporary directory; returns the TLS settings and the
+/// trusted certificate's path.
+fn demo_certificate() -> Result<(crate::config::TlsConfig, std::path::PathBuf), DemoError> {
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .map_err(|e| DemoError::Options(format!("cannot make a demo certificate: {e}")))?;
+    let dir = std::env::temp_dir().join(format!("steelyard-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let (cert, key) = (dir.join("localhost.pem"), dir.join("localhost.key"));
+    std::fs::write(&cert, made.cert.pem())?;
+    std::fs::write(&key, made.signing_key.serialize_pem())?;
+    let tls = crate::config::TlsConfig {
+        certificates: vec![crate::config::CertificateFiles {
+            cert: cert.clone(),
+            key,
+            at: "demo".into(),
+            key_name: "demo certificate".into(),
+        }],
+        client_auth: None,
+    };
+    Ok((tls, cert))
+}
+
 /// Why the demo could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -65,6 +88,7 @@ pub enum DemoError {
 pub async fn run(
     listen: SocketAddr,
     origins: usize,
+    https: Option<SocketAddr>,
     adjust: impl FnOnce(&mut Config) -> Result<(), String>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DemoError> {
@@ -78,11 +102,32 @@ pub async fn run(
         });
     }
     let mut config = Config::quick(listen, backends.clone(), Algorithm::RoundRobin, Timeouts::default());
+    let ca = match https {
+        None => None,
+        Some(addr) => {
+            let (tls, ca) = demo_certificate()?;
+            let mut secure = config.listeners[0].clone();
+            secure.name = "https".into();
+            secure.listen = addr;
+            secure.tls = Some(tls);
+            config.listeners.push(secure);
+            Some(ca)
+        }
+    };
     adjust(&mut config).map_err(DemoError::Options)?;
     let server = Server::bind(config)?;
-    let addr = server.local_addrs()[0];
+    let addrs = server.local_addrs();
+    let addr = addrs[0];
     println!("Steelyard demo: a balancer in front of {origins} origins, all on loopback.\n");
     println!("  balancer  http://{addr}/");
+    if let (Some(secure), Some(ca)) = (addrs.get(1), &ca) {
+        println!(
+            "  HTTPS     https://localhost:{}/   (certificate made now: curl --cacert {} https://localhost:{}/hello)",
+            secure.port(),
+            ca.display(),
+            secure.port()
+        );
+    }
     for (i, b) in backends.iter().enumerate() {
         println!("  origin-{}  http://{}/", i + 1, b.address);
     }

@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     init_logging(&cli);
     match &cli.command {
         Some(Command::Check) => check(&cli),
-        Some(Command::Demo { listen, origins }) => {
+        Some(Command::Demo { listen, origins, https }) => {
             let runtime = match build_runtime() {
                 Ok(rt) => rt,
                 Err(code) => return code,
@@ -24,6 +24,7 @@ fn main() -> ExitCode {
             let result = runtime.block_on(steelyard::demo::run(
                 *listen,
                 usize::from(*origins),
+                *https,
                 |config| cli.apply_admin(config),
                 shutdown_signal(),
             ));

@@ -506,3 +506,47 @@ async fn client_certificates_are_verified_and_logged() {
         .await;
     }
 }
+
+/// `steelyard demo --https ADDR` serves HTTPS with a certificate it makes at start and says
+/// which file to trust.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_serves_https_with_a_certificate_it_makes() {
+    let mut p = Process::start(&["demo", "--listen", "127.0.0.1:0", "--https", "127.0.0.1:0"]);
+    let line = p.wait_for_line("HTTPS     https://localhost:");
+    let port: u16 = line
+        .split("https://localhost:")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let cacert = line
+        .split("--cacert ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .expect("cacert path");
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in <CertificateDer as rustls::pki_types::pem::PemObject>::pem_file_iter(cacert).expect("pem") {
+        roots.add(cert.expect("cert")).expect("root");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let mut stream = TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("the demo certificate verifies for localhost");
+    stream
+        .write_all(b"GET /hello HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut bytes = Vec::new();
+    let read = stream.read_to_end(&mut bytes).await;
+    let response = String::from_utf8_lossy(&bytes);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response} ({read:?})");
+    assert!(response.contains("Hello from origin-1"), "{response}");
+    p.signal("-TERM");
+    p.wait();
+}

@@ -322,7 +322,17 @@ pub fn serve(
                 Next::Close => break,
             }
         }
+        if conn.stream.is_tls() {
+            // Boxed, TLS only: tell the client the session ends (close_notify), briefly.
+            Box::pin(close_tls(&mut conn)).await;
+        }
     }
+}
+
+/// Sends a TLS session's close_notify and flushes it, within a second.
+async fn close_tls(conn: &mut Client) {
+    use tokio::io::AsyncWriteExt;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), conn.stream.shutdown()).await;
 }
 
 /// Runs the TLS handshake within the listener's head timeout; `None` when it fails (logged at

@@ -299,7 +299,8 @@ impl Running {
             .first()
             .and_then(|s| s.local_addr().ok())
             .unwrap_or(config.listen);
-        tracing::info!(listener = %config.name, "listening on http://{addr}, routing {}", router.describe());
+        let scheme = if router.tls().is_some() { "https" } else { "http" };
+        tracing::info!(listener = %config.name, "listening on {scheme}://{addr}, routing {}", router.describe());
         let router = Arc::new(ArcSwap::from_pointee(router));
         let limit = listener::ConnectionLimit::new(
             config

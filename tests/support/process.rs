@@ -95,8 +95,8 @@ impl Process {
 
     /// The address from the "listening on http://ADDR" log line.
     pub fn listening_addr(&mut self) -> SocketAddr {
-        let line = self.wait_for_line("listening on http://");
-        let rest = &line[line.find("http://").expect("url") + 7..];
+        let line = self.wait_for_line("listening on http");
+        let rest = &line[line.find("://").expect("url") + 3..];
         rest.split(|c: char| c == ',' || c == '/' || c.is_whitespace())
             .next()
             .and_then(|a| a.parse().ok())
