@@ -10,6 +10,8 @@
 #      interleaved rounds (direct nginx haproxy steelyard, direct nginx ...).
 #   2. memory per idle keep-alive client connection (IDLE_CONNS connections).
 #   3. all cores, nothing pinned except the origins: req/s and CPU µs per request.
+#   4. HTTPS, pinned as in 1: TLS 1.3 (ECDSA P-256) on keep-alive connections.
+#   5. HTTPS, pinned, a new connection (a full TLS 1.3 handshake) for every request.
 #
 # Everything listens on 127.0.0.1 only, on ports chosen free at run time. Every
 # process started is recorded and killed by PID on exit, including Ctrl-C.
@@ -72,11 +74,23 @@ EOF
 
 # -------------------------------------------------------------- balancers ---
 
-# start_balancer NAME PORT WORKERS PIN
+# start_balancer NAME PORT WORKERS PIN [tls]
 #   WORKERS: worker processes/threads ("auto"/nproc for the all-cores scenario)
 #   PIN: a CPU list for taskset, or "" for unpinned
+#   tls: terminate TLS 1.3 with $WORK/tls/cert.pem and key.pem
 start_balancer() {
-    local name=$1 port=$2 workers=$3 pin=$4 dir="$WORK/$1-$2"
+    local name=$1 port=$2 workers=$3 pin=$4 tls=${5:-} dir="$WORK/$1-$2"
+    local nginx_tls="" haproxy_tls="" scheme=http
+    local -a steelyard_tls=()
+    if [[ -n "$tls" ]]; then
+        scheme=https
+        nginx_tls=" ssl;
+        ssl_certificate $WORK/tls/cert.pem;
+        ssl_certificate_key $WORK/tls/key.pem;
+        ssl_protocols TLSv1.3"
+        haproxy_tls=" ssl crt $WORK/tls/combined.pem alpn http/1.1 ssl-min-ver TLSv1.3"
+        steelyard_tls=(--tls-cert "$WORK/tls/cert.pem" --tls-key "$WORK/tls/key.pem")
+    fi
     local -a launch=()
     [[ -n "$pin" ]] && launch=(taskset -c "$pin")
     mkdir -p "$dir"
@@ -108,7 +122,7 @@ http {
         keepalive_requests 100000000;
     }
     server {
-        listen 127.0.0.1:$port;
+        listen 127.0.0.1:$port$nginx_tls;
         location / {
             proxy_pass http://origins;
             proxy_http_version 1.1;
@@ -140,7 +154,7 @@ defaults
     timeout http-request 30s
 
 frontend fe
-    bind 127.0.0.1:$port
+    bind 127.0.0.1:$port$haproxy_tls
     default_backend origins
 
 backend origins
@@ -154,7 +168,7 @@ EOF
             [[ "$workers" == auto ]] && workers="$NPROC"
             launch+=("$STEELYARD_BIN" --listen "127.0.0.1:$port"
                 --backend "127.0.0.1:$ORIGIN_A" --backend "127.0.0.1:$ORIGIN_B"
-                --workers "$workers" --log-level warn)
+                --workers "$workers" --log-level warn "${steelyard_tls[@]}")
             ;;
         *) die "unknown balancer $name" ;;
     esac
@@ -163,7 +177,7 @@ EOF
     LB_PORT[$name]=$port
     wait_for_port "$port" "$LAST_PID" "$name-$port"
     # One request through it proves the whole path works before measuring.
-    curl -fsS --max-time 5 "http://127.0.0.1:$port/" >/dev/null ||
+    curl -fsSk --max-time 5 "$scheme://127.0.0.1:$port/" >/dev/null ||
         die "$name on port $port does not proxy to the origins (see $WORK/$name-$port.log)"
 }
 
@@ -176,14 +190,15 @@ stop_balancers() {
 
 # ------------------------------------------------------------ measurement ---
 
-# measure_rps SCENARIO NAME ROUND PORT WRK_PIN WRK_THREADS
+# measure_rps SCENARIO NAME ROUND PORT WRK_PIN WRK_THREADS [SCHEME [WRK_ARGS...]]
 # Appends "name round requests rps p50 p99 errors cpu_us_per_req" to $WORK/SCENARIO.tsv.
 # NAME "direct" means wrk straight at origin A; it has no balancer CPU figure.
 measure_rps() {
-    local scenario=$1 name=$2 round=$3 port=$4 pin=$5 threads=$6
+    local scenario=$1 name=$2 round=$3 port=$4 pin=$5 threads=$6 scheme=${7:-http}
     local -a wrk=(wrk)
     [[ -n "$pin" ]] && wrk=(taskset -c "$pin" wrk)
-    local url="http://127.0.0.1:$port/" out="$WORK/$scenario-$name-$round.wrk"
+    wrk+=("${@:8}")
+    local url="$scheme://127.0.0.1:$port/" out="$WORK/$scenario-$name-$round.wrk"
     local pid="${LB_PID[$name]:-}" before after requests rps p50 p99 errors cpu="-"
 
     # Warm up: fills the upstream keep-alive pools and the caches.
@@ -265,6 +280,34 @@ run_all_cores() {
     done
 }
 
+# Scenarios 4 and 5: HTTPS with the balancers pinned as in 1. The same ECDSA P-256
+# certificate for all three; TLS 1.3 only. Scenario 5 sends "Connection: close", so every
+# request is a new connection with a full handshake (wrk does not resume sessions).
+run_https() {
+    local round name ports
+    mkdir -p "$WORK/tls"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj /CN=localhost -keyout "$WORK/tls/key.pem" -out "$WORK/tls/cert.pem" 2>/dev/null
+    cat "$WORK/tls/cert.pem" "$WORK/tls/key.pem" >"$WORK/tls/combined.pem"
+    log "scenarios 4 and 5: HTTPS, one worker, balancer on CPU $LB_CPU"
+    stop_balancers
+    read -ra ports <<<"$(free_ports 3)"
+    start_balancer nginx "${ports[0]}" 1 "$LB_CPU" tls
+    start_balancer haproxy "${ports[1]}" 1 "$LB_CPU" tls
+    start_balancer steelyard "${ports[2]}" 1 "$LB_CPU" tls
+    for ((round = 1; round <= ROUNDS; round++)); do
+        for name in "${BALANCERS[@]}"; do
+            measure_rps https "$name" "$round" "${LB_PORT[$name]}" "$LOAD_CPU" "$THREADS" https
+        done
+    done
+    for ((round = 1; round <= ROUNDS; round++)); do
+        for name in "${BALANCERS[@]}"; do
+            measure_rps handshake "$name" "$round" "${LB_PORT[$name]}" "$LOAD_CPU" "$THREADS" https \
+                -H "Connection: close"
+        done
+    done
+}
+
 # ----------------------------------------------------------------- report ---
 
 machine_description() {
@@ -307,6 +350,16 @@ write_report() {
         echo "Median of $ROUNDS interleaved rounds of wrk -t$ALL_THREADS -c$CONNS -d${DURATION}s."
         echo
         python3 "$BENCH_DIR/report.py" throughput "$WORK/allcores.tsv"
+        echo
+        echo "### 4. HTTPS (TLS 1.3, ECDSA P-256), keep-alive, one worker pinned as in 1"
+        echo
+        python3 "$BENCH_DIR/report.py" throughput "$WORK/https.tsv"
+        echo
+        echo "### 5. HTTPS, a new connection and a full TLS 1.3 handshake per request"
+        echo
+        echo "CPU µs per request is CPU per handshake plus one proxied request."
+        echo
+        python3 "$BENCH_DIR/report.py" throughput "$WORK/handshake.tsv"
     } >"$report"
     mkdir -p "$RESULTS_DIR"
     cp "$report" "$RESULTS_DIR/latest.md"
@@ -318,7 +371,7 @@ write_report() {
 
 main() {
     ((NPROC >= 2)) || die "needs at least 2 cores (balancer on one, load on another)"
-    ensure_packages nginx:nginx haproxy:haproxy wrk:wrk curl:curl taskset:util-linux \
+    ensure_packages nginx:nginx haproxy:haproxy wrk:wrk curl:curl taskset:util-linux openssl:openssl \
         python3:python3 pgrep:procps
     build_steelyard
     raise_nofile
@@ -332,6 +385,7 @@ main() {
     run_pinned
     run_idle
     run_all_cores
+    run_https
     write_report
 }
 
