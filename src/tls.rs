@@ -99,16 +99,16 @@ fn load(files: &CertificateFiles, provider: &CryptoProvider) -> Result<Loaded, T
             format!("cannot read a private key from {}: {e}", files.key.display()),
         )
     })?;
-    let names = {
-        let leaf = webpki::EndEntityCert::try_from(&chain[0]).map_err(|e| {
+    let names: Vec<String> = webpki::EndEntityCert::try_from(&chain[0])
+        .map_err(|e| {
             TlsError::of(
                 files,
                 format!("{}: the first certificate does not parse: {e:?}", files.cert.display()),
             )
-        })?;
-        let names: Vec<String> = leaf.valid_dns_names().map(str::to_ascii_lowercase).collect();
-        names
-    };
+        })?
+        .valid_dns_names()
+        .map(str::to_ascii_lowercase)
+        .collect();
     let mismatch = || {
         TlsError::of(
             files,

@@ -89,21 +89,17 @@ fn lock_mut(m: &mut Mutex<TlsStream<TcpStream>>) -> &mut TlsStream<TcpStream> {
     m.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+// The whole stream reads and writes through its halves, so one place dispatches on the
+// variant (splitting only borrows; a TLS half locks the uncontended mutex for one poll).
 impl AsyncRead for ClientIo {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ClientIo::Tls(m) => Pin::new(lock_mut(m)).poll_read(cx, buf),
-        }
+        Pin::new(&mut self.get_mut().split().0).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for ClientIo {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ClientIo::Plain(s) => Pin::new(s).poll_write(cx, data),
-            ClientIo::Tls(m) => Pin::new(lock_mut(m)).poll_write(cx, data),
-        }
+        Pin::new(&mut self.get_mut().split().1).poll_write(cx, data)
     }
 
     fn poll_write_vectored(
@@ -111,10 +107,7 @@ impl AsyncWrite for ClientIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ClientIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            ClientIo::Tls(m) => Pin::new(lock_mut(m)).poll_write_vectored(cx, bufs),
-        }
+        Pin::new(&mut self.get_mut().split().1).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -122,17 +115,11 @@ impl AsyncWrite for ClientIo {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientIo::Plain(s) => Pin::new(s).poll_flush(cx),
-            ClientIo::Tls(m) => Pin::new(lock_mut(m)).poll_flush(cx),
-        }
+        Pin::new(&mut self.get_mut().split().1).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            ClientIo::Tls(m) => Pin::new(lock_mut(m)).poll_shutdown(cx),
-        }
+        Pin::new(&mut self.get_mut().split().1).poll_shutdown(cx)
     }
 }
 

@@ -19,7 +19,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, watch};
 
 use crate::admin::{Access, AdminState, AdminView};
-use crate::config::{self, Config, ListenerConfig};
+use crate::config::{Config, ListenerConfig};
 use crate::http1::connection::{Registry, Shared};
 use crate::proxy::access_log::{AccessLog, AccessLogConfig};
 use crate::proxy::Router;
@@ -48,7 +48,7 @@ pub enum StartError {
     },
     /// A listener's certificates could not be loaded.
     #[error("{0}")]
-    Tls(crate::tls::TlsError),
+    Tls(#[from] crate::tls::TlsError),
     /// The worker threads could not be started.
     #[error("cannot start the worker threads: {0}")]
     Workers(std::io::Error),
@@ -183,16 +183,7 @@ impl Server {
             listeners: self.listeners,
             admin: self.admin,
         };
-        let staged = running
-            .prepare(self.config.clone(), sockets, true)
-            .map_err(|e| match e {
-                ReloadError::Bind(e) => e,
-                ReloadError::Tls(e) => StartError::Tls(e),
-                other => StartError::Bind {
-                    addr: config::DEFAULT_ADMIN_LISTEN,
-                    source: std::io::Error::other(other.to_string()),
-                },
-            })?;
+        let staged = running.prepare(self.config.clone(), sockets, true)?;
         running.commit(staged);
         tokio::pin!(shutdown);
         let mut dns_tick = dns_ticker(&running.config);

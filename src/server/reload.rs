@@ -37,12 +37,9 @@ pub enum ReloadError {
     /// The file could not be read or is invalid.
     #[error("{0}")]
     Invalid(#[from] LoadError),
-    /// A new listener could not be bound, or a new access log opened.
+    /// A new listener could not be bound, an access log opened or a certificate loaded.
     #[error("{0}")]
     Bind(#[from] StartError),
-    /// A listener's certificates could not be loaded.
-    #[error("{0}")]
-    Tls(#[from] crate::tls::TlsError),
     /// The server has stopped.
     #[error("the server is not running")]
     Stopped,
@@ -215,7 +212,7 @@ impl Running {
     /// Everything that can fail, with no effect anyone sees (see the module's docs). `sockets`
     /// holds sockets already bound for the config's listeners (at start); `starting` is true
     /// for the server's first config.
-    pub(super) fn prepare(&self, mut config: Config, sockets: Sockets, starting: bool) -> Result<Staged, ReloadError> {
+    pub(super) fn prepare(&self, mut config: Config, sockets: Sockets, starting: bool) -> Result<Staged, StartError> {
         if config.source.is_none() {
             config.source = self.config.source.clone();
         }
@@ -259,18 +256,15 @@ impl Running {
         let admin = match (&config.admin, &self.admin, sockets.admin) {
             (Some(a), _, Some(socket)) => StagedAdmin::Start(a.listen, socket),
             (Some(a), Some(running), None) if running.listen == a.listen => StagedAdmin::Keep,
-            (Some(a), _, None) if starting => {
-                // `Server::bind` could not take the default address; it said so.
-                let _ = a;
-                StagedAdmin::Keep
-            }
+            // `Server::bind` could not take the default address; it said so.
+            (Some(_), _, None) if starting => StagedAdmin::Keep,
             (Some(a), _, None) => match listener::bind(a.listen, false) {
                 Ok(socket) => StagedAdmin::Start(a.listen, socket),
                 Err(e) if !a.explicit => {
                     tracing::warn!("admin API not moved: {e}");
                     StagedAdmin::Keep
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             },
             (None, Some(_), _) => StagedAdmin::Stop,
             (None, None, _) => StagedAdmin::Keep,
