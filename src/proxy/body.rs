@@ -1,6 +1,7 @@
 //! The response body type: a streamed upstream body or a short local one.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -9,7 +10,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::access_log::PendingLog;
 use crate::upstream::connection::PooledConnection;
-use crate::upstream::InFlight;
+use crate::upstream::{Backend, InFlight};
 
 /// A response body, streamed frame by frame; never buffered whole.
 #[derive(Debug)]
@@ -19,7 +20,7 @@ pub enum ProxyBody {
         /// The body as hyper receives it.
         body: Incoming,
         /// Dropped with the body.
-        in_flight: InFlight,
+        in_flight: InFlight<Arc<Backend>>,
         /// The connection it arrives on, given back to its pool once the body has ended.
         connection: Option<PooledConnection>,
         /// The backend slot it holds under `max_connections`, freed with the body.
@@ -35,7 +36,7 @@ impl ProxyBody {
     /// A backend's body arriving on `connection`; an empty body frees the connection at once.
     pub fn upstream(
         body: Incoming,
-        in_flight: InFlight,
+        in_flight: InFlight<Arc<Backend>>,
         connection: PooledConnection,
         slot: Option<OwnedSemaphorePermit>,
     ) -> ProxyBody {
@@ -76,7 +77,7 @@ impl Body for ProxyBody {
                 let frame = Pin::new(&mut *body).poll_frame(cx);
                 if let Poll::Ready(Some(Ok(f))) = &frame {
                     if let Some(data) = f.data_ref() {
-                        in_flight.backend().record_bytes(data.len() as u64);
+                        in_flight.backend().record_bytes(in_flight.worker(), data.len() as u64);
                         if let Some(record) = pending_log.as_mut().and_then(|p| p.record.as_mut()) {
                             record.bytes += data.len() as u64;
                         }

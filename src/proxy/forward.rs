@@ -19,7 +19,7 @@ use super::access_log::{new_request_id, AccessLog, AccessRecord, PendingLog};
 use super::headers::{add_forwarding, strip_hop_by_hop, X_REQUEST_ID};
 use super::retry;
 use super::{ProxyBody, ProxyError, Router};
-use crate::config::RetryConfig;
+use crate::config::{Algorithm, RetryConfig};
 use crate::stats::StatusCounts;
 use crate::upstream::connection::{UpstreamBody, UpstreamError};
 use crate::upstream::{Backend, Pool, RequestView};
@@ -232,7 +232,7 @@ async fn proxy(
                 }
             },
         };
-        let in_flight = backend.start_request();
+        let in_flight = backend.start_request_owned(conn.worker);
         let started = Instant::now();
         let mut attempt_deadline = started + config.timeouts.response_header;
         if let Some(d) = deadline {
@@ -250,7 +250,7 @@ async fn proxy(
         let mut request_sent = false;
         let exchange = tokio::time::timeout_at(attempt_deadline, async {
             let mut connection = member.connections.checkout(conn.worker).await.map_err(|e| (false, e))?;
-            let Some(upstream_req) = next_request(&mut parts, &mut payload, backend) else {
+            let Some(upstream_req) = next_request(&mut parts, &mut payload, backend, conn.worker) else {
                 return Ok(None);
             };
             request_sent = true;
@@ -275,8 +275,10 @@ async fn proxy(
                     continue;
                 }
                 let latency = started.elapsed();
-                backend.observe_latency(latency, config.ewma_decay);
-                backend.record_response(status, latency);
+                if config.algorithm == Algorithm::PeakEwma {
+                    backend.observe_latency(latency, config.ewma_decay);
+                }
+                backend.record_response(conn.worker, status, latency);
                 if let Some(r) = record.as_deref_mut() {
                     r.upstream = Some(backend.address());
                     r.upstream_duration = Some(latency);
@@ -365,16 +367,21 @@ fn is_idempotent(method: &Method) -> bool {
 
 /// The request for the next attempt, or `None` when its streamed body was already sent.
 /// A streamed request is sent once, so its head is moved rather than copied.
-fn next_request(parts: &mut Parts, payload: &mut Payload, backend: &Arc<Backend>) -> Option<Request<UpstreamBody>> {
+fn next_request(
+    parts: &mut Parts,
+    payload: &mut Payload,
+    backend: &Arc<Backend>,
+    worker: usize,
+) -> Option<Request<UpstreamBody>> {
     let (body, headers, uri) = match payload {
         Payload::Once(body) => (
-            UpstreamBody::Streaming(body.take()?, Arc::clone(backend)),
+            UpstreamBody::Streaming(body.take()?, Arc::clone(backend), worker),
             std::mem::take(&mut parts.headers),
             std::mem::take(&mut parts.uri),
         ),
         Payload::Replayable(bytes) => (
             {
-                backend.record_bytes_sent(bytes.len() as u64);
+                backend.record_bytes_sent(worker, bytes.len() as u64);
                 UpstreamBody::Buffered(Some(bytes.clone()))
             },
             parts.headers.clone(),

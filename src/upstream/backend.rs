@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::ops::Deref;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -10,20 +11,22 @@ use http::uri::Authority;
 use crate::stats::StatusCounts;
 
 /// A server that receives traffic, with atomics the hot path updates without locking.
+///
+/// The figures every request bumps live in one [`Shard`] per worker thread, each on cache
+/// lines of its own, so workers serving the same backend never write to the same line; readers
+/// sum the shards. Aligned so that the `Arc`'s reference counts sit on a line apart from the
+/// read-mostly fields below.
 #[derive(Debug)]
+#[repr(align(128))]
 pub struct Backend {
     address: SocketAddr,
     /// Set from the config; a reload may change it.
     weight: AtomicU32,
     /// `address` pre-rendered as a URI authority, so requests need no formatting.
     authority: Authority,
-    in_flight: AtomicUsize,
-    requests: AtomicU64,
     failures: AtomicU64,
-    /// Peak-EWMA of response-header latency in nanoseconds, as `f64` bits; 0 = no sample yet.
-    latency_ewma: AtomicU64,
-    /// When `latency_ewma` was last updated, in nanoseconds since [`clock_nanos`]'s epoch.
-    latency_updated: AtomicU64,
+    /// Written on every response of a peak-EWMA pool: on a line of its own.
+    ewma: Ewma,
     /// Active health checks say it is down.
     probed_down: AtomicBool,
     /// Ejected by passive health until this [`clock_nanos`] time; 0 when not ejected.
@@ -38,7 +41,27 @@ pub struct Backend {
     ready_since: AtomicU64,
     /// An operator drained it: no new requests.
     drained: AtomicBool,
-    /// Its responses by status class.
+    /// Per-worker request figures.
+    shards: Box<[Shard]>,
+}
+
+/// Peak-EWMA of response-header latency.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Ewma {
+    /// In nanoseconds, as `f64` bits; 0 = no sample yet.
+    value: AtomicU64,
+    /// When `value` was last updated, in nanoseconds since [`clock_nanos`]'s epoch.
+    updated: AtomicU64,
+}
+
+/// The figures one worker thread updates for a backend on every request.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Shard {
+    in_flight: AtomicUsize,
+    requests: AtomicU64,
+    /// Responses by status class.
     responses: StatusCounts,
     /// Response-header latency histogram: counts per [`LATENCY_BUCKETS`] bound, then +Inf.
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
@@ -66,19 +89,22 @@ pub fn nanos_at(t: Instant) -> u64 {
 }
 
 impl Backend {
-    /// A backend at `address` with relative `weight`.
+    /// A backend at `address` with relative `weight`, for one worker thread.
     pub fn new(address: SocketAddr, weight: u32) -> Backend {
+        Backend::for_workers(address, weight, 1)
+    }
+
+    /// A backend at `address` with relative `weight`, with figures kept per worker for
+    /// `workers` worker threads.
+    pub fn for_workers(address: SocketAddr, weight: u32, workers: usize) -> Backend {
         let authority =
             Authority::try_from(address.to_string()).unwrap_or_else(|_| Authority::from_static("invalid.invalid"));
         Backend {
             address,
             weight: AtomicU32::new(weight),
             authority,
-            in_flight: AtomicUsize::new(0),
-            requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
-            latency_ewma: AtomicU64::new(0),
-            latency_updated: AtomicU64::new(0),
+            ewma: Ewma::default(),
             probed_down: AtomicBool::new(false),
             ejected_until: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
@@ -86,12 +112,18 @@ impl Backend {
             health_transitions: AtomicU64::new(0),
             ready_since: AtomicU64::new(0),
             drained: AtomicBool::new(false),
-            responses: StatusCounts::default(),
-            latency_buckets: Default::default(),
-            latency_sum_micros: AtomicU64::new(0),
-            bytes_received: AtomicU64::new(0),
-            bytes_sent: AtomicU64::new(0),
+            shards: (0..workers.max(1)).map(|_| Shard::default()).collect(),
         }
+    }
+
+    /// The shard of worker `worker`.
+    fn shard(&self, worker: usize) -> &Shard {
+        &self.shards[worker % self.shards.len()]
+    }
+
+    /// The sum of one figure over every worker's shard.
+    fn sum(&self, figure: impl Fn(&Shard) -> u64) -> u64 {
+        self.shards.iter().map(figure).sum()
     }
 
     /// Where it listens.
@@ -116,12 +148,12 @@ impl Backend {
 
     /// Requests sent to it and not yet finished (response body included).
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
+        self.shards.iter().map(|s| s.in_flight.load(Ordering::Relaxed)).sum()
     }
 
     /// Requests ever sent to it.
     pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
+        self.sum(|s| s.requests.load(Ordering::Relaxed))
     }
 
     /// Requests that failed at this backend (connect error, reset, timeout).
@@ -226,56 +258,69 @@ impl Backend {
         self.drained.swap(drained, Ordering::Relaxed)
     }
 
-    /// Counts a response with `status` whose headers took `latency`.
-    pub fn record_response(&self, status: u16, latency: Duration) {
-        self.responses.record(status);
+    /// Counts a response with `status` whose headers took `latency`, on worker `worker`.
+    pub fn record_response(&self, worker: usize, status: u16, latency: Duration) {
+        let shard = self.shard(worker);
+        shard.responses.record(status);
         let secs = latency.as_secs_f64();
         let bucket = LATENCY_BUCKETS
             .iter()
             .position(|&b| secs <= b)
             .unwrap_or(LATENCY_BUCKETS.len());
-        self.latency_buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_micros.fetch_add(
+        shard.latency_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        shard.latency_sum_micros.fetch_add(
             u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
     }
 
-    /// Counts response body bytes received.
-    pub fn record_bytes(&self, n: u64) {
-        self.bytes_received.fetch_add(n, Ordering::Relaxed);
+    /// Counts response body bytes received, on worker `worker`.
+    pub fn record_bytes(&self, worker: usize, n: u64) {
+        if n > 0 {
+            self.shard(worker).bytes_received.fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     /// Responses by status class (1xx..5xx).
     pub fn responses(&self) -> [u64; 5] {
-        self.responses.get()
+        self.shards.iter().fold([0; 5], |mut total, s| {
+            for (t, n) in total.iter_mut().zip(s.responses.get()) {
+                *t += n;
+            }
+            total
+        })
     }
 
     /// Latency histogram counts per bucket (not cumulative; the last is +Inf) and the sum in
     /// seconds.
     pub fn latency_histogram(&self) -> (Vec<u64>, f64) {
-        let counts = self.latency_buckets.iter().map(|c| c.load(Ordering::Relaxed)).collect();
-        (counts, self.latency_sum_micros.load(Ordering::Relaxed) as f64 / 1e6)
+        let counts = (0..=LATENCY_BUCKETS.len())
+            .map(|b| self.sum(|s| s.latency_buckets[b].load(Ordering::Relaxed)))
+            .collect();
+        let sum = self.sum(|s| s.latency_sum_micros.load(Ordering::Relaxed));
+        (counts, sum as f64 / 1e6)
     }
 
-    /// Counts request body bytes sent.
-    pub fn record_bytes_sent(&self, n: u64) {
-        self.bytes_sent.fetch_add(n, Ordering::Relaxed);
+    /// Counts request body bytes sent, on worker `worker`.
+    pub fn record_bytes_sent(&self, worker: usize, n: u64) {
+        if n > 0 {
+            self.shard(worker).bytes_sent.fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     /// Request body bytes sent.
     pub fn bytes_sent(&self) -> u64 {
-        self.bytes_sent.load(Ordering::Relaxed)
+        self.sum(|s| s.bytes_sent.load(Ordering::Relaxed))
     }
 
     /// Response body bytes received.
     pub fn bytes_received(&self) -> u64 {
-        self.bytes_received.load(Ordering::Relaxed)
+        self.sum(|s| s.bytes_received.load(Ordering::Relaxed))
     }
 
     /// Peak-EWMA latency in nanoseconds, or `None` before the first response.
     pub fn latency_ewma_nanos(&self) -> Option<f64> {
-        let v = f64::from_bits(self.latency_ewma.load(Ordering::Relaxed));
+        let v = f64::from_bits(self.ewma.value.load(Ordering::Relaxed));
         (v > 0.0).then_some(v)
     }
 
@@ -292,40 +337,63 @@ impl Backend {
     /// [`Backend::observe_latency`] at a given [`clock_nanos`] time.
     pub fn observe_latency_at(&self, rtt: Duration, decay: Duration, now: u64) {
         let sample = (rtt.as_nanos() as f64).max(1.0);
-        let prev = f64::from_bits(self.latency_ewma.load(Ordering::Relaxed));
+        let prev = f64::from_bits(self.ewma.value.load(Ordering::Relaxed));
         let next = if prev <= 0.0 || sample > prev {
             sample
         } else {
-            let elapsed = now.saturating_sub(self.latency_updated.load(Ordering::Relaxed)) as f64;
+            let elapsed = now.saturating_sub(self.ewma.updated.load(Ordering::Relaxed)) as f64;
             let keep = (-elapsed / decay.as_nanos().max(1) as f64).exp();
             prev * keep + sample * (1.0 - keep)
         };
-        self.latency_ewma.store(next.to_bits(), Ordering::Relaxed);
-        self.latency_updated.store(now, Ordering::Relaxed);
+        self.ewma.value.store(next.to_bits(), Ordering::Relaxed);
+        self.ewma.updated.store(now, Ordering::Relaxed);
     }
 
-    /// Counts a request as started; it stays in flight until the returned guard drops.
-    pub fn start_request(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        InFlight(Arc::clone(self))
+    /// Counts a request as started on worker `worker`; it stays in flight until the returned
+    /// guard drops.
+    pub fn start_request(&self, worker: usize) -> InFlight<&Backend> {
+        InFlight::start(self, worker)
+    }
+
+    /// [`Backend::start_request`] with a guard that owns a reference, for bodies streamed
+    /// after the request's own future has returned.
+    pub fn start_request_owned(self: &Arc<Self>, worker: usize) -> InFlight<Arc<Backend>> {
+        InFlight::start(Arc::clone(self), worker)
     }
 }
 
 /// Keeps one request counted in its backend's in-flight figure until dropped.
+///
+/// `B` is how the guard holds the backend: a borrow on the HTTP/1 path (no reference count
+/// touched per request), an `Arc` where the response outlives the code that sent it.
 #[derive(Debug)]
-pub struct InFlight(Arc<Backend>);
+pub struct InFlight<B: Deref<Target = Backend>> {
+    backend: B,
+    worker: usize,
+}
 
-impl InFlight {
+impl<B: Deref<Target = Backend>> InFlight<B> {
+    fn start(backend: B, worker: usize) -> InFlight<B> {
+        let shard = backend.shard(worker);
+        shard.in_flight.fetch_add(1, Ordering::Relaxed);
+        shard.requests.fetch_add(1, Ordering::Relaxed);
+        InFlight { backend, worker }
+    }
+
     /// The backend this request went to.
-    pub fn backend(&self) -> &Arc<Backend> {
-        &self.0
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// The worker thread that counted it.
+    pub fn worker(&self) -> usize {
+        self.worker
     }
 }
 
-impl Drop for InFlight {
+impl<B: Deref<Target = Backend>> Drop for InFlight<B> {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.backend.shard(self.worker).in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -345,6 +413,26 @@ mod tests {
         assert_eq!(b.record_failure(), 1, "an ejection starts a new run of failures");
         b.record_success();
         assert_eq!(b.record_failure(), 1);
+    }
+
+    #[test]
+    fn figures_from_every_worker_add_up() {
+        let b = Backend::for_workers(([127, 0, 0, 1], 1).into(), 1, 3);
+        let held = [b.start_request(0), b.start_request(1), b.start_request(5)];
+        assert_eq!(b.in_flight(), 3);
+        assert_eq!(held.iter().map(InFlight::worker).collect::<Vec<_>>(), [0, 1, 5]);
+        drop(held);
+        assert_eq!((b.in_flight(), b.requests()), (0, 3));
+        b.record_response(0, 200, Duration::from_micros(500));
+        b.record_response(2, 503, Duration::from_millis(30));
+        b.record_bytes(1, 10);
+        b.record_bytes(2, 5);
+        b.record_bytes_sent(0, 7);
+        assert_eq!(b.responses(), [0, 1, 0, 0, 1]);
+        let (buckets, sum) = b.latency_histogram();
+        assert_eq!((buckets[0], buckets[5], buckets.iter().sum::<u64>()), (1, 1, 2));
+        assert!((sum - 0.0305).abs() < 1e-9);
+        assert_eq!((b.bytes_received(), b.bytes_sent()), (15, 7));
     }
 
     #[test]

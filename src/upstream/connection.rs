@@ -30,7 +30,7 @@ use super::Backend;
 #[derive(Debug)]
 pub enum UpstreamBody {
     /// Streamed from the client as it arrives, counted into the backend's bytes sent.
-    Streaming(Incoming, Arc<Backend>),
+    Streaming(Incoming, Arc<Backend>, usize),
     /// Held in memory (possibly empty).
     Buffered(Option<Bytes>),
 }
@@ -41,11 +41,11 @@ impl Body for UpstreamBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            UpstreamBody::Streaming(body, backend) => {
+            UpstreamBody::Streaming(body, backend, worker) => {
                 let frame = Pin::new(body).poll_frame(cx);
                 if let Poll::Ready(Some(Ok(f))) = &frame {
                     if let Some(data) = f.data_ref() {
-                        backend.record_bytes_sent(data.len() as u64);
+                        backend.record_bytes_sent(*worker, data.len() as u64);
                     }
                 }
                 frame
@@ -58,14 +58,14 @@ impl Body for UpstreamBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            UpstreamBody::Streaming(body, _) => body.is_end_stream(),
+            UpstreamBody::Streaming(body, ..) => body.is_end_stream(),
             UpstreamBody::Buffered(data) => data.as_ref().is_none_or(|d| d.is_empty()),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            UpstreamBody::Streaming(body, _) => body.size_hint(),
+            UpstreamBody::Streaming(body, ..) => body.size_hint(),
             UpstreamBody::Buffered(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
         }
     }

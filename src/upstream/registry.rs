@@ -116,7 +116,7 @@ impl BackendRegistry {
             }
         }
         let upstream = Upstream {
-            backend: Arc::new(Backend::new(address, weight)),
+            backend: Arc::new(Backend::for_workers(address, weight, self.workers)),
             idle: Arc::new(IdleConnections::new(
                 address,
                 connect_timeout,

@@ -17,6 +17,7 @@ use crate::http1::exchange::{self, DownloadError, Downloaded, Progress, Response
 use crate::http1::head::{Framing, RequestHead};
 use crate::http1::io::{write_all_vectored, Timer};
 use crate::http1::write::{self, Forwarding};
+use crate::config::Algorithm;
 use crate::proxy::access_log::AccessRecord;
 use crate::proxy::retry;
 use crate::proxy::ProxyError;
@@ -170,7 +171,8 @@ pub(super) async fn proxy(
                 }
             },
         };
-        let in_flight = backend.start_request();
+        let worker = conn.info.worker as usize;
+        let in_flight = backend.start_request(worker);
         let attempt_started = if attempts == 1 { started } else { Instant::now() };
         let mut attempt_deadline = attempt_started + config.timeouts.response_header;
         if let Some(d) = deadline {
@@ -208,8 +210,10 @@ pub(super) async fn proxy(
                 } else {
                     backend.record_success();
                 }
-                backend.observe_latency_at(latency, config.ewma_decay, nanos_at(ended.into_std()));
-                backend.record_response(status, latency);
+                if config.algorithm == Algorithm::PeakEwma {
+                    backend.observe_latency_at(latency, config.ewma_decay, nanos_at(ended.into_std()));
+                }
+                backend.record_response(worker, status, latency);
                 if let Some(r) = record.as_deref_mut() {
                     r.upstream = Some(backend.address());
                     r.upstream_duration = Some(latency);
@@ -454,7 +458,7 @@ async fn exchange(
             return Exchanged::Stale;
         }
     }
-    backend.record_bytes_sent(prefix_len as u64);
+    backend.record_bytes_sent(conn.info.worker as usize, prefix_len as u64);
     if replay.is_none() && prefix_len > 0 {
         conn.buf.consume(prefix_len);
         *body_touched = true;
@@ -547,8 +551,8 @@ async fn exchange(
         (up_result, down_result, timed_out)
     };
     let sent = progress.body_sent.load(Ordering::Relaxed);
-    backend.record_bytes_sent(sent);
-    backend.record_bytes(progress.body_received.load(Ordering::Relaxed));
+    backend.record_bytes_sent(conn.info.worker as usize, sent);
+    backend.record_bytes(conn.info.worker as usize, progress.body_received.load(Ordering::Relaxed));
     let client_written = progress.client_written.load(Ordering::Relaxed);
     let upload_done = upload_framing == Framing::Empty
         || remaining == 0 && upload_framing != Framing::Chunked

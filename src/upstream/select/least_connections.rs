@@ -90,9 +90,9 @@ mod tests {
     fn busy_backends_are_avoided() {
         let backends = backends(&[1, 1, 1]);
         let _held = [
-            backends[0].start_request(),
-            backends[0].start_request(),
-            backends[2].start_request(),
+            backends[0].start_request(0),
+            backends[0].start_request(0),
+            backends[2].start_request(0),
         ];
         let lc = LeastConnections::new(weights(&backends));
         assert_eq!(histogram(&lc, &backends, &PickContext::default(), 50), vec![0, 50, 0]);
@@ -101,7 +101,7 @@ mod tests {
     #[test]
     fn tied_backends_take_turns_around_a_busy_one() {
         let backends = backends(&[1, 1, 1]);
-        let _held = backends[0].start_request();
+        let _held = backends[0].start_request(0);
         let lc = LeastConnections::new(weights(&backends));
         assert_eq!(histogram(&lc, &backends, &PickContext::default(), 40), vec![0, 20, 20]);
     }
@@ -111,9 +111,9 @@ mod tests {
         let backends = backends(&[3, 1]);
         // 2 in flight on weight 3 (0.67 each) beats 1 in flight on weight 1.
         let _held = [
-            backends[0].start_request(),
-            backends[0].start_request(),
-            backends[1].start_request(),
+            backends[0].start_request(0),
+            backends[0].start_request(0),
+            backends[1].start_request(0),
         ];
         let lc = LeastConnections::new(weights(&backends));
         assert_eq!(histogram(&lc, &backends, &PickContext::default(), 10), vec![10, 0]);

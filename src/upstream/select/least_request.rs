@@ -43,7 +43,7 @@ mod tests {
     #[test]
     fn never_picks_the_single_busiest_of_three() {
         let backends = backends(&[1, 1, 1]);
-        let _held = backends[1].start_request();
+        let _held = backends[1].start_request(0);
         let counts = histogram(
             &LeastRequest::new(weights(&backends)),
             &backends,

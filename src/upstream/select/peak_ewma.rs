@@ -69,7 +69,7 @@ mod tests {
         backends[0].observe_latency(Duration::from_millis(10), decay);
         backends[1].observe_latency(Duration::from_millis(5), decay);
         // 5ms x (2 + 1) in flight = 15 > 10ms x 1.
-        let _held = [backends[1].start_request(), backends[1].start_request()];
+        let _held = [backends[1].start_request(0), backends[1].start_request(0)];
         let s = PeakEwma::new(Duration::from_millis(30), vec![1, 1]);
         assert_eq!(histogram(&s, &backends, &PickContext::default(), 100), vec![100, 0]);
     }
