@@ -289,6 +289,11 @@ fn parse_backend(s: &str) -> Result<BackendConfig, String> {
         Some((a, o)) => (a, Some(o)),
         None => (s, None),
     };
+    if config::backend_scheme_is_tls(addr) == Some(true) {
+        return Err(format!(
+            "{addr:?}: TLS to backends needs a config file (a pool with https:// backends and its tls table)"
+        ));
+    }
     let (addresses, dns_name) = config::parse_backend_addresses(addr, &System)?;
     let address = addresses[0];
     let mut weight = 1;

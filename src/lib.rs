@@ -13,6 +13,7 @@ pub mod http1;
 pub mod proxy;
 pub mod server;
 pub mod stats;
+pub mod stream;
 pub mod tls;
 pub mod upstream;
 

@@ -49,19 +49,23 @@ fn check(cli: &Cli) -> ExitCode {
         Ok(config) => {
             // Certificates are files of their own: load and check every one.
             let mut bad = false;
-            for l in &config.listeners {
-                if let Some(tls) = &l.tls {
-                    match steelyard::tls::server_config(tls) {
-                        Ok(built) => {
-                            for w in &built.warnings {
-                                eprintln!("warning: {w}");
-                            }
-                        }
-                        Err(e) => {
-                            eprintln!("{e}");
-                            bad = true;
-                        }
+            let mut report = |result: Result<Vec<String>, steelyard::tls::TlsError>| match result {
+                Ok(warnings) => {
+                    for w in &warnings {
+                        eprintln!("warning: {w}");
                     }
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    bad = true;
+                }
+            };
+            for tls in config.listeners.iter().filter_map(|l| l.tls.as_ref()) {
+                report(steelyard::tls::server_config(tls).map(|b| b.warnings));
+            }
+            for p in &config.pools {
+                if let Some(tls) = &p.tls {
+                    report(steelyard::tls::upstream::client_config(tls, p.protocol).map(|b| b.warnings));
                 }
             }
             if bad {

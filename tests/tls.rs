@@ -5,10 +5,9 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -16,84 +15,6 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use support::*;
-
-/// A test CA and the files of certificates it signed.
-struct Pki {
-    ca: CertificateDer<'static>,
-    issuer: CertifiedIssuer<'static, KeyPair>,
-    dir: PathBuf,
-}
-
-impl Pki {
-    fn new(name: &str) -> Pki {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("CA");
-        let dir = std::env::temp_dir().join(format!("steelyard-tls-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        Pki {
-            ca: issuer.der().clone(),
-            issuer,
-            dir,
-        }
-    }
-
-    /// Writes `FILE.pem` and `FILE.key` for a certificate covering `names`; returns its DER.
-    fn issue(&self, file: &str, names: &[&str]) -> CertificateDer<'static> {
-        self.issue_with(file, names, |_| {})
-    }
-
-    /// [`Pki::issue`] with the certificate's parameters adjusted by `adjust`.
-    fn issue_with(
-        &self,
-        file: &str,
-        names: &[&str],
-        adjust: impl FnOnce(&mut CertificateParams),
-    ) -> CertificateDer<'static> {
-        let key = KeyPair::generate().expect("key");
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let mut params = CertificateParams::new(names).expect("params");
-        adjust(&mut params);
-        let cert = params.signed_by(&key, &self.issuer).expect("sign");
-        std::fs::write(self.dir.join(format!("{file}.pem")), cert.pem()).expect("write cert");
-        std::fs::write(self.dir.join(format!("{file}.key")), key.serialize_pem()).expect("write key");
-        cert.der().clone()
-    }
-
-    fn path(&self, file: &str) -> String {
-        self.dir.join(file).display().to_string()
-    }
-
-    /// A client trusting this CA, offering `alpn`.
-    fn connector(&self, alpn: &[&[u8]]) -> TlsConnector {
-        self.connector_as(alpn, None)
-    }
-
-    /// [`Pki::connector`] that presents a client certificate with this common name, if any.
-    fn connector_as(&self, alpn: &[&[u8]], client: Option<&str>) -> TlsConnector {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca.clone()).expect("root");
-        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots);
-        let mut config = match client {
-            None => builder.with_no_client_auth(),
-            Some(name) => {
-                let key = KeyPair::generate().expect("key");
-                let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-                params.distinguished_name.push(rcgen::DnType::CommonName, name);
-                let cert = params.signed_by(&key, &self.issuer).expect("sign");
-                let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
-                builder
-                    .with_client_auth_cert(vec![cert.der().clone()], key)
-                    .expect("client auth")
-            }
-        };
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        TlsConnector::from(Arc::new(config))
-    }
-}
 
 fn tls_toml(pki: &Pki, certs: &[&str], origin: &Origin) -> String {
     let list: Vec<String> = certs

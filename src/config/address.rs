@@ -35,14 +35,12 @@ pub fn parse_backend_address(s: &str, resolver: &dyn Resolve) -> Result<SocketAd
 /// Parses a backend address into every address it resolves to (IPv4 first, at least one),
 /// with the `host:port` name when it was not an IP literal.
 pub fn parse_backend_addresses(s: &str, resolver: &dyn Resolve) -> Result<(Vec<SocketAddr>, Option<String>), String> {
-    let rest = if let Some(rest) = s.strip_prefix("http://") {
+    let rest = if let Some(rest) = s.strip_prefix("http://").or_else(|| s.strip_prefix("https://")) {
         rest
-    } else if s.starts_with("https://") {
-        return Err(format!(
-            "invalid backend address {s:?}: TLS to backends is not supported yet; use http://"
-        ));
     } else if s.contains("://") {
-        return Err(format!("invalid backend address {s:?}: only http:// is supported"));
+        return Err(format!(
+            "invalid backend address {s:?}: only http:// and https:// are supported"
+        ));
     } else {
         s
     };
@@ -58,6 +56,18 @@ pub fn parse_backend_addresses(s: &str, resolver: &dyn Resolve) -> Result<(Vec<S
     resolve_all(hostport, resolver)
         .map(|addrs| (addrs, Some(hostport.to_owned())))
         .map_err(|why| format!("invalid backend address {s:?}: {why}"))
+}
+
+/// The scheme a backend address was written with: `Some(true)` for `https://`, `Some(false)`
+/// for `http://`, `None` for a bare `host:port`.
+pub fn backend_scheme_is_tls(s: &str) -> Option<bool> {
+    if s.starts_with("https://") {
+        Some(true)
+    } else if s.starts_with("http://") {
+        Some(false)
+    } else {
+        None
+    }
 }
 
 /// Parses a listen address `ip:port` (or `host:port`, resolved once).

@@ -196,6 +196,22 @@ pub struct PoolSection {
     pub slow_start_min_weight_percent: Option<Spanned<i64>>,
     /// How often backends given by host name are resolved again.
     pub dns_refresh: Option<Spanned<String>>,
+    /// `"http1"` (default), `"h2"` (over TLS, by ALPN) or `"h2c"` (cleartext, prior knowledge).
+    pub protocol: Option<Spanned<String>>,
+    /// TLS to the backends.
+    pub tls: Option<Spanned<UpstreamTlsSection>>,
+}
+
+/// `[pools.NAME.tls]`: how to verify the backends' certificates.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsSection {
+    /// The name to send as SNI and to verify, instead of the backend's host name.
+    pub server_name: Option<Spanned<String>>,
+    /// PEM CA certificates the backends' certificates must chain to (instead of the system's).
+    pub ca: Option<Spanned<String>>,
+    /// `false` accepts any certificate (`check` warns).
+    pub verify: Option<Spanned<bool>>,
 }
 
 /// `[pools.NAME.health_check]`.

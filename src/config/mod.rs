@@ -26,7 +26,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use address::{
-    order_addresses, parse_backend_address, parse_backend_addresses, parse_listen_address, LiteralsOnly, Resolve,
+    backend_scheme_is_tls, order_addresses, parse_backend_address, parse_backend_addresses, parse_listen_address,
+    LiteralsOnly, Resolve,
 };
 pub use admin::{AdminConfig, DEFAULT_ADMIN_LISTEN};
 pub use client::ClientSettings;
@@ -34,9 +35,9 @@ pub use listener::{
     AccessLogConfig, AccessLogFormat, CertificateFiles, ClientAuth, HostMatch, ListenerConfig, RouteConfig, TlsConfig,
 };
 pub use pool::{
-    Algorithm, BackendConfig, HashKey, PoolConfig, SelectOptions, StickyConfig, Timeouts, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_DNS_REFRESH, DEFAULT_EWMA_DECAY, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAGLEV_TABLE_SIZE,
-    DEFAULT_RESPONSE_HEADER_TIMEOUT, MAX_WEIGHT, STICKY_SECRET_ENV,
+    Algorithm, BackendConfig, HashKey, PoolConfig, SelectOptions, StickyConfig, Timeouts, UpstreamProtocol,
+    UpstreamTlsConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DNS_REFRESH, DEFAULT_EWMA_DECAY, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_RESPONSE_HEADER_TIMEOUT, MAX_WEIGHT, STICKY_SECRET_ENV,
 };
 pub use resilience::{CheckKind, HealthCheckConfig, PassiveConfig, RetryConfig, SlowStart, StatusSet};
 
@@ -294,6 +295,8 @@ impl Config {
                 queue_timeout: resilience::DEFAULT_QUEUE_TIMEOUT,
                 slow_start: None,
                 dns_refresh: DEFAULT_DNS_REFRESH,
+                protocol: UpstreamProtocol::Http1,
+                tls: None,
             }],
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             workers: None,
@@ -419,7 +422,11 @@ timeouts = { connect = "soon" }
         let a: SocketAddr = "127.0.0.1:8081".parse().expect("addr");
         assert_eq!(parse_backend_address("127.0.0.1:8081", &LiteralsOnly), Ok(a));
         assert_eq!(parse_backend_address("http://127.0.0.1:8081/", &LiteralsOnly), Ok(a));
-        assert!(parse_backend_address("https://127.0.0.1:8081", &LiteralsOnly).is_err());
+        assert_eq!(parse_backend_address("https://127.0.0.1:8081", &LiteralsOnly), Ok(a));
+        assert_eq!(backend_scheme_is_tls("https://127.0.0.1:8081"), Some(true));
+        assert_eq!(backend_scheme_is_tls("http://127.0.0.1:8081"), Some(false));
+        assert_eq!(backend_scheme_is_tls("127.0.0.1:8081"), None);
+        assert!(parse_backend_address("ftp://127.0.0.1:8081", &LiteralsOnly).is_err());
         assert!(parse_backend_address("127.0.0.1:8081/x", &LiteralsOnly).is_err());
         assert!(parse_backend_address("127.0.0.1", &LiteralsOnly).is_err());
         assert_eq!(

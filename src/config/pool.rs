@@ -1,12 +1,13 @@
 //! `[pools.NAME]`: backends, algorithm, timeouts, stickiness and resilience of one pool.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use http::header::HeaderName;
 use toml::Spanned;
 
-use super::address::parse_backend_addresses;
+use super::address::{backend_scheme_is_tls, parse_backend_addresses};
 use super::file::{BackendEntry, PoolSection, TimeoutsSection};
 use super::resilience::{self, HealthCheckConfig, PassiveConfig, RetryConfig, SlowStart};
 use super::Checker;
@@ -166,6 +167,54 @@ pub struct PoolConfig {
     pub slow_start: Option<SlowStart>,
     /// How often backends given by name are resolved again.
     pub dns_refresh: Duration,
+    /// The protocol spoken to the backends.
+    pub protocol: UpstreamProtocol,
+    /// TLS to the backends, if on.
+    pub tls: Option<UpstreamTlsConfig>,
+}
+
+/// The protocol a pool speaks to its backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with pooled keep-alive connections (the default).
+    #[default]
+    Http1,
+    /// HTTP/2 over TLS, agreed by ALPN.
+    H2,
+    /// HTTP/2 over cleartext TCP, by prior knowledge.
+    H2c,
+}
+
+impl UpstreamProtocol {
+    /// True for both HTTP/2 forms.
+    pub fn is_h2(self) -> bool {
+        matches!(self, UpstreamProtocol::H2 | UpstreamProtocol::H2c)
+    }
+
+    /// Its name in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::H2 => "h2",
+            UpstreamProtocol::H2c => "h2c",
+        }
+    }
+}
+
+/// TLS from Steelyard to a pool's backends: the files as configured (loaded and checked by
+/// `crate::tls`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UpstreamTlsConfig {
+    /// Sent as SNI and verified instead of each backend's host name (or IP address).
+    pub server_name: Option<String>,
+    /// PEM CA certificates to verify against instead of the system's trusted roots.
+    pub ca: Option<PathBuf>,
+    /// False accepts any certificate (`check` warns).
+    pub verify: bool,
+    /// `FILE:LINE:COL` of the setting, for errors found when the files are loaded.
+    pub at: String,
+    /// Its key, e.g. `pools.api.tls`.
+    pub key_name: String,
 }
 
 /// Default interval between DNS resolutions of backends given by name.
@@ -360,6 +409,7 @@ pub(super) fn validate(name: &str, section: &Spanned<PoolSection>, check: &mut C
         let span = p.dns_refresh.as_ref().map_or(0..0, |d| d.span());
         check.error(span, format!("{key}.dns_refresh: must be from 1s to 1h"));
     }
+    let (protocol, tls) = upstream_protocol(&key, p, check);
     PoolConfig {
         name: name.to_owned(),
         algorithm,
@@ -377,7 +427,89 @@ pub(super) fn validate(name: &str, section: &Spanned<PoolSection>, check: &mut C
         queue_timeout,
         slow_start,
         dns_refresh,
+        protocol,
+        tls,
     }
+}
+
+/// The pool's protocol and TLS settings: TLS is on when a backend is written `https://` or
+/// the pool has a `tls` table, and then for every backend of the pool.
+fn upstream_protocol(key: &str, p: &PoolSection, check: &mut Checker) -> (UpstreamProtocol, Option<UpstreamTlsConfig>) {
+    let schemes: Vec<(Option<bool>, std::ops::Range<usize>)> = p
+        .backends
+        .get_ref()
+        .iter()
+        .map(|e| (backend_scheme_is_tls(e.get_ref().address.get_ref()), e.span()))
+        .collect();
+    let https = schemes.iter().find(|(s, _)| *s == Some(true));
+    let tls_on = https.is_some() || p.tls.is_some();
+    if tls_on {
+        if let Some((_, span)) = schemes.iter().find(|(s, _)| *s == Some(false)) {
+            check.error(
+                span.clone(),
+                format!("{key}.backends: http:// in a pool that uses TLS (https:// backends or a tls table); a pool's backends share one scheme"),
+            );
+        }
+    }
+    let protocol = match p.protocol.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
+        None | Some(("http1", _)) => UpstreamProtocol::Http1,
+        Some(("h2", span)) => {
+            if !tls_on {
+                check.error(
+                    span,
+                    format!("{key}.protocol: \"h2\" is HTTP/2 over TLS: write the backends https:// (or use \"h2c\" for cleartext)"),
+                );
+            }
+            UpstreamProtocol::H2
+        }
+        Some(("h2c", span)) => {
+            if tls_on {
+                check.error(
+                    span,
+                    format!("{key}.protocol: \"h2c\" is cleartext HTTP/2; over TLS use \"h2\""),
+                );
+            }
+            UpstreamProtocol::H2c
+        }
+        Some((other, span)) => {
+            check.error(
+                span,
+                format!("{key}.protocol: {other:?} is not \"http1\", \"h2\" or \"h2c\""),
+            );
+            UpstreamProtocol::Http1
+        }
+    };
+    if !tls_on {
+        return (protocol, None);
+    }
+    let section = p.tls.as_ref();
+    let at_span = section.map_or_else(|| https.map_or(0..0, |(_, s)| s.clone()), |t| t.span());
+    let t = section.map(|t| t.get_ref());
+    let server_name = t.and_then(|t| t.server_name.as_ref()).and_then(|n| {
+        let name = n.get_ref();
+        if rustls_pki_name_is_valid(name) {
+            Some(name.clone())
+        } else {
+            check.error(
+                n.span(),
+                format!("{key}.tls.server_name: {name:?} is not a DNS name or IP address"),
+            );
+            None
+        }
+    });
+    let config = UpstreamTlsConfig {
+        server_name,
+        ca: t.and_then(|t| t.ca.as_ref()).map(|c| check.path(c.get_ref())),
+        verify: t.and_then(|t| t.verify.as_ref()).is_none_or(|v| *v.get_ref()),
+        at: check.location(at_span),
+        key_name: format!("{key}.tls"),
+    };
+    (protocol, Some(config))
+}
+
+/// True when `name` can be sent as SNI and verified: a DNS name or an IP address.
+fn rustls_pki_name_is_valid(name: &str) -> bool {
+    rustls::pki_types::ServerName::try_from(name).is_ok()
 }
 
 fn is_prime(n: u64) -> bool {

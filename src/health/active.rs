@@ -10,10 +10,10 @@ use bytes::Bytes;
 use http::header::{HeaderValue, HOST, USER_AGENT};
 use http::Request;
 use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::config::{CheckKind, HealthCheckConfig};
+use crate::upstream::connect::Connector;
 use crate::upstream::hash::hash64;
 use crate::upstream::Pool;
 
@@ -115,12 +115,17 @@ pub async fn run_checks<P, Fut, S, C>(
 
 /// Starts the checks of member `index` of `pool`.
 pub fn spawn(pool: Weak<Pool>, index: usize, config: HealthCheckConfig) {
-    let Some((address, start_healthy, name)) = pool.upgrade().and_then(|p| {
+    let Some((connector, start_healthy, name)) = pool.upgrade().and_then(|p| {
         let m = p.members().get(index)?;
-        Some((m.backend.address(), !m.backend.is_probed_down(), p.name().to_owned()))
+        Some((
+            Arc::clone(&m.connector),
+            !m.backend.is_probed_down(),
+            p.name().to_owned(),
+        ))
     }) else {
         return;
     };
+    let address = connector.address();
     let state = RiseFall::new(start_healthy, config.healthy_threshold, config.unhealthy_threshold);
     let offset = jitter(address, config.interval);
     let config = Arc::new(config);
@@ -131,7 +136,8 @@ pub fn spawn(pool: Weak<Pool>, index: usize, config: HealthCheckConfig) {
         state,
         move || {
             let config = Arc::clone(&config);
-            async move { probe(address, &config).await }
+            let connector = Arc::clone(&connector);
+            async move { probe(&connector, &config).await }
         },
         move || {
             let pool = sync_pool.upgrade()?;
@@ -154,18 +160,17 @@ pub fn spawn(pool: Weak<Pool>, index: usize, config: HealthCheckConfig) {
     ));
 }
 
-/// One probe of `address`; `Err` says why it failed.
-pub async fn probe(address: SocketAddr, config: &HealthCheckConfig) -> Result<(), String> {
-    match tokio::time::timeout(config.timeout, probe_once(address, &config.kind)).await {
+/// One probe of the backend `connector` reaches, over the protocol and TLS its pool uses;
+/// `Err` says why it failed.
+pub async fn probe(connector: &Connector, config: &HealthCheckConfig) -> Result<(), String> {
+    match tokio::time::timeout(config.timeout, probe_once(connector, &config.kind)).await {
         Ok(result) => result,
         Err(_) => Err(format!("probe timed out after {:?}", config.timeout)),
     }
 }
 
-async fn probe_once(address: SocketAddr, kind: &CheckKind) -> Result<(), String> {
-    let stream = TcpStream::connect(address)
-        .await
-        .map_err(|e| format!("connect failed: {e}"))?;
+async fn probe_once(connector: &Connector, kind: &CheckKind) -> Result<(), String> {
+    let stream = connector.connect().await.map_err(|e| e.to_string())?;
     let CheckKind::Http {
         method,
         path,
@@ -176,12 +181,26 @@ async fn probe_once(address: SocketAddr, kind: &CheckKind) -> Result<(), String>
     else {
         return Ok(());
     };
-    let _ = stream.set_nodelay(true);
-    let (mut sender, connection) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("HTTP handshake failed: {e}"))?;
-    let connection = tokio::spawn(connection);
-    let host = host.clone().unwrap_or_else(|| address.to_string());
+    let io = TokioIo::new(stream);
+    let (mut sender, connection) = if connector.protocol().is_h2() {
+        let (sender, connection) =
+            hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(TokioExecutor::new(), io)
+                .await
+                .map_err(|e| format!("HTTP/2 handshake failed: {e}"))?;
+        (
+            Sender::H2(sender),
+            tokio::spawn(async move { connection.await.map(drop) }),
+        )
+    } else {
+        let (sender, connection) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io)
+            .await
+            .map_err(|e| format!("HTTP handshake failed: {e}"))?;
+        (
+            Sender::H1(sender),
+            tokio::spawn(async move { connection.await.map(drop) }),
+        )
+    };
+    let host = host.clone().unwrap_or_else(|| connector.address().to_string());
     let request = Request::builder()
         .method(method.clone())
         .uri(path.as_str())
@@ -193,10 +212,11 @@ async fn probe_once(address: SocketAddr, kind: &CheckKind) -> Result<(), String>
         .body(Empty::new())
         .map_err(|e| format!("invalid health check request: {e}"))?;
     let result = async {
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("request failed: {e}"))?;
+        let response = match &mut sender {
+            Sender::H1(s) => s.send_request(request).await,
+            Sender::H2(s) => s.send_request(request).await,
+        }
+        .map_err(|e| format!("request failed: {e}"))?;
         let status = response.status().as_u16();
         if !expect_status.contains(status) {
             return Err(format!("unexpected status {status}"));
@@ -217,6 +237,12 @@ async fn probe_once(address: SocketAddr, kind: &CheckKind) -> Result<(), String>
     .await;
     connection.abort();
     result
+}
+
+/// A probe's request sender, by protocol.
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
 }
 
 #[cfg(test)]

@@ -19,12 +19,12 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::buffer::{self, Buffer, BUF_SIZE};
-use super::client_io::ClientIo;
 use super::io::Timer;
 use super::recycle::Recycled;
 use crate::proxy::h1::{self, Next};
 use crate::proxy::Router;
 use crate::server::listener::ConnectionLimit;
+use crate::stream::ClientIo;
 use crate::upstream::backend::clock_nanos;
 use tokio::time::Instant;
 

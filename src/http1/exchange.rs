@@ -86,6 +86,9 @@ where
             Framing::Empty | Framing::Close => return Ok(Uploaded::Done),
             Framing::Length(_) => {
                 if remaining == 0 {
+                    if upstream_ok && uwr.flush().await.is_err() {
+                        upstream_ok = false;
+                    }
                     return Ok(if upstream_ok {
                         Uploaded::Done
                     } else {
@@ -138,6 +141,9 @@ where
                     progress.tick();
                     cbuf.consume(used);
                     if done {
+                        if upstream_ok && uwr.flush().await.is_err() {
+                            upstream_ok = false;
+                        }
                         return Ok(if upstream_ok {
                             Uploaded::Done
                         } else {
@@ -155,6 +161,10 @@ where
         let Some(room) = cbuf.room(limit) else {
             return Err(UploadError::Malformed(ChunkError("chunk line too long")));
         };
+        // What went up may sit in a TLS session's buffer: send it before waiting for more.
+        if upstream_ok && uwr.flush().await.is_err() {
+            upstream_ok = false;
+        }
         match crd.read_buf(room).await {
             Ok(0) | Err(_) => return Err(UploadError::ClientGone),
             Ok(_) => progress.tick(),

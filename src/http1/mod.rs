@@ -9,7 +9,6 @@
 
 pub mod buffer;
 pub mod chunked;
-pub mod client_io;
 pub mod connection;
 pub mod exchange;
 pub mod head;

@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH, HOST, SET_COOKIE};
 use http::request::Parts;
-use http::uri::{PathAndQuery, Uri};
+use http::uri::{Authority, PathAndQuery, Uri};
 use http::{Method, Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
@@ -21,7 +21,8 @@ use super::retry;
 use super::{ProxyBody, ProxyError, Router};
 use crate::config::{Algorithm, RetryConfig};
 use crate::stats::StatusCounts;
-use crate::upstream::connection::{UpstreamBody, UpstreamError};
+use crate::upstream::connect::ConnectError;
+use crate::upstream::connection::{ClientBody, UpstreamBody, UpstreamError};
 use crate::upstream::{Backend, Pool, RequestView};
 
 /// What the hot path knows about the client connection, computed once per connection.
@@ -61,7 +62,7 @@ const MAX_ATTEMPTS: usize = 11;
 /// bytes went out, or streamed once otherwise.
 enum Payload {
     /// Streamed: only a connect failure (nothing sent yet) can be retried.
-    Once(Option<Incoming>),
+    Once(Option<ClientBody>),
     /// Empty or held in memory: any failure the policy names can be retried.
     Replayable(Bytes),
 }
@@ -136,7 +137,7 @@ pub async fn forward(
             if let Some(r) = record.as_mut() {
                 r.pool = Some(Arc::from(pool.name()));
             }
-            let res = proxy(req, host, &pool, conn, record.as_mut()).await;
+            let res = proxy(req.map(ClientBody::Hyper), host, &pool, conn, record.as_mut()).await;
             if matches!(res.body(), ProxyBody::Local(_)) {
                 pool.stats().local_responses.record(res.status().as_u16());
             }
@@ -179,9 +180,10 @@ fn finish(
     res
 }
 
-/// Sends a routed request to its pool's backends.
-async fn proxy(
-    req: Request<Incoming>,
+/// Sends a routed request to its pool's backends. `host` is the request's host (its `Host`
+/// field or its URI's authority).
+pub(crate) async fn proxy(
+    req: Request<ClientBody>,
     host: Option<HeaderValue>,
     pool: &Arc<Pool>,
     conn: &ConnInfo,
@@ -200,6 +202,10 @@ async fn proxy(
     parts.version = Version::HTTP_11;
 
     let config = pool.config();
+    let h2_scheme = config
+        .protocol
+        .is_h2()
+        .then_some(if config.tls.is_some() { "https" } else { "http" });
     pool.retry_budget().deposit();
     let deadline = config.timeouts.request.map(|d| Instant::now() + d);
     let mut payload = match payload(&mut parts, body, &config.retries).await {
@@ -250,7 +256,7 @@ async fn proxy(
         let mut request_sent = false;
         let exchange = tokio::time::timeout_at(attempt_deadline, async {
             let mut connection = member.connections.checkout(conn.worker).await.map_err(|e| (false, e))?;
-            let Some(upstream_req) = next_request(&mut parts, &mut payload, backend, conn.worker) else {
+            let Some(upstream_req) = next_request(&mut parts, &mut payload, backend, conn.worker, h2_scheme) else {
                 return Ok(None);
             };
             request_sent = true;
@@ -292,7 +298,7 @@ async fn proxy(
             }
             // The streamed body already went to a backend: it cannot be sent again.
             Ok(Ok(None)) => return last_failure.response(),
-            Ok(Err((true, e))) => (classify(&e), error_chain(&e), retry::Failure::Reset),
+            Ok(Err((true, e))) if !e.before_processing() => (classify(&e), error_chain(&e), retry::Failure::Reset),
             Err(_) if request_sent => {
                 let overall = deadline.is_some_and(|d| attempt_deadline >= d);
                 if overall {
@@ -335,7 +341,7 @@ async fn proxy(
 
 /// Decides how the body travels: replayable (kept in memory) when the method is idempotent,
 /// the policy could retry after bytes went out, and the body is empty or small enough.
-async fn payload(parts: &mut Parts, body: Incoming, policy: &RetryConfig) -> Result<Payload, ProxyError> {
+async fn payload(parts: &mut Parts, body: ClientBody, policy: &RetryConfig) -> Result<Payload, ProxyError> {
     let after_send = policy.attempts > 0 && (policy.on_reset || policy.on_timeout || !policy.on_status.0.is_empty());
     if !after_send || !is_idempotent(&parts.method) {
         return Ok(Payload::Once(Some(body)));
@@ -372,6 +378,7 @@ fn next_request(
     payload: &mut Payload,
     backend: &Arc<Backend>,
     worker: usize,
+    h2_scheme: Option<&'static str>,
 ) -> Option<Request<UpstreamBody>> {
     let (body, headers, uri) = match payload {
         Payload::Once(body) => (
@@ -399,7 +406,32 @@ fn next_request(
             req.headers_mut().insert(HOST, h);
         }
     }
+    if let Some(scheme) = h2_scheme {
+        to_h2_form(&mut req, scheme);
+    }
     Some(req)
+}
+
+/// Rewrites a request for an HTTP/2 backend: the host moves into the URI (`:authority`), with
+/// `scheme` (`:scheme`), and the version becomes HTTP/2.
+fn to_h2_form(req: &mut Request<UpstreamBody>, scheme: &'static str) {
+    let authority = req
+        .headers_mut()
+        .remove(HOST)
+        .and_then(|h| Authority::try_from(h.as_bytes()).ok());
+    let path = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut builder = Uri::builder().scheme(scheme).path_and_query(path);
+    if let Some(authority) = authority {
+        builder = builder.authority(authority);
+    }
+    if let Ok(uri) = builder.build() {
+        *req.uri_mut() = uri;
+    }
+    *req.version_mut() = Version::HTTP_2;
 }
 
 fn timed_out(pool: &Pool, conn: &ConnInfo) -> Response<ProxyBody> {
@@ -434,8 +466,8 @@ fn origin_form(uri: Uri) -> Uri {
 /// Connect timeouts are 504; every other upstream failure (refused, reset, broken response) 502.
 fn classify(e: &UpstreamError) -> ProxyError {
     match e {
-        UpstreamError::ConnectTimeout(_) => ProxyError::ConnectTimeout,
-        UpstreamError::Connect(_) | UpstreamError::Http(_) => ProxyError::BadGateway,
+        UpstreamError::Connect(ConnectError::TimedOut(_)) => ProxyError::ConnectTimeout,
+        _ => ProxyError::BadGateway,
     }
 }
 

@@ -270,11 +270,20 @@ impl Running {
             (None, None, _) => StagedAdmin::Keep,
         };
 
-        let pools: Vec<Arc<Pool>> = config
-            .pools
-            .iter()
-            .map(|p| Arc::new(Pool::with_registry(p, &self.registry)))
-            .collect();
+        let mut pools: Vec<Arc<Pool>> = Vec::with_capacity(config.pools.len());
+        for p in &config.pools {
+            let tls = match &p.tls {
+                None => None,
+                Some(t) => {
+                    let built = crate::tls::upstream::client_config(t, p.protocol)?;
+                    for w in &built.warnings {
+                        tracing::warn!("{w}");
+                    }
+                    Some(built.config)
+                }
+            };
+            pools.push(Arc::new(Pool::with_registry(p, &self.registry, tls)));
+        }
         let mut access_logs = HashMap::new();
         let mut listeners = Vec::with_capacity(plan.len());
         for (l, target) in plan {

@@ -1,8 +1,8 @@
 //! One backend server and its live load figures.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -393,7 +393,10 @@ impl<B: Deref<Target = Backend>> InFlight<B> {
 
 impl<B: Deref<Target = Backend>> Drop for InFlight<B> {
     fn drop(&mut self) {
-        self.backend.shard(self.worker).in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.backend
+            .shard(self.worker)
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -6,28 +6,19 @@
 //! the common case), and pushes it back once its response ended exactly. A periodic sweep
 //! closes connections idle past the pool's idle timeout.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
-use tokio::net::TcpStream;
 
 use super::backend::clock_nanos;
+pub use super::connect::ConnectError;
+use super::connect::Connector;
+use crate::stream::UpstreamIo;
 
 /// Most idle connections kept per backend and worker; beyond it, released ones are closed.
 pub const MAX_IDLE_PER_WORKER: usize = 128;
-
-/// Why no connection to the backend could be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    /// Refused, unreachable, out of file descriptors...
-    #[error("connect failed: {0}")]
-    Failed(std::io::Error),
-    /// No connection within the connect timeout.
-    #[error("connect timed out after {0:?}")]
-    TimedOut(Duration),
-}
 
 /// A backend's connect and idle timeouts, which a reload may change while its connections
 /// stay pooled.
@@ -69,29 +60,29 @@ impl UpstreamTimeouts {
 
 #[derive(Debug)]
 struct Idle {
-    stream: TcpStream,
+    stream: UpstreamIo,
     since: u64,
 }
 
 /// The idle connections to one backend, per worker.
 #[derive(Debug)]
 pub struct IdleConnections {
-    address: SocketAddr,
+    connector: Arc<Connector>,
     /// Its timeouts (a reload may change them).
     pub timeouts: UpstreamTimeouts,
     queues: Vec<ArrayQueue<Idle>>,
 }
 
 impl IdleConnections {
-    /// None yet, for the backend at `address`.
+    /// None yet, for the backend `connector` reaches.
     pub fn new(
-        address: SocketAddr,
+        connector: Arc<Connector>,
         connect_timeout: Duration,
         idle_timeout: Duration,
         workers: usize,
     ) -> IdleConnections {
         IdleConnections {
-            address,
+            connector,
             timeouts: UpstreamTimeouts::new(connect_timeout, idle_timeout),
             queues: (0..workers.max(1))
                 .map(|_| ArrayQueue::new(MAX_IDLE_PER_WORKER))
@@ -116,32 +107,35 @@ impl IdleConnections {
 
     /// An idle connection of this worker that the backend has not closed, if any; `now` is
     /// [`clock_nanos`] time.
-    pub fn checkout(&self, worker: usize, now: u64) -> Option<TcpStream> {
-        while let Some(idle) = self.local(worker).pop() {
+    pub fn checkout(&self, worker: usize, now: u64) -> Option<UpstreamIo> {
+        while let Some(mut idle) = self.local(worker).pop() {
             if now.saturating_sub(idle.since) > self.timeouts.idle_nanos() {
                 continue;
             }
             // Closed by the backend (or it sent something unasked): not usable.
-            let mut probe = [0u8; 1];
-            match idle.stream.try_read(&mut probe) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(idle.stream),
-                _ => continue,
+            if idle.stream.is_quiet() {
+                return Some(idle.stream);
             }
         }
         None
     }
 
     /// Opens a new connection (the caller bounds the wait with the connect timeout).
-    pub async fn connect(&self) -> Result<TcpStream, ConnectError> {
-        let stream = TcpStream::connect(self.address).await.map_err(ConnectError::Failed)?;
-        let _ = stream.set_nodelay(true);
-        Ok(stream)
+    pub async fn connect(&self) -> Result<UpstreamIo, ConnectError> {
+        self.connector.connect().await
     }
 
     /// Keeps `stream` for the next request of this worker. Call only when its last response
     /// ended exactly and nothing more was read.
-    pub fn checkin(&self, worker: usize, stream: TcpStream, now: u64) {
+    pub fn checkin(&self, worker: usize, stream: UpstreamIo, now: u64) {
         let _ = self.local(worker).push(Idle { stream, since: now });
+    }
+
+    /// Closes every idle connection.
+    pub fn clear(&self) {
+        for queue in &self.queues {
+            while queue.pop().is_some() {}
+        }
     }
 
     /// Closes connections idle past the idle timeout.

@@ -1,6 +1,7 @@
 //! Backends, pools of backends, and the algorithms that choose among them.
 
 pub mod backend;
+pub mod connect;
 pub mod connection;
 pub mod hash;
 pub mod hash_key;

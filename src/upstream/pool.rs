@@ -14,6 +14,7 @@ use http::header::HeaderValue;
 use tokio::sync::{Notify, Semaphore};
 
 use super::backend::clock_nanos;
+use super::connect::{Connector, TlsTarget};
 use super::connection::ConnectionPool;
 use super::idle::IdleConnections;
 use super::registry::{BackendRegistry, PoolStats};
@@ -26,6 +27,10 @@ use crate::config::{Algorithm, PoolConfig, StickyConfig};
 /// One configured backend with what belongs to it in this pool.
 #[derive(Debug)]
 pub struct Member {
+    /// How the backend is reached.
+    pub connector: Arc<Connector>,
+    /// TLS to it under this config, applied to the connector when the pool starts.
+    tls: Option<Arc<TlsTarget>>,
     /// The backend and its live figures.
     pub backend: Arc<Backend>,
     /// Its idle keep-alive connections for requests that arrived over HTTP/2 (hyper's client).
@@ -118,30 +123,39 @@ impl Selection {
 impl Pool {
     /// Builds the pool with backends of its own, ready to pick. Call [`Pool::start`] inside
     /// a tokio runtime to run its health checks as well.
+    /// Without TLS to the backends (whatever `config.tls` says): for tests.
     pub fn new(config: &PoolConfig) -> Pool {
-        let pool = Pool::with_registry(config, &BackendRegistry::new(1));
+        let pool = Pool::with_registry(config, &BackendRegistry::new(1), None);
         pool.commit();
         pool
     }
 
     /// Prepares the pool, taking the backends (and their idle connections) it shares with a
     /// previous config from `registry`. Nothing shared changes until [`Pool::start`]: a
-    /// reload that fails after this leaves every running backend as it was.
-    pub fn with_registry(config: &PoolConfig, registry: &BackendRegistry) -> Pool {
+    /// reload that fails after this leaves every running backend as it was. `tls` is the
+    /// client config built from `config.tls`.
+    pub fn with_registry(
+        config: &PoolConfig,
+        registry: &BackendRegistry,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Pool {
         // A backend added by a reload (the pool already has live backends) ramps up.
         let reloading = registry.has_pool(&config.name);
         let members: Vec<Member> = config
             .backends
             .iter()
             .map(|b| {
-                let (upstream, fresh) = registry.get_or_create(
-                    &config.name,
-                    b.address,
-                    b.weight,
-                    config.timeouts.connect,
-                    config.timeouts.idle,
-                );
+                let (upstream, fresh) = registry.get_or_create(config, b.address, b.weight);
+                let tls = tls.as_ref().zip(config.tls.as_ref()).map(|(client, settings)| {
+                    Arc::new(TlsTarget {
+                        config: Arc::clone(client),
+                        name: crate::tls::upstream::server_name(settings, b),
+                        settings: settings.clone(),
+                    })
+                });
                 Member {
+                    connector: upstream.connector,
+                    tls,
                     idle: upstream.idle,
                     connections: upstream.connections,
                     slots: config.max_connections.map(|n| Arc::new(Semaphore::new(n as usize))),
@@ -173,6 +187,11 @@ impl Pool {
         self.stats.retry_budget.set_percent(self.config.retries.budget_percent);
         for m in &self.members {
             m.backend.set_weight(m.weight);
+            if m.connector.set_tls(m.tls.clone()) {
+                // Verified against other settings: new connections only from now on.
+                m.idle.clear();
+                m.connections.clear();
+            }
             m.idle
                 .timeouts
                 .set(self.config.timeouts.connect, self.config.timeouts.idle);

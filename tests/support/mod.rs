@@ -23,8 +23,11 @@ use tokio::task::JoinHandle;
 
 use steelyard::{Config, Server};
 
+mod pki;
 mod process;
 mod raw_origin;
+#[allow(unused_imports)] // only the TLS tests make certificates
+pub use pki::Pki;
 #[allow(unused_imports)] // not every test binary runs the compiled binary
 pub use process::{Process, BIN};
 #[allow(unused_imports)] // only the HTTP/1 edge tests record raw bytes
@@ -48,6 +51,21 @@ pub struct OriginStats {
     pub health_status: AtomicU16,
     /// Status every other plain request answers with (0 means 200).
     pub status: AtomicU16,
+    /// The SNI of the last TLS connection (empty when it sent none).
+    pub last_sni: Mutex<Option<String>>,
+    /// The HTTP version of the last request.
+    pub last_version: Mutex<Option<http::Version>>,
+}
+
+/// How an origin serves: plain HTTP/1.1 by default.
+#[derive(Clone, Default)]
+pub struct OriginOptions {
+    /// TLS with this config; ALPN `h2` gets HTTP/2, anything else HTTP/1.1.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Cleartext HTTP/2 by prior knowledge instead of HTTP/1.1.
+    pub h2c: bool,
+    /// HTTP/2: each connection sends GOAWAY (graceful) after this many requests.
+    pub goaway_after: Option<usize>,
 }
 
 /// A small HTTP origin that says who it is.
@@ -85,6 +103,18 @@ impl Origin {
     /// Stops listening and closes every connection at once, like a crashed process.
     pub fn kill(&self) {
         let _ = self.stop.send(true);
+    }
+    /// The SNI of the last TLS connection ("" without SNI).
+    pub fn last_sni(&self) -> String {
+        self.stats
+            .last_sni
+            .lock()
+            .expect("lock")
+            .clone()
+            .expect("a TLS connection")
+    }
+    pub fn last_version(&self) -> http::Version {
+        self.stats.last_version.lock().expect("lock").expect("a request")
     }
     pub fn last_headers(&self) -> HeaderMap {
         self.stats
@@ -147,6 +177,7 @@ async fn origin_handler(
         tokio::time::sleep(delay).await;
     }
     *stats.last_headers.lock().expect("lock") = Some(req.headers().clone());
+    *stats.last_version.lock().expect("lock") = Some(req.version());
     let path = req.uri().path().to_owned();
     let mut res = match path.as_str() {
         "/echo" => {
@@ -229,16 +260,22 @@ pub async fn spawn_origin(name: &str) -> Origin {
 /// Like [`spawn_origin`], but every response waits `delay` first: a slow backend.
 pub async fn spawn_origin_delayed(name: &str, delay: Duration) -> Origin {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
-    serve_origin(name, listener, delay)
+    serve_origin(name, listener, delay, OriginOptions::default())
+}
+
+/// Like [`spawn_origin`], serving as `options` say (TLS, HTTP/2).
+pub async fn spawn_origin_with(name: &str, options: OriginOptions) -> Origin {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
+    serve_origin(name, listener, Duration::ZERO, options)
 }
 
 /// Starts an origin on a given address again (after [`Origin::kill`]), with fresh stats.
 pub async fn respawn_origin(name: &str, addr: SocketAddr) -> Origin {
     let listener = TcpListener::bind(addr).await.expect("rebind origin");
-    serve_origin(name, listener, Duration::ZERO)
+    serve_origin(name, listener, Duration::ZERO, OriginOptions::default())
 }
 
-fn serve_origin(name: &str, listener: TcpListener, delay: Duration) -> Origin {
+fn serve_origin(name: &str, listener: TcpListener, delay: Duration, options: OriginOptions) -> Origin {
     let addr = listener.local_addr().expect("origin addr");
     let stats = Arc::new(OriginStats::default());
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -261,15 +298,38 @@ fn serve_origin(name: &str, listener: TcpListener, delay: Duration) -> Origin {
             stats.open_connections.fetch_add(1, Ordering::SeqCst);
             let (name, stats) = (name.clone(), Arc::clone(&stats));
             let mut conn_stop = stopped.clone();
+            let options = options.clone();
             tokio::spawn(async move {
                 let conn_stats = Arc::clone(&stats);
+                let served = Arc::new(AtomicUsize::new(0));
+                let goaway = Arc::new(tokio::sync::Notify::new());
+                let (counted, notify) = (Arc::clone(&served), Arc::clone(&goaway));
+                let goaway_after = options.goaway_after;
                 let service = service_fn(move |req| {
                     let (name, stats) = (name.clone(), Arc::clone(&stats));
+                    let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+                    if goaway_after == Some(n) {
+                        notify.notify_one();
+                    }
                     async move { Ok::<_, Infallible>(origin_handler(name, stats, delay, req).await) }
                 });
-                let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                let serve = async {
+                    match &options.tls {
+                        Some(config) => {
+                            let Ok(tls) = tokio_rustls::TlsAcceptor::from(Arc::clone(config)).accept(stream).await
+                            else {
+                                return;
+                            };
+                            let sni = tls.get_ref().1.server_name().unwrap_or("").to_owned();
+                            *conn_stats.last_sni.lock().expect("lock") = Some(sni);
+                            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                            serve_io(TokioIo::new(tls), h2, service, &goaway).await;
+                        }
+                        None => serve_io(TokioIo::new(stream), options.h2c, service, &goaway).await,
+                    }
+                };
                 tokio::select! {
-                    _ = conn => {}
+                    () = serve => {}
                     () = killed(&mut conn_stop) => {}
                 }
                 conn_stats.open_connections.fetch_sub(1, Ordering::SeqCst);
@@ -277,6 +337,35 @@ fn serve_origin(name: &str, listener: TcpListener, delay: Duration) -> Origin {
         }
     });
     origin
+}
+
+/// Serves one origin connection over HTTP/1.1, or HTTP/2 with `h2` (sending GOAWAY when
+/// `goaway` is notified).
+async fn serve_io<I, S>(io: TokioIo<I>, h2: bool, service: S, goaway: &tokio::sync::Notify)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<OriginBody>, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    if !h2 {
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(io, service)
+            .await;
+        return;
+    }
+    let conn =
+        hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new()).serve_connection(io, service);
+    tokio::pin!(conn);
+    let mut shutting = false;
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            () = goaway.notified(), if !shutting => {
+                shutting = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
 }
 
 /// Completes when the origin is killed; never when its handle is merely dropped.

@@ -7,20 +7,21 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 use super::{local, Next, RequestId, Scratch};
+use crate::config::Algorithm;
 use crate::http1::buffer::{self, Buffer};
 use crate::http1::connection::{Client, Shared};
 use crate::http1::exchange::{self, DownloadError, Downloaded, Progress, ResponsePlan, UploadError, Uploaded};
 use crate::http1::head::{Framing, RequestHead};
 use crate::http1::io::{write_all_vectored, Timer};
 use crate::http1::write::{self, Forwarding};
-use crate::config::Algorithm;
 use crate::proxy::access_log::AccessRecord;
 use crate::proxy::retry;
 use crate::proxy::ProxyError;
+use crate::stream::UpstreamIo;
 use crate::upstream::backend::nanos_at;
 use crate::upstream::idle::ConnectError;
 use crate::upstream::{Pool, RequestView};
@@ -342,7 +343,7 @@ async fn attempt(
     body_touched: &mut bool,
     timer: &mut Timer,
     scratch: &mut Scratch,
-) -> (Attempt, Option<TcpStream>) {
+) -> (Attempt, Option<UpstreamIo>) {
     let member = plan.member;
     let mut pooled = member
         .idle
@@ -357,6 +358,15 @@ async fn attempt(
                 // Boxed: a new connection is rare on the keep-alive path, and its future large.
                 match Box::pin(tokio::time::timeout_at(connect_deadline, member.idle.connect())).await {
                     Ok(Ok(s)) => s,
+                    Ok(Err(e @ (ConnectError::Tls(_) | ConnectError::Alpn(_)))) => {
+                        tracing::warn!(backend = %member.backend.address(), error = %e, "cannot open a connection to the backend");
+                        let failed = Attempt::Failed {
+                            error: ProxyError::BadGateway,
+                            why: "TLS handshake with the backend failed",
+                            retry: RetryKind::Connect,
+                        };
+                        return (failed, None);
+                    }
                     Ok(Err(ConnectError::Failed(_))) => {
                         let failed = Attempt::Failed {
                             error: ProxyError::BadGateway,
@@ -411,7 +421,7 @@ async fn exchange(
     conn: &mut Client,
     shared: &Shared,
     plan: &AttemptPlan<'_>,
-    upstream: &mut TcpStream,
+    upstream: &mut UpstreamIo,
     replay: &mut Option<usize>,
     body_touched: &mut bool,
     timer: &mut Timer,
@@ -454,7 +464,7 @@ async fn exchange(
     };
     {
         let mut slices = [IoSlice::new(&scratch.out), IoSlice::new(&unread[..prefix_len])];
-        if write_all_vectored(upstream, &mut slices).await.is_err() {
+        if write_all_vectored(upstream, &mut slices).await.is_err() || upstream.flush().await.is_err() {
             return Exchanged::Stale;
         }
     }
@@ -552,7 +562,10 @@ async fn exchange(
     };
     let sent = progress.body_sent.load(Ordering::Relaxed);
     backend.record_bytes_sent(conn.info.worker as usize, sent);
-    backend.record_bytes(conn.info.worker as usize, progress.body_received.load(Ordering::Relaxed));
+    backend.record_bytes(
+        conn.info.worker as usize,
+        progress.body_received.load(Ordering::Relaxed),
+    );
     let client_written = progress.client_written.load(Ordering::Relaxed);
     let upload_done = upload_framing == Framing::Empty
         || remaining == 0 && upload_framing != Framing::Chunked
@@ -641,7 +654,7 @@ async fn exchange(
 async fn tunnel(
     conn: &mut Client,
     shared: &Shared,
-    upstream: &mut TcpStream,
+    upstream: &mut UpstreamIo,
     ubuf: &mut Buffer,
     idle: Duration,
     timer: &mut Timer,

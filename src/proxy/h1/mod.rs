@@ -3,12 +3,13 @@
 //! connection back ready for the next request, or closed.
 
 mod attempt;
+mod to_h2;
 
 use attempt::proxy;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::http1::client_io::ClientIo;
+use crate::stream::ClientIo;
 use http::header::{HeaderName, HeaderValue, REFERER, USER_AGENT};
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
@@ -271,6 +272,22 @@ async fn route(
                 },
                 bytes,
             )
+        }
+        Some(pool) if pool.config().protocol.is_h2() => {
+            if let Some(r) = record.as_mut() {
+                r.pool = Some(Arc::from(pool.name()));
+            }
+            Box::pin(to_h2::proxy(
+                conn,
+                shared,
+                settings,
+                req,
+                &pool,
+                &id,
+                scratch,
+                record.as_deref_mut(),
+            ))
+            .await
         }
         Some(pool) => {
             if let Some(r) = record.as_mut() {

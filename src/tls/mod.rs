@@ -1,4 +1,5 @@
 //! TLS termination: a listener's certificates, chosen by SNI, as a rustls server config.
+//! TLS to backends is in [`upstream`].
 //!
 //! Every certificate of a listener's `tls.certificates` is loaded and checked (the files read,
 //! the key matching the certificate, its DNS names read from the SANs); a name two
@@ -9,7 +10,10 @@
 //! tickets are on. The config is built on the control thread, at start and on every reload;
 //! connections keep the one they started with.
 
+pub mod upstream;
+
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
@@ -226,18 +230,7 @@ fn client_verifier(auth: &ClientAuth) -> Result<Arc<dyn rustls::server::danger::
         key: "tls.client_ca".into(),
         message,
     };
-    let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(&auth.ca)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| error(format!("cannot read CA certificates from {}: {e}", auth.ca.display())))?;
-    for cert in certs {
-        roots
-            .add(cert)
-            .map_err(|e| error(format!("{}: not a usable CA certificate: {e}", auth.ca.display())))?;
-    }
-    if roots.is_empty() {
-        return Err(error(format!("{} holds no PEM certificate", auth.ca.display())));
-    }
+    let roots = read_roots(&auth.ca).map_err(error)?;
     let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
     let builder = if auth.required {
         builder
@@ -247,6 +240,23 @@ fn client_verifier(auth: &ClientAuth) -> Result<Arc<dyn rustls::server::danger::
     builder
         .build()
         .map_err(|e| error(format!("cannot verify client certificates: {e}")))
+}
+
+/// The CA certificates in the PEM file at `path`; `Err` says what is wrong, naming the file.
+fn read_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cannot read CA certificates from {}: {e}", path.display()))?;
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: not a usable CA certificate: {e}", path.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    Ok(roots)
 }
 
 /// The subject of a verified client certificate (`CN=client-1, O=...`), for the access log.

@@ -1,0 +1,117 @@
+//! Opening a connection to a backend: TCP, then TLS when its pool asks for it.
+//!
+//! One [`Connector`] per backend serves every way Steelyard reaches it (the HTTP/1 engine's
+//! pooled connections, hyper's client for HTTP/2 and for requests that arrived over HTTP/2,
+//! active health checks), so they all speak the same protocol over the same TLS settings.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+use tokio::net::TcpStream;
+
+use crate::config::{UpstreamProtocol, UpstreamTlsConfig};
+use crate::stream::UpstreamIo;
+
+/// Why no connection to the backend could be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Refused, unreachable, out of file descriptors...
+    #[error("connect failed: {0}")]
+    Failed(std::io::Error),
+    /// No connection within the connect timeout.
+    #[error("connect timed out after {0:?}")]
+    TimedOut(Duration),
+    /// The TLS handshake failed: the certificate did not verify, no common protocol...
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
+    /// The backend did not agree by ALPN to the protocol the pool speaks.
+    #[error("the backend did not agree to {0} by ALPN")]
+    Alpn(&'static str),
+}
+
+/// TLS to one backend: the pool's client config and the name to verify and send as SNI.
+#[derive(Debug)]
+pub struct TlsTarget {
+    /// The pool's rustls client config.
+    pub config: Arc<ClientConfig>,
+    /// The backend's name for SNI and verification.
+    pub name: ServerName<'static>,
+    /// The settings `config` was built from, to tell whether a reload changed them.
+    pub settings: UpstreamTlsConfig,
+}
+
+/// How to reach one backend.
+#[derive(Debug)]
+pub struct Connector {
+    address: SocketAddr,
+    protocol: UpstreamProtocol,
+    /// Set when the pool is committed; a reload may change it (new CA, server name).
+    tls: ArcSwapOption<TlsTarget>,
+}
+
+impl Connector {
+    /// Plain TCP to `address` speaking `protocol`, until [`Connector::set_tls`].
+    pub fn new(address: SocketAddr, protocol: UpstreamProtocol) -> Connector {
+        Connector {
+            address,
+            protocol,
+            tls: ArcSwapOption::empty(),
+        }
+    }
+
+    /// Where it connects.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// The protocol spoken over its connections.
+    pub fn protocol(&self) -> UpstreamProtocol {
+        self.protocol
+    }
+
+    /// Uses TLS with `target` for new connections (or plain TCP with `None`). True when that
+    /// changes what connections are verified against: pooled ones should then be closed.
+    pub fn set_tls(&self, target: Option<Arc<TlsTarget>>) -> bool {
+        let same = |a: &TlsTarget, b: &TlsTarget| a.name == b.name && a.settings == b.settings;
+        let old = self.tls.swap(target);
+        match (old.as_deref(), self.tls.load().as_deref()) {
+            (Some(a), Some(b)) => !same(a, b),
+            (None, None) => false,
+            _ => true,
+        }
+    }
+
+    /// Opens a TCP connection and, for a TLS backend, completes the handshake. The caller
+    /// bounds the whole with the connect timeout.
+    pub async fn connect(&self) -> Result<UpstreamIo, ConnectError> {
+        let stream = TcpStream::connect(self.address).await.map_err(ConnectError::Failed)?;
+        let _ = stream.set_nodelay(true);
+        let Some(tls) = self.tls.load_full() else {
+            return Ok(UpstreamIo::Plain(stream));
+        };
+        let session = tokio_rustls::TlsConnector::from(Arc::clone(&tls.config))
+            .connect(tls.name.clone(), stream)
+            .await
+            .map_err(ConnectError::Tls)?;
+        let wanted: &[u8] = if self.protocol.is_h2() { b"h2" } else { b"http/1.1" };
+        // A backend may ignore ALPN altogether; then HTTP/1.1 is what it speaks.
+        match session.get_ref().1.alpn_protocol() {
+            Some(p) if p != wanted => return Err(ConnectError::Alpn(self.protocol.name())),
+            None if self.protocol.is_h2() => return Err(ConnectError::Alpn(self.protocol.name())),
+            _ => {}
+        }
+        Ok(UpstreamIo::tls(session))
+    }
+
+    /// [`Connector::connect`] within `timeout`.
+    pub async fn connect_within(&self, timeout: Duration) -> Result<UpstreamIo, ConnectError> {
+        match tokio::time::timeout(timeout, self.connect()).await {
+            Ok(result) => result,
+            Err(_) => Err(ConnectError::TimedOut(timeout)),
+        }
+    }
+}
