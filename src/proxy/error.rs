@@ -66,13 +66,96 @@ impl ProxyError {
         if matches!(self, ProxyError::NoBackend | ProxyError::QueueTimeout) {
             res.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        // Kept so that a gRPC request's answer can be rewritten in gRPC's terms.
+        res.extensions_mut().insert(self);
         res
     }
+
+    /// The gRPC status code a gRPC client should see for this failure (gRPC's own mapping of
+    /// HTTP statuses, with timeouts as `DEADLINE_EXCEEDED`).
+    pub fn grpc_status(self) -> u8 {
+        match self {
+            ProxyError::NoRoute => 12,   // UNIMPLEMENTED
+            ProxyError::BadRequest => 13, // INTERNAL
+            ProxyError::RequestTimeout | ProxyError::ResponseHeaderTimeout => 4, // DEADLINE_EXCEEDED
+            ProxyError::NoBackend | ProxyError::QueueTimeout | ProxyError::BadGateway | ProxyError::ConnectTimeout => 14, // UNAVAILABLE
+        }
+    }
+
+    /// The failure as gRPC clients read it: they look only at `grpc-status`, so an HTML-ish
+    /// 502 would surface as a protocol error. A "trailers-only" response: HTTP 200, no body,
+    /// `grpc-status` and `grpc-message` in the headers.
+    pub fn grpc_response(self) -> Response<ProxyBody> {
+        let mut res = Response::new(ProxyBody::Local(None));
+        let h = res.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", HeaderValue::from(u16::from(self.grpc_status())));
+        let message = match self {
+            ProxyError::NoRoute => "steelyard: no route matches",
+            ProxyError::NoBackend => "steelyard: no backend available",
+            ProxyError::QueueTimeout => "steelyard: no backend slot within the queue timeout",
+            ProxyError::BadRequest => "steelyard: the request body could not be read",
+            ProxyError::RequestTimeout => "steelyard: deadline exceeded",
+            ProxyError::ResponseHeaderTimeout => "steelyard: the backend did not answer in time",
+            ProxyError::BadGateway => "steelyard: the backend failed",
+            ProxyError::ConnectTimeout => "steelyard: connecting to the backend timed out",
+        };
+        // Percent-encoding is only needed for bytes these messages do not contain.
+        h.insert("grpc-message", HeaderValue::from_static(message));
+        res.extensions_mut().insert(self);
+        res
+    }
+}
+
+/// True when `headers` belong to a gRPC request (`content-type: application/grpc[+proto...]`).
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The `grpc-timeout` of a gRPC request (`1-8 digits` then `H`, `M`, `S`, `m`, `u` or `n`).
+pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let v = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_every_unit_and_nothing_else() {
+        let t = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("grpc-timeout", HeaderValue::from_str(v).expect("value"));
+            grpc_timeout(&h)
+        };
+        use std::time::Duration;
+        assert_eq!(t("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(t("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(t("10S"), Some(Duration::from_secs(10)));
+        assert_eq!(t("200m"), Some(Duration::from_millis(200)));
+        assert_eq!(t("5u"), Some(Duration::from_micros(5)));
+        assert_eq!(t("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        for bad in ["", "m", "123456789m", "1x", "-1S", "1.5S", " 1S"] {
+            assert_eq!(t(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn statuses_follow_the_design_table() {

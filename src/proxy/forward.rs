@@ -127,6 +127,7 @@ pub async fn forward(
             router.access_log().cloned(),
         )
     };
+    let grpc = super::error::is_grpc(req.headers());
     let mut record = log.as_ref().map(|_| {
         let mut r = AccessRecord::start(conn.peer, req.method(), req.uri(), req.headers(), request_id);
         r.tls_client.clone_from(&conn.tls_client);
@@ -148,7 +149,11 @@ pub async fn forward(
             ProxyError::NoRoute.response()
         }
     };
-    finish(res, record, log, started)
+    let res = finish(res, record, log, started);
+    match res.extensions().get::<ProxyError>() {
+        Some(e) if grpc => e.grpc_response(),
+        _ => res,
+    }
 }
 
 /// Attaches the access record to the response: written when the body ends, or at once for a
@@ -207,7 +212,16 @@ pub(crate) async fn proxy(
         .is_h2()
         .then_some(if config.tls.is_some() { "https" } else { "http" });
     pool.retry_budget().deposit();
-    let deadline = config.timeouts.request.map(|d| Instant::now() + d);
+    // A gRPC call's own deadline bounds it like `timeouts.request`, whichever ends first.
+    let now = Instant::now();
+    let grpc_deadline = super::error::is_grpc(&parts.headers)
+        .then(|| super::error::grpc_timeout(&parts.headers))
+        .flatten()
+        .map(|d| now + d);
+    let deadline = match (config.timeouts.request.map(|d| now + d), grpc_deadline) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     let mut payload = match payload(&mut parts, body, &config.retries).await {
         Ok(p) => p,
         Err(e) => return e.response(),
