@@ -75,10 +75,12 @@ impl ProxyError {
     /// HTTP statuses, with timeouts as `DEADLINE_EXCEEDED`).
     pub fn grpc_status(self) -> u8 {
         match self {
-            ProxyError::NoRoute => 12,   // UNIMPLEMENTED
-            ProxyError::BadRequest => 13, // INTERNAL
+            ProxyError::NoRoute => 12,                                           // UNIMPLEMENTED
+            ProxyError::BadRequest => 13,                                        // INTERNAL
             ProxyError::RequestTimeout | ProxyError::ResponseHeaderTimeout => 4, // DEADLINE_EXCEEDED
-            ProxyError::NoBackend | ProxyError::QueueTimeout | ProxyError::BadGateway | ProxyError::ConnectTimeout => 14, // UNAVAILABLE
+            ProxyError::NoBackend | ProxyError::QueueTimeout | ProxyError::BadGateway | ProxyError::ConnectTimeout => {
+                14
+            } // UNAVAILABLE
         }
     }
 
