@@ -471,3 +471,72 @@ async fn the_demo_serves_https_with_a_certificate_it_makes() {
     p.signal("-TERM");
     p.wait();
 }
+
+/// reqwest over TLS, trusting only the test CA: SNI picks each name's certificate (seen in
+/// the session), HTTP/2 is agreed by ALPN, and a name no certificate covers fails verification.
+#[tokio::test]
+async fn reqwest_gets_the_certificate_of_each_name() {
+    let origin = spawn_origin("a").await;
+    let pki = Pki::new("reqwest");
+    let a = pki.issue("a", &["a.test"]);
+    let b = pki.issue("b", &["b.test"]);
+    let sy = spawn_steelyard(config(&tls_toml(&pki, &["a", "b"], &origin))).await;
+    let ca = reqwest::Certificate::from_der(pki.ca.as_ref()).expect("CA");
+    let port = sy.addr.port();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .tls_info(true)
+        .resolve("a.test", sy.addr)
+        .resolve("b.test", sy.addr)
+        .resolve("c.test", sy.addr)
+        .build()
+        .expect("client");
+    for (name, expected) in [("a.test", &a), ("b.test", &b)] {
+        let res = client
+            .get(format!("https://{name}:{port}/"))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(res.status().as_u16(), 200);
+        assert_eq!(res.version(), reqwest::Version::HTTP_2, "ALPN h2");
+        let info = res.extensions().get::<reqwest::tls::TlsInfo>().expect("TLS info");
+        assert_eq!(info.peer_certificate(), Some(expected.as_ref()), "{name}");
+        assert_eq!(res.text().await.expect("body"), "a");
+    }
+    let refused = client.get(format!("https://c.test:{port}/")).send().await;
+    let error = refused.expect_err("c.test is covered by no certificate");
+    assert!(format!("{error:?}").contains("NotValidForName"), "{error:?}");
+}
+
+/// curl, a client users reach for first, negotiates HTTP/2 by ALPN and verifies the
+/// certificate against the test CA.
+#[tokio::test]
+async fn curl_speaks_http2_over_tls() {
+    let origin = spawn_origin("a").await;
+    let pki = Pki::new("curl");
+    pki.issue("a", &["a.test"]);
+    let sy = spawn_steelyard(config(&tls_toml(&pki, &["a"], &origin))).await;
+    let ca = pki.write_ca();
+    let port = sy.addr.port();
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "--silent",
+            "--show-error",
+            "--http2",
+            "--cacert",
+            &ca,
+            "--resolve",
+            &format!("a.test:{port}:127.0.0.1"),
+            "--write-out",
+            " %{http_version} %{http_code}",
+            &format!("https://a.test:{port}/"),
+        ])
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("curl is needed (./test installs it: apt-get install curl): {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout, "a 2 200");
+}
