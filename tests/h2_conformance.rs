@@ -860,9 +860,9 @@ fn rows() -> Vec<Row> {
             "missing :path, no :authority (host field instead)",
             "8.3.1",
             Stream(1, PROTOCOL_ERROR),
-            Response(1),
-            "server.rs:1728-1734 drops :scheme without :authority; 1738-1754 require :path only \
-             for extended CONNECT: an empty URI reaches Steelyard (404, src/proxy/router.rs:47)",
+            Stream(1, PROTOCOL_ERROR),
+            "server.rs:1728-1754 lets it through (an empty URI); Steelyard's HTTP/2 service \
+             resets the stream itself (src/http1/connection.rs, serve_h2)",
             vec![
                 Send(hello()),
                 Send(headers(

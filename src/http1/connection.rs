@@ -403,9 +403,12 @@ async fn serve_h2(conn: Client, shared: Arc<Shared>) {
         let info = Arc::clone(&info);
         let limit = Arc::clone(&limit);
         async move {
-            Ok::<_, std::convert::Infallible>(
-                crate::proxy::forward::forward(req, &router, &info, limit.local_responses()).await,
-            )
+            // RFC 9113 §8.3.1: a request without `:path` (CONNECT aside) is malformed; the h2
+            // crate lets it through, so reset the stream here.
+            if req.method() != http::Method::CONNECT && req.uri().path().is_empty() {
+                return Err(h2::Error::from(h2::Reason::PROTOCOL_ERROR));
+            }
+            Ok(crate::proxy::forward::forward(req, &router, &info, limit.local_responses()).await)
         }
     });
     let io = Rewind {
