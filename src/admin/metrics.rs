@@ -58,7 +58,7 @@ pub fn render(view: &AdminView, reloads: &ReloadStats, started: Instant) -> Stri
         &mut out,
         "steelyard_upgraded_connections",
         "gauge",
-        "Client connections upgraded (WebSocket) and tunnelled to a backend now, per listener.",
+        "Client connections tunnelled to a backend now, per listener: upgraded (WebSocket) ones, and every connection of a TCP listener.",
     );
     for (name, _, limit) in &view.listeners {
         let _ = writeln!(
@@ -73,7 +73,7 @@ pub fn render(view: &AdminView, reloads: &ReloadStats, started: Instant) -> Stri
         &mut out,
         "steelyard_upgraded_connections_total",
         "counter",
-        "Client connections upgraded after a 101 from a backend, per listener.",
+        "Client connections tunnelled so far, per listener: upgraded after a 101 from a backend, or connected by a TCP listener.",
     );
     for (name, _, limit) in &view.listeners {
         let _ = writeln!(
@@ -202,13 +202,13 @@ pub fn render(view: &AdminView, reloads: &ReloadStats, started: Instant) -> Stri
         (
             "steelyard_upstream_bytes_received_total",
             "counter",
-            "Response body bytes received from a backend.",
+            "Response body bytes received from a backend (for TCP listeners, every byte it sent).",
             |m| m.backend.bytes_received(),
         ),
         (
             "steelyard_upstream_bytes_sent_total",
             "counter",
-            "Request body bytes sent to a backend.",
+            "Request body bytes sent to a backend (for TCP listeners, every byte the clients sent).",
             |m| m.backend.bytes_sent(),
         ),
         (

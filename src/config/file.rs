@@ -80,6 +80,10 @@ pub struct ListenerSection {
     pub tls: Option<Spanned<TlsSection>>,
     /// `true`: answer every request with a 308 to its `https://` URL.
     pub redirect_https: Option<Spanned<bool>>,
+    /// `"http"` (default) or `"tcp"`.
+    pub mode: Option<Spanned<String>>,
+    /// `mode = "tcp"`: the pool every connection goes to.
+    pub pool: Option<Spanned<String>>,
 }
 
 /// A listener's `timeouts = {...}`: how long clients may take.

@@ -46,6 +46,19 @@ pub struct ListenerConfig {
     pub client: ClientSettings,
     /// TLS termination, if on.
     pub tls: Option<TlsConfig>,
+    /// What it proxies.
+    pub mode: ListenerMode,
+}
+
+/// What a listener proxies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ListenerMode {
+    /// HTTP requests, routed by host and path (the default).
+    #[default]
+    Http,
+    /// TCP connections, each to one backend of the listener's pool (its only route), bytes
+    /// copied both ways.
+    Tcp,
 }
 
 /// A listener's TLS settings: the files as configured (loaded and checked by `crate::tls`).
@@ -147,7 +160,61 @@ pub(super) fn validate(
             format!("listeners[{i}].listen: duplicate listener address {listen}"),
         );
     }
-    if l.routes.is_empty() {
+    let mode = match l.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
+        None | Some(("http", _)) => ListenerMode::Http,
+        Some(("tcp", _)) => ListenerMode::Tcp,
+        Some((other, span)) => {
+            check.error(
+                span,
+                format!("listeners[{i}].mode: {other:?} is not \"http\" or \"tcp\""),
+            );
+            ListenerMode::Http
+        }
+    };
+    let tcp_pool = match (mode, &l.pool) {
+        (ListenerMode::Tcp, None) => {
+            check.error(
+                l_span.clone(),
+                format!("listeners[{i}]: a tcp listener needs pool = \"NAME\""),
+            );
+            None
+        }
+        (ListenerMode::Http, Some(p)) => {
+            check.error(
+                p.span(),
+                format!("listeners[{i}].pool: only tcp listeners take a pool; an http listener routes with [[listeners.routes]]"),
+            );
+            None
+        }
+        (ListenerMode::Tcp, Some(p)) => match pool_names.iter().position(|n| *n == p.get_ref()) {
+            Some(pool) => Some(pool),
+            None => {
+                check.error(
+                    p.span(),
+                    format!("listeners[{i}].pool: no pool named {:?}", p.get_ref()),
+                );
+                None
+            }
+        },
+        (ListenerMode::Http, None) => None,
+    };
+    if mode == ListenerMode::Tcp {
+        let http_only = [
+            ("routes", l.routes.first().map(|r| r.span())),
+            ("tls", l.tls.as_ref().map(|t| t.span())),
+            ("redirect_https", l.redirect_https.as_ref().map(|r| r.span())),
+            ("access_log", l.access_log.as_ref().map(|a| a.span())),
+            ("limits", l.limits.as_ref().map(|a| a.span())),
+        ];
+        for (key, span) in http_only {
+            if let Some(span) = span {
+                check.error(
+                    span,
+                    format!("listeners[{i}].{key}: applies to http listeners only (this one has mode = \"tcp\")"),
+                );
+            }
+        }
+    } else if l.routes.is_empty() {
         check.error(
             l_span.clone(),
             format!("listeners[{i}]: no [[listeners.routes]]; add one with pool = \"NAME\""),
@@ -204,6 +271,13 @@ pub(super) fn validate(
                 pool,
             });
         }
+    }
+    if let Some(pool) = tcp_pool {
+        routes.push(RouteConfig {
+            host: HostMatch::Any,
+            path_prefix: "/".into(),
+            pool,
+        });
     }
     let max_client_connections = l
         .max_client_connections
@@ -293,6 +367,7 @@ pub(super) fn validate(
         *r.get_ref()
     });
     Some(ListenerConfig {
+        mode,
         tls,
         name: l.name.clone().unwrap_or_else(|| listen.to_string()),
         listen,

@@ -32,7 +32,8 @@ pub use address::{
 pub use admin::{AdminConfig, DEFAULT_ADMIN_LISTEN};
 pub use client::ClientSettings;
 pub use listener::{
-    AccessLogConfig, AccessLogFormat, CertificateFiles, ClientAuth, HostMatch, ListenerConfig, RouteConfig, TlsConfig,
+    AccessLogConfig, AccessLogFormat, CertificateFiles, ClientAuth, HostMatch, ListenerConfig, ListenerMode,
+    RouteConfig, TlsConfig,
 };
 pub use pool::{
     Algorithm, BackendConfig, HashKey, PoolConfig, SelectOptions, StickyConfig, Timeouts, UpstreamProtocol,
@@ -277,6 +278,7 @@ impl Config {
                 access_log: None,
                 client: ClientSettings::default(),
                 tls: None,
+                mode: ListenerMode::Http,
             }],
             pools: vec![PoolConfig {
                 name: "default".into(),

@@ -156,7 +156,7 @@ impl Registry {
     }
 
     /// Registers an admitted connection (see [`ConnectionLimit::admit`]).
-    fn register(self: &Arc<Self>, stream: &TcpStream, peer: SocketAddr, worker: usize) -> Registered {
+    pub(crate) fn register(self: &Arc<Self>, stream: &TcpStream, peer: SocketAddr, worker: usize) -> Registered {
         use std::os::fd::AsRawFd;
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let slot = open.iter().position(Option::is_none).unwrap_or(open.len());

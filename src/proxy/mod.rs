@@ -8,6 +8,7 @@ pub mod h1;
 pub mod headers;
 pub mod retry;
 pub mod router;
+pub mod tcp;
 
 pub use body::ProxyBody;
 pub use error::ProxyError;

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use super::access_log::AccessLog;
-use crate::config::{ClientSettings, HostMatch, ListenerConfig};
+use crate::config::{ClientSettings, HostMatch, ListenerConfig, ListenerMode};
 use crate::upstream::Pool;
 
 /// A listener's routes, sorted so that the first match is the most specific one.
@@ -15,6 +15,8 @@ pub struct Router {
     client: ClientSettings,
     /// The TLS config new connections handshake with, when the listener terminates TLS.
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// A TCP listener's pool (its only route).
+    tcp: Option<Arc<Pool>>,
 }
 
 #[derive(Debug)]
@@ -63,12 +65,22 @@ impl Router {
             })
             .collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.specificity()));
+        let tcp = match listener.mode {
+            ListenerMode::Tcp => routes.first().map(|r| Arc::clone(&r.pool)),
+            ListenerMode::Http => None,
+        };
         Router {
             routes,
             access_log: None,
             client: listener.client,
             tls: None,
+            tcp,
         }
+    }
+
+    /// The pool of a TCP listener: every connection goes to one of its backends.
+    pub fn tcp_pool(&self) -> Option<&Arc<Pool>> {
+        self.tcp.as_ref()
     }
 
     /// Terminates TLS with `config` on this listener's new connections.

@@ -150,7 +150,14 @@ pub async fn accept_loop(listener: TcpListener, worker: usize, shared: Arc<Share
                         continue;
                     }
                     // Uncounted by the connection's registry entry when it closes.
-                    tokio::spawn(crate::http1::connection::serve(stream, peer, worker, Arc::clone(&shared)));
+                    match shared.router.load().tcp_pool() {
+                        Some(pool) => {
+                            tokio::spawn(crate::proxy::tcp::serve(stream, peer, worker, Arc::clone(pool), Arc::clone(&shared)));
+                        }
+                        None => {
+                            tokio::spawn(crate::http1::connection::serve(stream, peer, worker, Arc::clone(&shared)));
+                        }
+                    }
                 }
                 Err(e) => {
                     // Typically EMFILE: back off briefly rather than spin.

@@ -290,8 +290,15 @@ impl Running {
             .first()
             .and_then(|s| s.local_addr().ok())
             .unwrap_or(config.listen);
-        let scheme = if router.tls().is_some() { "https" } else { "http" };
-        tracing::info!(listener = %config.name, "listening on {scheme}://{addr}, routing {}", router.describe());
+        match router.tcp_pool() {
+            Some(pool) => {
+                tracing::info!(listener = %config.name, "listening on tcp://{addr}, connections to pool {}", pool.name())
+            }
+            None => {
+                let scheme = if router.tls().is_some() { "https" } else { "http" };
+                tracing::info!(listener = %config.name, "listening on {scheme}://{addr}, routing {}", router.describe());
+            }
+        }
         let router = Arc::new(ArcSwap::from_pointee(router));
         let limit = listener::ConnectionLimit::new(
             config

@@ -93,9 +93,9 @@ impl Process {
         }
     }
 
-    /// The address from the "listening on http://ADDR" log line.
+    /// The address from the "listening on http://ADDR" (or https://, tcp://) log line.
     pub fn listening_addr(&mut self) -> SocketAddr {
-        let line = self.wait_for_line("listening on http");
+        let line = self.wait_for_any(&["listening on http", "listening on tcp"], super::DEADLINE);
         let rest = &line[line.find("://").expect("url") + 3..];
         rest.split(|c: char| c == ',' || c == '/' || c.is_whitespace())
             .next()

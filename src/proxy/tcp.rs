@@ -1,0 +1,121 @@
+//! TCP listeners (`mode = "tcp"`): each client connection goes to one backend of the
+//! listener's pool and bytes are copied both ways.
+//!
+//! The pool's algorithm picks per connection (round robin by connection; least connections
+//! counts open connections, since a connection is in flight for its whole life; hashing
+//! algorithms hash the client's IP). A backend that cannot be connected to (refused, timed
+//! out, TLS failed) is counted by passive health and, nothing having been sent, the
+//! connection is retried on another backend within the pool's retry policy and budget. Once
+//! connected, each direction is copied until its EOF, which is passed on as a half-close, so
+//! protocols that shut down one side first keep working; the connection closes when both
+//! directions ended, or when no byte moved either way for the listener's `tunnel_idle`.
+//! Buffers come from the worker's pool and go back whenever a direction has nothing unread.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::http1::buffer::Buffer;
+use crate::http1::connection::Shared;
+use crate::http1::exchange::{self, Progress};
+use crate::proxy::retry;
+use crate::upstream::{Pool, RequestView};
+
+/// Most connect attempts for one client connection (the config allows up to 10 retries).
+const MAX_ATTEMPTS: usize = 11;
+
+/// Proxies one client connection of a TCP listener to a backend of `pool`.
+pub async fn serve(client: TcpStream, peer: SocketAddr, worker: usize, pool: Arc<Pool>, shared: Arc<Shared>) {
+    // Counted against the listener's limit until it closes; drained at shutdown.
+    let _registered = shared.registry.register(&client, peer, worker);
+    let _ = client.set_nodelay(true);
+    let idle = shared.router.load().client_settings().tunnel_idle_timeout;
+    let config = pool.config();
+    pool.retry_budget().deposit();
+    let view = RequestView::of_raw(peer.ip(), b"", &[], "/");
+    let mut tried = [0usize; MAX_ATTEMPTS];
+    let mut attempts = 0usize;
+    let (index, upstream) = loop {
+        let Some(picked) = pool.pick(&view, &tried[..attempts]) else {
+            tracing::warn!(pool = pool.name(), client = %peer, "no backend available for a TCP connection; closing it");
+            return;
+        };
+        let index = picked.index;
+        tried[attempts] = index;
+        attempts += 1;
+        let member = &pool.members()[index];
+        match member.connector.connect_within(config.timeouts.connect).await {
+            Ok(upstream) => break (index, upstream),
+            Err(e) => {
+                crate::health::passive::record_failure(&pool, index);
+                tracing::warn!(pool = pool.name(), backend = %member.backend.address(), client = %peer, error = %e, "cannot connect a TCP connection to the backend");
+                let so_far = retry::Attempts {
+                    made: attempts,
+                    replayable: true,
+                    body_consumed: false,
+                };
+                if attempts < MAX_ATTEMPTS
+                    && retry::allows(&config.retries, retry::Failure::Connect, so_far)
+                    && pool.retry_budget().try_withdraw()
+                {
+                    continue;
+                }
+                return;
+            }
+        }
+    };
+    let member = &pool.members()[index];
+    let backend = &member.backend;
+    backend.record_success();
+    let in_flight = backend.start_request(worker);
+    shared.limit.tunnel_opened();
+    let started = Instant::now();
+    let progress = Progress::default();
+    let (mut client, mut upstream) = (client, upstream);
+    let (sent, received) = {
+        let (mut crd, mut cwr) = client.split();
+        let (mut urd, mut uwr) = upstream.split();
+        let (mut cbuf, mut ubuf) = (Buffer::default(), Buffer::default());
+        let up = exchange::pipe(&mut crd, &mut uwr, &mut cbuf, &progress);
+        let down = exchange::pipe(&mut urd, &mut cwr, &mut ubuf, &progress);
+        tokio::pin!(up);
+        tokio::pin!(down);
+        let (mut sent, mut received) = (None, None);
+        let mut seen = 0u64;
+        let mut deadline = Instant::now() + idle;
+        let mut timer = std::pin::pin!(tokio::time::sleep_until(deadline));
+        while sent.is_none() || received.is_none() {
+            tokio::select! {
+                r = &mut up, if sent.is_none() => {
+                    let failed = r.is_err();
+                    sent = Some(r.unwrap_or(0));
+                    if failed { break; }
+                }
+                r = &mut down, if received.is_none() => {
+                    let failed = r.is_err();
+                    received = Some(r.unwrap_or(0));
+                    if failed { break; }
+                }
+                () = &mut timer => {
+                    let any = progress.any.load(Ordering::Relaxed);
+                    if any == seen {
+                        tracing::debug!(pool = pool.name(), client = %peer, "TCP connection idle for {idle:?}; closing it");
+                        break;
+                    }
+                    seen = any;
+                    deadline = Instant::now() + idle;
+                    timer.as_mut().reset(deadline);
+                }
+            }
+        }
+        (sent.unwrap_or(0), received.unwrap_or(0))
+    };
+    backend.record_bytes_sent(worker, sent);
+    backend.record_bytes(worker, received);
+    tracing::debug!(pool = pool.name(), backend = %backend.address(), client = %peer, sent, received, duration = ?started.elapsed(), "TCP connection closed");
+    shared.limit.tunnel_closed();
+    drop(in_flight);
+}

@@ -1,0 +1,300 @@
+//! TCP listeners (`mode = "tcp"`): connections balanced over a pool by its algorithm, a dead
+//! backend skipped, half-closes passed on both ways, the idle timeout, 100 MiB each way with
+//! flat memory through the real binary, and the config errors. Real TCP echo origins on
+//! loopback, real sockets.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use support::*;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A TCP origin: greets each connection with `NAME\n`, then echoes everything until the
+/// client's EOF, then closes. Counts connections and the bytes it received.
+struct EchoOrigin {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    received: Arc<AtomicU64>,
+}
+
+async fn spawn_echo(name: &str) -> EchoOrigin {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let connections = Arc::new(AtomicUsize::new(0));
+    let received = Arc::new(AtomicU64::new(0));
+    let (c, r) = (Arc::clone(&connections), Arc::clone(&received));
+    let greeting = format!("{name}\n");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            let (greeting, r) = (greeting.clone(), Arc::clone(&r));
+            tokio::spawn(async move {
+                let _ = stream.write_all(greeting.as_bytes()).await;
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            r.fetch_add(n as u64, Ordering::SeqCst);
+                            if stream.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                // The client half-closed: everything was echoed; now close our side.
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    EchoOrigin {
+        addr,
+        connections,
+        received,
+    }
+}
+
+/// A TCP listener in front of `backends`, with `extra` lines in the pool.
+fn tcp_toml(backends: &[SocketAddr], listener_extra: &str, pool_extra: &str) -> String {
+    let list: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
+    format!(
+        "[server]\nworkers = 1\n\n[[listeners]]\nlisten = \"127.0.0.1:0\"\nmode = \"tcp\"\npool = \"db\"\n{listener_extra}\n\n[pools.db]\nbackends = [{}]\n{pool_extra}\n",
+        list.join(", ")
+    )
+}
+
+/// Connects through the proxy and returns the stream with the greeting's name.
+async fn open(addr: SocketAddr) -> (BufReader<TcpStream>, String) {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    tokio::time::timeout(DEADLINE, reader.read_line(&mut line))
+        .await
+        .expect("greeting in time")
+        .expect("greeting");
+    (reader, line.trim_end().to_owned())
+}
+
+/// Round robin takes turns by connection, exactly; bytes echo both ways.
+#[tokio::test]
+async fn connections_take_turns_and_bytes_flow_both_ways() {
+    let origins = [spawn_echo("a").await, spawn_echo("b").await, spawn_echo("c").await];
+    let addrs: Vec<SocketAddr> = origins.iter().map(|o| o.addr).collect();
+    let proxy = spawn_steelyard(config(&tcp_toml(&addrs, "", ""))).await;
+    let mut names = Vec::new();
+    for _ in 0..6 {
+        let (mut conn, name) = open(proxy.addr).await;
+        conn.get_mut().write_all(b"ping").await.expect("write");
+        let mut echo = [0u8; 4];
+        conn.read_exact(&mut echo).await.expect("echo");
+        assert_eq!(&echo, b"ping");
+        names.push(name);
+    }
+    assert_eq!(names, ["a", "b", "c", "a", "b", "c"]);
+    for o in &origins {
+        assert_eq!(o.connections.load(Ordering::SeqCst), 2);
+    }
+    proxy.shutdown().await;
+}
+
+/// A backend that refuses connections costs no client connection: each is retried on the
+/// next backend, and passive health takes the dead one out.
+#[tokio::test]
+async fn a_dead_backend_is_skipped() {
+    let (a, b) = (spawn_echo("a").await, spawn_echo("b").await);
+    let dead = closed_port();
+    let proxy = spawn_steelyard(config(&tcp_toml(
+        &[a.addr, dead.addr, b.addr],
+        "",
+        "passive = { consecutive_failures = 1 }",
+    )))
+    .await;
+    let mut names = Vec::new();
+    for _ in 0..8 {
+        names.push(open(proxy.addr).await.1);
+    }
+    assert!(names.iter().all(|n| n == "a" || n == "b"), "{names:?}");
+    assert_eq!(
+        a.connections.load(Ordering::SeqCst) + b.connections.load(Ordering::SeqCst),
+        8
+    );
+    proxy.shutdown().await;
+}
+
+/// The client's half-close reaches the backend, which still sends everything back and then
+/// closes; that close reaches the client.
+#[tokio::test]
+async fn half_closes_pass_both_ways() {
+    let origin = spawn_echo("a").await;
+    let proxy = spawn_steelyard(config(&tcp_toml(&[origin.addr], "", ""))).await;
+    let (mut conn, _) = open(proxy.addr).await;
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    conn.get_mut().write_all(&data).await.expect("write");
+    conn.get_mut().shutdown().await.expect("half-close");
+    let mut back = Vec::new();
+    tokio::time::timeout(DEADLINE, conn.read_to_end(&mut back))
+        .await
+        .expect("EOF in time")
+        .expect("read");
+    assert_eq!(back, data, "everything echoed after our half-close, then EOF");
+    assert_eq!(origin.received.load(Ordering::SeqCst), data.len() as u64);
+    proxy.shutdown().await;
+}
+
+/// A connection on which nothing moves for `tunnel_idle` is closed.
+#[tokio::test]
+async fn an_idle_connection_is_closed() {
+    let origin = spawn_echo("a").await;
+    let proxy = spawn_steelyard(config(&tcp_toml(
+        &[origin.addr],
+        "timeouts = { tunnel_idle = \"300ms\" }",
+        "",
+    )))
+    .await;
+    let (mut conn, _) = open(proxy.addr).await;
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(DEADLINE, conn.read_to_end(&mut rest))
+        .await
+        .expect("closed within the deadline")
+        .expect("read");
+    assert_eq!(n, 0, "closed without more data");
+    proxy.shutdown().await;
+}
+
+/// 100 MiB each way through the binary at once, with the proxy's memory flat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_mebibytes_each_way_keep_memory_flat() {
+    let origin = spawn_echo("a").await;
+    let dir = std::env::temp_dir().join(format!("steelyard-tcp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("tcp.toml");
+    std::fs::write(&file, tcp_toml(&[origin.addr], "", "")).expect("write");
+    let mut p = Process::start(&["--config", file.to_str().expect("utf-8")]);
+    let addr = p.listening_addr();
+    let (conn, _) = open(addr).await;
+    let before = p.peak_rss_kib();
+    const TOTAL: u64 = 100 << 20;
+    let (mut rd, mut wr) = conn.into_inner().into_split();
+    let writer = tokio::spawn(async move {
+        let chunk = vec![0x5au8; 256 * 1024];
+        let mut sent = 0u64;
+        while sent < TOTAL {
+            wr.write_all(&chunk).await.expect("write");
+            sent += chunk.len() as u64;
+        }
+        wr.shutdown().await.expect("half-close");
+    });
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = tokio::time::timeout(DEADLINE, rd.read(&mut buf))
+            .await
+            .expect("progress")
+            .expect("read");
+        if n == 0 {
+            break;
+        }
+        assert!(buf[..n].iter().all(|&b| b == 0x5a));
+        got += n as u64;
+    }
+    writer.await.expect("writer");
+    assert_eq!(got, TOTAL);
+    assert_eq!(origin.received.load(Ordering::SeqCst), TOTAL);
+    let after = p.peak_rss_kib();
+    assert!(
+        after < before + 4 * 1024,
+        "peak RSS grew from {before} KiB to {after} KiB while 200 MiB passed"
+    );
+    p.signal("-TERM");
+    assert_eq!(p.wait(), 0);
+}
+
+/// A tcp listener needs a pool and takes nothing HTTP; an http listener takes no pool.
+#[test]
+fn tcp_listener_settings_are_checked() {
+    let cases = [
+        (
+            "[[listeners]]\nlisten = \"127.0.0.1:0\"\nmode = \"tcp\"\n\n[pools.db]\nbackends = [\"127.0.0.1:1\"]\n",
+            "listeners[0]: a tcp listener needs pool = \"NAME\"",
+        ),
+        (
+            "[[listeners]]\nlisten = \"127.0.0.1:0\"\nmode = \"tcp\"\npool = \"db\"\nroutes = [{ pool = \"db\" }]\n\n[pools.db]\nbackends = [\"127.0.0.1:1\"]\n",
+            "listeners[0].routes: applies to http listeners only",
+        ),
+        (
+            "[[listeners]]\nlisten = \"127.0.0.1:0\"\npool = \"db\"\nroutes = [{ pool = \"db\" }]\n\n[pools.db]\nbackends = [\"127.0.0.1:1\"]\n",
+            "listeners[0].pool: only tcp listeners take a pool",
+        ),
+        (
+            "[[listeners]]\nlisten = \"127.0.0.1:0\"\nmode = \"udp\"\nroutes = [{ pool = \"db\" }]\n\n[pools.db]\nbackends = [\"127.0.0.1:1\"]\n",
+            "listeners[0].mode: \"udp\" is not",
+        ),
+        (
+            "[[listeners]]\nlisten = \"127.0.0.1:0\"\nmode = \"tcp\"\npool = \"nope\"\n\n[pools.db]\nbackends = [\"127.0.0.1:1\"]\n",
+            "listeners[0].pool: no pool named \"nope\"",
+        ),
+    ];
+    for (toml, expected) in cases {
+        let err = steelyard::Config::from_toml(toml, "t.toml", &steelyard::config::LiteralsOnly)
+            .expect_err(expected)
+            .to_string();
+        assert!(err.contains(expected), "expected {expected:?} in {err}");
+        assert!(err.contains("t.toml:"), "{err}");
+    }
+}
+
+/// `least_connections` counts open connections: each new connection goes to a backend with
+/// the fewest open, so held connections spread evenly.
+#[tokio::test]
+async fn least_connections_counts_open_connections() {
+    let (a, b) = (spawn_echo("a").await, spawn_echo("b").await);
+    let proxy = spawn_steelyard(config(&tcp_toml(
+        &[a.addr, b.addr],
+        "",
+        "algorithm = \"least_connections\"",
+    )))
+    .await;
+    let mut held = Vec::new();
+    let mut open_per = std::collections::HashMap::from([("a".to_owned(), 0), ("b".to_owned(), 0)]);
+    for _ in 0..6 {
+        let fewest = *open_per.values().min().expect("two backends");
+        let (conn, name) = open(proxy.addr).await;
+        assert_eq!(
+            open_per[&name], fewest,
+            "{name} was not among the least loaded: {open_per:?}"
+        );
+        *open_per.get_mut(&name).expect("known") += 1;
+        held.push(conn);
+    }
+    assert_eq!(open_per["a"], 3);
+    assert_eq!(open_per["b"], 3);
+    drop(held);
+    proxy.shutdown().await;
+}
+
+/// A reload keeps established connections up on their backend, while new connections follow
+/// the new config.
+#[tokio::test]
+async fn a_reload_keeps_established_connections() {
+    let (a, b) = (spawn_echo("a").await, spawn_echo("b").await);
+    let proxy = spawn_steelyard(config(&tcp_toml(&[a.addr], "", ""))).await;
+    let (mut old, name) = open(proxy.addr).await;
+    assert_eq!(name, "a");
+    proxy
+        .reload
+        .apply(config(&tcp_toml(&[b.addr], "", "")))
+        .await
+        .expect("reload");
+    assert_eq!(open(proxy.addr).await.1, "b", "new connections use the new pool");
+    old.get_mut().write_all(b"still here").await.expect("write");
+    let mut echo = [0u8; 10];
+    old.read_exact(&mut echo).await.expect("echo on the old connection");
+    assert_eq!(&echo, b"still here");
+    // Shutdown drains open TCP connections (up to drain_timeout): close ours first.
+    drop(old);
+    proxy.shutdown().await;
+}
