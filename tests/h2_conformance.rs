@@ -1,6 +1,7 @@
 //! HTTP/2 at the edge, through the real binary: a table of malformed frame sequences, built by
 //! hand and sent to the cleartext (prior-knowledge) listener, each with the answer RFC 9113
-//! prescribes and the answer h2 0.4.20 (under hyper 1.x) actually gives.
+//! prescribes and the answer Steelyard gives (h2 0.4.20 under hyper 1.x, behind Steelyard's
+//! frame guard, which corrects the codes h2 gets wrong where a frame header shows them).
 //!
 //! Every row pins what the server does today (`h2`), so an h2 upgrade that changes an answer
 //! fails here and gets looked at. Every row also gets an RFC verdict, printed as a table:
@@ -466,9 +467,8 @@ fn rows() -> Vec<Row> {
             "first frame after the preface is not SETTINGS",
             "3.4",
             Conn(PROTOCOL_ERROR),
-            Alive,
-            "proto/connection.rs:560-626 takes any frame first; proto/settings.rs:102-109 only \
-             notes whether the first SETTINGS came",
+            Conn(PROTOCOL_ERROR),
+            "caught by Steelyard's frame guard (src/http1/h2_guard.rs); h2 alone takes any frame first (proto/connection.rs:560-626)",
             vec![Send(ping(0, b"notfirst")), Send(hello())],
         ),
         // ---- §6.5, §6.5.2: SETTINGS.
@@ -476,17 +476,16 @@ fn rows() -> Vec<Row> {
             "SETTINGS length not a multiple of 6",
             "6.5",
             Conn(FRAME_SIZE_ERROR),
-            Conn(PROTOCOL_ERROR),
-            "frame/settings.rs:151-154 -> codec/framed_read.rs:231-237 (every SETTINGS error is \
-             PROTOCOL_ERROR)",
+            Conn(FRAME_SIZE_ERROR),
+            "caught by Steelyard's frame guard (src/http1/h2_guard.rs); h2 alone: PROTOCOL_ERROR (frame/settings.rs:151-154)",
             vec![Send(frame(SETTINGS, 0, 0, &[0, 3, 0]))],
         ),
         row(
             "SETTINGS ACK with a payload",
             "6.5",
             Conn(FRAME_SIZE_ERROR),
-            Conn(PROTOCOL_ERROR),
-            "frame/settings.rs:140-144 -> codec/framed_read.rs:231-237",
+            Conn(FRAME_SIZE_ERROR),
+            "caught by Steelyard's frame guard (src/http1/h2_guard.rs); h2 alone: PROTOCOL_ERROR (frame/settings.rs:140-144)",
             vec![Send(hello()), Send(frame(SETTINGS, ACK, 0, &[0, 3, 0, 0, 0, 100]))],
         ),
         row(
@@ -509,8 +508,8 @@ fn rows() -> Vec<Row> {
             "SETTINGS_INITIAL_WINDOW_SIZE = 2^31",
             "6.5.2",
             Conn(FLOW_CONTROL_ERROR),
-            Conn(PROTOCOL_ERROR),
-            "frame/settings.rs:175-181 (InvalidSettingValue) -> codec/framed_read.rs:231-237",
+            Conn(FLOW_CONTROL_ERROR),
+            "caught by Steelyard's frame guard (src/http1/h2_guard.rs); h2 alone: PROTOCOL_ERROR (frame/settings.rs:175-181)",
             vec![Send(settings(&[(SETTINGS_INITIAL_WINDOW_SIZE, 1 << 31)]))],
         ),
         row(
@@ -626,8 +625,8 @@ fn rows() -> Vec<Row> {
             "PING with length 6",
             "6.7",
             Conn(FRAME_SIZE_ERROR),
-            Conn(PROTOCOL_ERROR),
-            "frame/ping.rs:69-71 -> codec/framed_read.rs:240-247",
+            Conn(FRAME_SIZE_ERROR),
+            "caught by Steelyard's frame guard (src/http1/h2_guard.rs); h2 alone: PROTOCOL_ERROR (frame/ping.rs:69-71)",
             vec![Send(hello()), Send(ping(0, &[0; 6]))],
         ),
         row(
@@ -660,8 +659,8 @@ fn rows() -> Vec<Row> {
             "WINDOW_UPDATE with length 3",
             "6.9",
             Conn(FRAME_SIZE_ERROR),
-            Conn(PROTOCOL_ERROR),
-            "frame/window_update.rs:32-34 -> codec/framed_read.rs:249-256",
+            Conn(FRAME_SIZE_ERROR),
+            "caught by Steelyard's frame guard (src/http1/h2_guard.rs); h2 alone: PROTOCOL_ERROR (frame/window_update.rs:32-34)",
             vec![Send(hello()), Send(frame(WINDOW_UPDATE, 0, 0, &[0, 0, 1]))],
         ),
         row(
@@ -687,8 +686,8 @@ fn rows() -> Vec<Row> {
             "RST_STREAM with length 3",
             "6.4",
             Conn(FRAME_SIZE_ERROR),
-            Conn(PROTOCOL_ERROR),
-            "frame/reset.rs:28-30 -> codec/framed_read.rs:270-277",
+            Conn(FRAME_SIZE_ERROR),
+            "caught by Steelyard's frame guard (src/http1/h2_guard.rs); h2 alone: PROTOCOL_ERROR (frame/reset.rs:28-30)",
             vec![
                 Send(hello()),
                 Send(hold_get(1)),
@@ -699,8 +698,8 @@ fn rows() -> Vec<Row> {
             "PRIORITY with length 4",
             "6.3",
             Stream(1, FRAME_SIZE_ERROR),
-            Conn(PROTOCOL_ERROR),
-            "frame/priority.rs:55-58 -> codec/framed_read.rs:304-307",
+            Conn(FRAME_SIZE_ERROR),
+            "caught by Steelyard's frame guard (src/http1/h2_guard.rs); h2 alone: GOAWAY PROTOCOL_ERROR (frame/priority.rs:55-58)",
             vec![
                 Send(hello()),
                 Send(hold_get(1)),

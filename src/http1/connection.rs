@@ -411,11 +411,11 @@ async fn serve_h2(conn: Client, shared: Arc<Shared>) {
             Ok(crate::proxy::forward::forward(req, &router, &info, limit.local_responses()).await)
         }
     });
-    let io = Rewind {
+    let io = super::h2_guard::H2Guard::new(Rewind {
         prefix: buf.unread().to_vec(),
         pos: 0,
         inner: stream,
-    };
+    });
     let max_header_bytes = shared.router.load().client_settings().max_header_bytes;
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     // HTTP/2's own limits: streams per connection, the listener's head limit for a header

@@ -11,6 +11,7 @@ pub mod buffer;
 pub mod chunked;
 pub mod connection;
 pub mod exchange;
+pub mod h2_guard;
 pub mod head;
 pub mod io;
 pub mod recycle;
