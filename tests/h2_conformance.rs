@@ -1,5 +1,6 @@
 //! HTTP/2 at the edge, through the real binary: a table of malformed frame sequences, built by
-//! hand and sent to the cleartext (prior-knowledge) listener, each with the answer RFC 9113
+//! hand and sent to the cleartext (prior-knowledge) listener and to a TLS listener (ALPN `h2`),
+//! each with the answer RFC 9113
 //! prescribes and the answer Steelyard gives (h2 0.4.20 under hyper 1.x, behind Steelyard's
 //! frame guard, which corrects the codes h2 gets wrong where a frame header shows them).
 //!
@@ -1030,8 +1031,12 @@ enum Next {
     Timeout,
 }
 
+/// A byte stream to the listener: plain TCP or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 struct Client {
-    io: TcpStream,
+    io: Box<dyn Io>,
     buf: Vec<u8>,
     eof: bool,
     /// Every frame received, for failure messages.
@@ -1045,9 +1050,19 @@ struct Client {
 }
 
 impl Client {
-    async fn connect(addr: SocketAddr) -> Client {
-        let io = TcpStream::connect(addr).await.expect("connect");
-        io.set_nodelay(true).expect("nodelay");
+    /// Connects in the clear, or over TLS (ALPN `h2`) with `tls`.
+    async fn connect(addr: SocketAddr, tls: Option<&tokio_rustls::TlsConnector>) -> Client {
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        tcp.set_nodelay(true).expect("nodelay");
+        let io: Box<dyn Io> = match tls {
+            None => Box::new(tcp),
+            Some(connector) => {
+                let name = rustls::pki_types::ServerName::try_from("h2.test").expect("name");
+                let session = connector.connect(name, tcp).await.expect("handshake");
+                assert_eq!(session.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "ALPN h2");
+                Box::new(session)
+            }
+        };
         Client {
             io,
             buf: Vec::new(),
@@ -1222,9 +1237,9 @@ async fn outcome(c: &mut Client, deadline: Instant) -> Seen {
 }
 
 /// Runs one row on a new connection.
-async fn run(addr: SocketAddr, row: &Row) -> Seen {
+async fn run(addr: SocketAddr, row: &Row, tls: Option<&tokio_rustls::TlsConnector>) -> Seen {
     let deadline = Instant::now() + ROW_DEADLINE;
-    let mut c = Client::connect(addr).await;
+    let mut c = Client::connect(addr, tls).await;
     if row.raw {
         for step in &row.script {
             if let Step::Send(bytes) = step {
@@ -1297,17 +1312,32 @@ fn temp_config(name: &str, text: &str) -> PathBuf {
     path
 }
 
-/// The real binary: `hold.test` to `blackhole`, `live.test` to `origin`, nothing else routed.
-fn start(origin: SocketAddr, blackhole: SocketAddr) -> (Process, SocketAddr) {
+/// The real binary with a cleartext listener and a TLS one (certificate `pki`'s `h2`):
+/// `hold.test` to `blackhole`, `live.test` to `origin`, nothing else routed.
+fn start(origin: SocketAddr, blackhole: SocketAddr, pki: &Pki) -> (Process, SocketAddr, SocketAddr) {
+    let routes =
+        format!("routes = [{{ host = \"{HOLD}\", pool = \"hold\" }}, {{ host = \"{LIVE}\", pool = \"live\" }}]");
+    let tls = format!(
+        "tls = {{ certificates = [{{ cert = \"{}\", key = \"{}\" }}] }}",
+        pki.path("h2.pem"),
+        pki.path("h2.key")
+    );
     let path = temp_config(
         "h2.toml",
         &format!(
-            "[server]\nworkers = 1\n\n[[listeners]]\nlisten = \"127.0.0.1:0\"\nroutes = [{{ host = \"{HOLD}\", pool = \"hold\" }}, {{ host = \"{LIVE}\", pool = \"live\" }}]\n\n[pools.live]\nbackends = [\"{origin}\"]\n\n[pools.hold]\nbackends = [\"{blackhole}\"]\ntimeouts = {{ connect = \"30s\", response_header = \"30s\" }}\n"
+            "[server]\nworkers = 1\n\n[[listeners]]\nlisten = \"127.0.0.1:0\"\n{routes}\n\n[[listeners]]\nlisten = \"127.0.0.1:0\"\n{tls}\n{routes}\n\n[pools.live]\nbackends = [\"{origin}\"]\n\n[pools.hold]\nbackends = [\"{blackhole}\"]\ntimeouts = {{ connect = \"30s\", response_header = \"30s\" }}\n"
         ),
     );
     let mut p = Process::start(&["--config", path.to_str().expect("utf-8 path"), "--admin", "off"]);
-    let addr = p.listening_addr();
-    (p, addr)
+    let plain = p.listening_addr();
+    let line = p.wait_for_line("listening on https://");
+    let rest = &line[line.find("https://").expect("url") + 8..];
+    let tls_addr = rest
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .next()
+        .and_then(|a| a.parse().ok())
+        .expect("TLS listener address");
+    (p, plain, tls_addr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1316,14 +1346,37 @@ async fn malformed_frame_sequences_get_the_errors_rfc_9113_prescribes() {
     let (blackhole, _fillers, _socket) = blackhole_port();
     // The blackhole must really swallow connection attempts, or `hold.test` streams end.
     assert!(std::net::TcpStream::connect_timeout(&blackhole, Duration::from_millis(200)).is_err());
-    let (_steelyard, addr) = start(origin.addr, blackhole);
+    let pki = Pki::new("h2-conformance");
+    pki.issue("h2", &["h2.test"]);
+    let (_steelyard, addr, tls_addr) = start(origin.addr, blackhole, &pki);
+    let connector = pki.connector(&[b"h2"]);
 
     let rows = rows();
     let mut results = Vec::new();
     for row in &rows {
-        let seen = run(addr, row).await;
+        let seen = run(addr, row, None).await;
         results.push((row, seen));
     }
+    // The TLS listener serves HTTP/2 chosen by ALPN with the same server and guard: every row
+    // but the raw preface ones (which test the cleartext listener's protocol sniffing) must
+    // get the same answer there.
+    let mut tls_changed = Vec::new();
+    for row in rows.iter().filter(|r| !r.raw) {
+        let seen = run(tls_addr, row, Some(&connector)).await;
+        if !row.h2.matches(&seen) {
+            tls_changed.push(format!(
+                "{}: expected {}, saw {}",
+                row.name,
+                row.h2.describe(),
+                seen.describe()
+            ));
+        }
+    }
+    assert!(
+        tls_changed.is_empty(),
+        "over TLS, rows answered differently:\n{}",
+        tls_changed.join("\n")
+    );
 
     let mut changed = Vec::new();
     let mut deviations = Vec::new();
