@@ -939,17 +939,19 @@ fn rows() -> Vec<Row> {
             "DATA after END_STREAM, stream half-closed (remote)",
             "5.1 (half-closed (remote)), 6.1",
             Stream(1, STREAM_CLOSED),
-            Conn(PROTOCOL_ERROR),
-            "proto/streams/recv.rs:663-671",
+            Conn(STREAM_CLOSED),
+            "caught by Steelyard's frame guard (src/http1/h2_guard.rs) as a connection error; \
+             h2 alone: GOAWAY PROTOCOL_ERROR (proto/streams/recv.rs:663-671)",
             vec![Send(hello()), Send(hold_get(1)), Send(data(1, END_STREAM, b"x"))],
         ),
         row(
             "DATA after END_STREAM, stream closed (response complete)",
             "5.1 (closed), 6.1",
             OneOf(&[Stream(1, STREAM_CLOSED), Conn(STREAM_CLOSED)]),
-            OneOf(&[Stream(1, STREAM_CLOSED), Conn(PROTOCOL_ERROR)]),
-            "proto/streams/streams.rs:631-642 once the stream is released; recv.rs:663-671 \
-             (GOAWAY PROTOCOL_ERROR) if it is still in the store",
+            Conn(STREAM_CLOSED),
+            "caught by Steelyard's frame guard (src/http1/h2_guard.rs); h2 alone: RST_STREAM \
+             STREAM_CLOSED once the stream is released (proto/streams/streams.rs:631-642), GOAWAY \
+             PROTOCOL_ERROR while it is still stored (recv.rs:663-671)",
             vec![
                 Send(hello()),
                 Send(live_get(1)),

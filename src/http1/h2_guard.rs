@@ -7,7 +7,9 @@
 //! payload (§6.5, `FRAME_SIZE_ERROR`), `SETTINGS_INITIAL_WINDOW_SIZE` above 2^31-1 (§6.5.2,
 //! `FLOW_CONTROL_ERROR`), and PING, WINDOW_UPDATE, RST_STREAM or PRIORITY frames of the wrong
 //! length (§6.7, §6.9, §6.4, §6.3: `FRAME_SIZE_ERROR`; PRIORITY's is a stream error, which
-//! §5.4.1 allows to treat as a connection error). The byte that reveals the error is never
+//! §5.4.1 allows to treat as a connection error), and DATA on a stream the client itself
+//! already ended (§5.1, `STREAM_CLOSED`, as a connection error: h2 answers `PROTOCOL_ERROR`). For that it keeps the ids of the client's streams it has not ended, a
+//! bounded list (a stream pushed out of it is simply no longer checked). The byte that reveals the error is never
 //! handed to hyper, so hyper never sees the whole bad frame and answers nothing itself; the
 //! guard writes `GOAWAY` with the right code at the next boundary between hyper's own frames
 //! (it follows those too), flushes it, and ends the connection. Nothing is buffered: bytes go
@@ -29,12 +31,73 @@ const WINDOW_UPDATE: u8 = 0x8;
 const RST_STREAM: u8 = 0x3;
 const PRIORITY: u8 = 0x2;
 const HEADERS: u8 = 0x1;
+const DATA: u8 = 0x0;
+const END_STREAM: u8 = 0x1;
 const GOAWAY: u8 = 0x7;
 const ACK: u8 = 0x1;
 
 const PROTOCOL_ERROR: u32 = 0x1;
 const FLOW_CONTROL_ERROR: u32 = 0x3;
 const FRAME_SIZE_ERROR: u32 = 0x6;
+const STREAM_CLOSED: u32 = 0x5;
+
+/// Most client streams followed at once: twice the streams a connection may have open, so
+/// that only a client misbehaving already pushes ids out.
+const MAX_FOLLOWED: usize = 512;
+
+/// The client's streams it has not ended yet, and the highest it opened.
+#[derive(Debug, Default)]
+struct ClientStreams {
+    /// Ascending.
+    open: Vec<u32>,
+    last: u32,
+    /// The highest id pushed out of `open`: streams up to it are no longer checked.
+    forgotten: u32,
+}
+
+impl ClientStreams {
+    /// Follows a DATA or HEADERS frame on `id`; `STREAM_CLOSED` when the client had already
+    /// ended that stream.
+    fn frame(&mut self, kind: u8, flags: u8, id: u32) -> Option<u32> {
+        if id == 0 || id.is_multiple_of(2) {
+            return None; // h2 answers these itself, with the right code
+        }
+        let ends = flags & END_STREAM != 0;
+        if id > self.last {
+            if kind != HEADERS {
+                return None; // DATA on an idle stream: h2's PROTOCOL_ERROR is right
+            }
+            self.last = id;
+            if !ends {
+                if self.open.len() == MAX_FOLLOWED {
+                    self.forgotten = self.open.remove(0);
+                }
+                self.open.push(id);
+            }
+            return None;
+        }
+        match self.open.binary_search(&id) {
+            Ok(i) => {
+                if ends {
+                    self.open.remove(i);
+                }
+                None
+            }
+            // DATA on a stream the client ended (unless it was pushed out of the list: then
+            // unsure). HEADERS there may instead open a stream below the last one, which h2
+            // answers rightly with PROTOCOL_ERROR.
+            Err(_) if kind == DATA && id > self.forgotten => Some(STREAM_CLOSED),
+            Err(_) => None,
+        }
+    }
+
+    /// The client reset stream `id`: it is ended.
+    fn reset(&mut self, id: u32) {
+        if let Ok(i) = self.open.binary_search(&id) {
+            self.open.remove(i);
+        }
+    }
+}
 
 /// Where the guard is in one direction's sequence of frames.
 #[derive(Debug, Default)]
@@ -126,8 +189,8 @@ pub struct H2Guard<S> {
     first_frame: bool,
     /// The SETTINGS entry being read: its six bytes.
     entry: [u8; 6],
-    /// The highest stream a client's HEADERS opened, for GOAWAY's last stream id.
-    last_stream: u32,
+    /// The client's streams.
+    streams: ClientStreams,
     /// Hyper's frames.
     outbound: Frames,
     /// A GOAWAY to write at the next boundary between hyper's frames, and how much of it went.
@@ -147,7 +210,7 @@ impl<S> H2Guard<S> {
             inbound: Frames::default(),
             first_frame: true,
             entry: [0; 6],
-            last_stream: 0,
+            streams: ClientStreams::default(),
             outbound: Frames::default(),
             goaway: None,
             ended: false,
@@ -163,16 +226,20 @@ impl<S> H2Guard<S> {
         let rest = &data[skip..];
         let first = &mut self.first_frame;
         let entry = &mut self.entry;
-        let last_stream = &mut self.last_stream;
+        let streams = &mut self.streams;
         let found = self.inbound.follow(
             rest,
             |h| {
                 let code = check_header(h, *first);
                 *first = false;
-                if h[3] == HEADERS {
-                    *last_stream = (*last_stream).max(stream_id(h));
+                match h[3] {
+                    DATA | HEADERS => code.or_else(|| streams.frame(h[3], h[4], stream_id(h))),
+                    RST_STREAM => {
+                        streams.reset(stream_id(h));
+                        code
+                    }
+                    _ => code,
                 }
-                code
             },
             |h, offset, byte| {
                 if h[3] != SETTINGS {
@@ -189,7 +256,7 @@ impl<S> H2Guard<S> {
         let mut frame = [0u8; 17];
         frame[2] = 8;
         frame[3] = GOAWAY;
-        frame[9..13].copy_from_slice(&self.last_stream.to_be_bytes());
+        frame[9..13].copy_from_slice(&self.streams.last.to_be_bytes());
         frame[13..17].copy_from_slice(&code.to_be_bytes());
         self.goaway = Some((frame, 0));
         Some(skip + at)
@@ -347,10 +414,27 @@ mod tests {
     }
 
     #[test]
+    fn open_streams_may_carry_data_and_trailers() {
+        let hello = frame(SETTINGS, 0, 0, &[]);
+        let (g, at) = feed(
+            &[
+                hello,
+                frame(HEADERS, 4, 1, b"x"),
+                frame(DATA, 0, 1, b"a"),
+                frame(HEADERS, 4 | END_STREAM, 1, b"t"),
+                frame(HEADERS, 4, 3, b"x"),
+                frame(DATA, END_STREAM, 3, b"b"),
+            ]
+            .concat(),
+        );
+        assert_eq!((at, g.streams.last, g.streams.open.len()), (None, 3, 0));
+    }
+
+    #[test]
     fn good_frames_pass_and_bad_ones_are_caught_at_the_revealing_byte() {
         let hello = frame(SETTINGS, 0, 0, &[0, 4, 0, 1, 0, 0]);
         let (g, at) = feed(&[hello.clone(), frame(PING, 0, 0, &[0; 8]), frame(HEADERS, 4, 3, b"x")].concat());
-        assert_eq!((at, g.last_stream), (None, 3));
+        assert_eq!((at, g.streams.last), (None, 3));
         for (bytes, code, at) in [
             (frame(PING, 0, 0, &[0; 8]), PROTOCOL_ERROR, 8),
             (
