@@ -116,7 +116,8 @@ impl Frames {
     }
 
     /// Follows `data`, which continues the stream, calling `on_header` for each completed
-    /// header and `on_payload` for each payload byte with its offset in the payload. Returns
+    /// header and `on_payload` for each byte of a SETTINGS payload with its offset in the
+    /// payload (other payloads are skipped over, not read). Returns
     /// the index of the byte at which a callback reported an error code, with the code.
     fn follow(
         &mut self,
@@ -129,7 +130,9 @@ impl Frames {
             if self.payload_left > 0 {
                 let len = frame_len(&self.header);
                 let take = (self.payload_left as usize).min(data.len() - i);
-                for k in 0..take {
+                // Only SETTINGS payloads are looked into; DATA goes by untouched.
+                let inspect = if self.header[3] == SETTINGS { take } else { 0 };
+                for k in 0..inspect {
                     let offset = len - self.payload_left + k as u32;
                     if let Some(code) = on_payload(&self.header, offset, data[i + k]) {
                         return Some((i + k, code));
