@@ -298,3 +298,122 @@ async fn a_reload_keeps_established_connections() {
     drop(old);
     proxy.shutdown().await;
 }
+
+/// A TLS origin named `name` presenting certificate `file` of `pki`.
+async fn tls_backend(pki: &Pki, name: &str, file: &str) -> Origin {
+    spawn_origin_with(
+        name,
+        OriginOptions {
+            tls: Some(pki.server_config(file, &[b"http/1.1"])),
+            ..OriginOptions::default()
+        },
+    )
+    .await
+}
+
+/// One HTTPS request through a passthrough listener with `sni` (an IP address sends none);
+/// returns the certificate the backend presented and the response body.
+async fn https_get(pki: &Pki, addr: SocketAddr, sni: &str) -> (Vec<u8>, String) {
+    let name = match sni.parse::<std::net::IpAddr>() {
+        Ok(ip) => rustls::pki_types::ServerName::IpAddress(ip.into()),
+        Err(_) => rustls::pki_types::ServerName::try_from(sni.to_owned()).expect("name"),
+    };
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let mut tls = pki
+        .connector(&[b"http/1.1"])
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    let leaf = tls.get_ref().1.peer_certificates().expect("certificates")[0].to_vec();
+    tls.write_all(format!("GET / HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, tls.read_to_end(&mut response))
+        .await
+        .expect("response in time");
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (leaf, body)
+}
+
+/// A tls-passthrough listener routes by the ClientHello's server name (exact, wildcard, the
+/// route without a host as default) and passes the TLS through untouched: each client sees
+/// its backend's own certificate.
+#[tokio::test]
+async fn tls_passthrough_routes_by_server_name() {
+    let pki = Pki::new("passthrough");
+    let a_cert = pki.issue("a", &["a.test", "127.0.0.1"]);
+    let b_cert = pki.issue("b", &["*.b.test"]);
+    let (a, b) = (tls_backend(&pki, "a", "a").await, tls_backend(&pki, "b", "b").await);
+    let toml = format!(
+        "[server]\nworkers = 1\n\n[[listeners]]\nlisten = \"127.0.0.1:0\"\nmode = \"tls-passthrough\"\nroutes = [{{ host = \"*.b.test\", pool = \"b\" }}, {{ pool = \"a\" }}]\n\n[pools.a]\nbackends = [\"{}\"]\n\n[pools.b]\nbackends = [\"{}\"]\n",
+        a.addr, b.addr
+    );
+    let proxy = spawn_steelyard(config(&toml)).await;
+    for (sni, cert, body, origin) in [
+        ("a.test", &a_cert, "a", &a),
+        ("x.b.test", &b_cert, "b", &b),
+        ("127.0.0.1", &a_cert, "a", &a),
+    ] {
+        let (leaf, got) = https_get(&pki, proxy.addr, sni).await;
+        assert_eq!(&leaf, cert.as_ref() as &[u8], "{sni}: the backend's own certificate");
+        assert_eq!(got, body, "{sni}");
+        let expected_sni = if sni == "127.0.0.1" { "" } else { sni };
+        assert_eq!(
+            origin.last_sni(),
+            expected_sni,
+            "the ClientHello reached the backend untouched"
+        );
+    }
+    proxy.shutdown().await;
+}
+
+/// Bytes that are not a ClientHello, and a client that sends nothing, are closed; neither
+/// reaches a backend.
+#[tokio::test]
+async fn tls_passthrough_closes_what_is_not_a_client_hello() {
+    let pki = Pki::new("passthrough-bad");
+    pki.issue("a", &["a.test"]);
+    let a = tls_backend(&pki, "a", "a").await;
+    let toml = format!(
+        "[server]\nworkers = 1\n\n[[listeners]]\nlisten = \"127.0.0.1:0\"\nmode = \"tls-passthrough\"\ntimeouts = {{ head = \"300ms\" }}\nroutes = [{{ pool = \"a\" }}]\n\n[pools.a]\nbackends = [\"{}\"]\n",
+        a.addr
+    );
+    let proxy = spawn_steelyard(config(&toml)).await;
+    let mut plain = TcpStream::connect(proxy.addr).await.expect("connect");
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .expect("write");
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(DEADLINE, plain.read_to_end(&mut rest))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "plain HTTP is not a ClientHello: closed without a byte");
+    let mut silent = TcpStream::connect(proxy.addr).await.expect("connect");
+    let n = tokio::time::timeout(DEADLINE, silent.read_to_end(&mut rest))
+        .await
+        .expect("closed after the head timeout")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert_eq!(a.connections(), 0, "nothing reached the backend");
+    proxy.shutdown().await;
+}
+
+/// A tls-passthrough listener routes by host only.
+#[test]
+fn tls_passthrough_routes_have_no_paths() {
+    let toml = "[[listeners]]\nlisten = \"127.0.0.1:0\"\nmode = \"tls-passthrough\"\nroutes = [{ path_prefix = \"/api\", pool = \"a\" }]\n\n[pools.a]\nbackends = [\"127.0.0.1:1\"]\n";
+    let err = steelyard::Config::from_toml(toml, "t.toml", &steelyard::config::LiteralsOnly)
+        .expect_err("path_prefix")
+        .to_string();
+    assert!(
+        err.contains("listeners[0].routes[0].path_prefix: a tls-passthrough listener sees no paths"),
+        "{err}"
+    );
+}

@@ -59,6 +59,20 @@ pub enum ListenerMode {
     /// TCP connections, each to one backend of the listener's pool (its only route), bytes
     /// copied both ways.
     Tcp,
+    /// TLS connections passed through untouched, routed by the ClientHello's server name
+    /// (the routes' `host`; a route without one is the default).
+    TlsPassthrough,
+}
+
+impl ListenerMode {
+    /// Its name in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerMode::Http => "http",
+            ListenerMode::Tcp => "tcp",
+            ListenerMode::TlsPassthrough => "tls-passthrough",
+        }
+    }
 }
 
 /// A listener's TLS settings: the files as configured (loaded and checked by `crate::tls`).
@@ -163,10 +177,11 @@ pub(super) fn validate(
     let mode = match l.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
         None | Some(("http", _)) => ListenerMode::Http,
         Some(("tcp", _)) => ListenerMode::Tcp,
+        Some(("tls-passthrough", _)) => ListenerMode::TlsPassthrough,
         Some((other, span)) => {
             check.error(
                 span,
-                format!("listeners[{i}].mode: {other:?} is not \"http\" or \"tcp\""),
+                format!("listeners[{i}].mode: {other:?} is not \"http\", \"tcp\" or \"tls-passthrough\""),
             );
             ListenerMode::Http
         }
@@ -179,10 +194,12 @@ pub(super) fn validate(
             );
             None
         }
-        (ListenerMode::Http, Some(p)) => {
+        (ListenerMode::Http | ListenerMode::TlsPassthrough, Some(p)) => {
             check.error(
                 p.span(),
-                format!("listeners[{i}].pool: only tcp listeners take a pool; an http listener routes with [[listeners.routes]]"),
+                format!(
+                    "listeners[{i}].pool: only tcp listeners take a pool; this one routes with [[listeners.routes]]"
+                ),
             );
             None
         }
@@ -196,11 +213,14 @@ pub(super) fn validate(
                 None
             }
         },
-        (ListenerMode::Http, None) => None,
+        (ListenerMode::Http | ListenerMode::TlsPassthrough, None) => None,
     };
-    if mode == ListenerMode::Tcp {
+    if mode != ListenerMode::Http {
+        let routes_span = (mode == ListenerMode::Tcp)
+            .then(|| l.routes.first().map(|r| r.span()))
+            .flatten();
         let http_only = [
-            ("routes", l.routes.first().map(|r| r.span())),
+            ("routes", routes_span),
             ("tls", l.tls.as_ref().map(|t| t.span())),
             ("redirect_https", l.redirect_https.as_ref().map(|r| r.span())),
             ("access_log", l.access_log.as_ref().map(|a| a.span())),
@@ -210,11 +230,15 @@ pub(super) fn validate(
             if let Some(span) = span {
                 check.error(
                     span,
-                    format!("listeners[{i}].{key}: applies to http listeners only (this one has mode = \"tcp\")"),
+                    format!(
+                        "listeners[{i}].{key}: applies to http listeners only (this one has mode = \"{}\")",
+                        mode.name()
+                    ),
                 );
             }
         }
-    } else if l.routes.is_empty() {
+    }
+    if mode != ListenerMode::Tcp && l.routes.is_empty() {
         check.error(
             l_span.clone(),
             format!("listeners[{i}]: no [[listeners.routes]]; add one with pool = \"NAME\""),
@@ -234,6 +258,13 @@ pub(super) fn validate(
         };
         let path_prefix = match &r.path_prefix {
             None => Some("/".to_owned()),
+            Some(p) if mode == ListenerMode::TlsPassthrough => {
+                check.error(
+                    p.span(),
+                    format!("{key}.path_prefix: a tls-passthrough listener sees no paths; route by host only"),
+                );
+                None
+            }
             Some(p) if p.get_ref().starts_with('/') => Some(p.get_ref().clone()),
             Some(p) => {
                 check.error(

@@ -2,6 +2,7 @@
 
 pub mod access_log;
 pub mod body;
+pub mod client_hello;
 pub mod error;
 pub mod forward;
 pub mod h1;

@@ -17,6 +17,8 @@ pub struct Router {
     tls: Option<Arc<rustls::ServerConfig>>,
     /// A TCP listener's pool (its only route).
     tcp: Option<Arc<Pool>>,
+    /// What the listener proxies.
+    mode: ListenerMode,
 }
 
 #[derive(Debug)]
@@ -67,7 +69,7 @@ impl Router {
         routes.sort_by_key(|r| std::cmp::Reverse(r.specificity()));
         let tcp = match listener.mode {
             ListenerMode::Tcp => routes.first().map(|r| Arc::clone(&r.pool)),
-            ListenerMode::Http => None,
+            ListenerMode::Http | ListenerMode::TlsPassthrough => None,
         };
         Router {
             routes,
@@ -75,7 +77,13 @@ impl Router {
             client: listener.client,
             tls: None,
             tcp,
+            mode: listener.mode,
         }
+    }
+
+    /// What the listener proxies.
+    pub fn mode(&self) -> ListenerMode {
+        self.mode
     }
 
     /// The pool of a TCP listener: every connection goes to one of its backends.

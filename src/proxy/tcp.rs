@@ -10,10 +10,15 @@
 //! protocols that shut down one side first keep working; the connection closes when both
 //! directions ended, or when no byte moved either way for the listener's `tunnel_idle`.
 //! Buffers come from the worker's pool and go back whenever a direction has nothing unread.
+//!
+//! `tls-passthrough` listeners work the same way after reading the client's ClientHello
+//! ([`client_hello`]) to choose the pool by its server name; the backend gets the client's
+//! bytes untouched, ClientHello first, over plain TCP: it terminates the TLS itself.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -21,7 +26,10 @@ use tokio::time::Instant;
 use crate::http1::buffer::Buffer;
 use crate::http1::connection::Shared;
 use crate::http1::exchange::{self, Progress};
+use crate::proxy::client_hello::{self, Hello};
 use crate::proxy::retry;
+use crate::stream::UpstreamIo;
+use crate::upstream::connect::ConnectError;
 use crate::upstream::{Pool, RequestView};
 
 /// Most connect attempts for one client connection (the config allows up to 10 retries).
@@ -32,13 +40,69 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, worker: usize, pool: Arc
     // Counted against the listener's limit until it closes; drained at shutdown.
     let _registered = shared.registry.register(&client, peer, worker);
     let _ = client.set_nodelay(true);
+    relay(client, Buffer::default(), peer, worker, &pool, &shared, false).await;
+}
+
+/// Serves one connection of a `tls-passthrough` listener: reads the ClientHello (within the
+/// listener's head timeout and [`MAX_CLIENT_HELLO`] bytes), routes by its server name, and
+/// relays the untouched bytes, ClientHello first, to a backend of the chosen pool.
+pub async fn serve_passthrough(mut client: TcpStream, peer: SocketAddr, worker: usize, shared: Arc<Shared>) {
+    let _registered = shared.registry.register(&client, peer, worker);
+    let _ = client.set_nodelay(true);
+    let head_timeout = shared.router.load().client_settings().head_timeout;
+    let mut hello = Buffer::default();
+    let read = tokio::time::timeout(head_timeout, async {
+        loop {
+            match client_hello::parse(hello.unread()) {
+                Hello::Complete(name) => return Ok(name),
+                Hello::Invalid(why) => return Err(why),
+                Hello::Incomplete => {}
+            }
+            match hello.read_from(&mut client, client_hello::MAX_CLIENT_HELLO + 5).await {
+                Ok(0) => return Err("the client closed before a whole ClientHello"),
+                Ok(_) => {}
+                Err(_) => return Err("ClientHello too large or unreadable"),
+            }
+        }
+    })
+    .await;
+    let name = match read {
+        Ok(Ok(name)) => name,
+        Ok(Err(why)) => {
+            tracing::debug!(client = %peer, why, "closing a tls-passthrough connection");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(client = %peer, "no ClientHello within the head timeout; closing");
+            return;
+        }
+    };
+    let Some(pool) = shared.router.load().route(name.as_deref(), "/").cloned() else {
+        tracing::warn!(client = %peer, server_name = name.as_deref().unwrap_or(""), "no route for this server name; closing");
+        return;
+    };
+    relay(client, hello, peer, worker, &pool, &shared, true).await;
+}
+
+/// Connects to a backend of `pool` (retrying a failed connect on another) and copies bytes
+/// both ways, `first` (bytes already read from the client) before anything else. `plain`
+/// forces plain TCP to the backend: passed-through TLS must not be wrapped again.
+async fn relay(
+    mut client: TcpStream,
+    first: Buffer,
+    peer: SocketAddr,
+    worker: usize,
+    pool: &Arc<Pool>,
+    shared: &Shared,
+    plain: bool,
+) {
     let idle = shared.router.load().client_settings().tunnel_idle_timeout;
     let config = pool.config();
     pool.retry_budget().deposit();
     let view = RequestView::of_raw(peer.ip(), b"", &[], "/");
     let mut tried = [0usize; MAX_ATTEMPTS];
     let mut attempts = 0usize;
-    let (index, upstream) = loop {
+    let (index, mut upstream) = loop {
         let Some(picked) = pool.pick(&view, &tried[..attempts]) else {
             tracing::warn!(pool = pool.name(), client = %peer, "no backend available for a TCP connection; closing it");
             return;
@@ -47,10 +111,15 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, worker: usize, pool: Arc
         tried[attempts] = index;
         attempts += 1;
         let member = &pool.members()[index];
-        match member.connector.connect_within(config.timeouts.connect).await {
+        let connected = if plain {
+            connect_plain(member.connector.address(), config.timeouts.connect).await
+        } else {
+            member.connector.connect_within(config.timeouts.connect).await
+        };
+        match connected {
             Ok(upstream) => break (index, upstream),
             Err(e) => {
-                crate::health::passive::record_failure(&pool, index);
+                crate::health::passive::record_failure(pool, index);
                 tracing::warn!(pool = pool.name(), backend = %member.backend.address(), client = %peer, error = %e, "cannot connect a TCP connection to the backend");
                 let so_far = retry::Attempts {
                     made: attempts,
@@ -67,26 +136,23 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, worker: usize, pool: Arc
             }
         }
     };
-    let member = &pool.members()[index];
-    let backend = &member.backend;
+    let backend = &pool.members()[index].backend;
     backend.record_success();
     let in_flight = backend.start_request(worker);
     shared.limit.tunnel_opened();
     let started = Instant::now();
     let progress = Progress::default();
-    let (mut client, mut upstream) = (client, upstream);
     let (sent, received) = {
         let (mut crd, mut cwr) = client.split();
         let (mut urd, mut uwr) = upstream.split();
-        let (mut cbuf, mut ubuf) = (Buffer::default(), Buffer::default());
+        let (mut cbuf, mut ubuf) = (first, Buffer::default());
         let up = exchange::pipe(&mut crd, &mut uwr, &mut cbuf, &progress);
         let down = exchange::pipe(&mut urd, &mut cwr, &mut ubuf, &progress);
         tokio::pin!(up);
         tokio::pin!(down);
         let (mut sent, mut received) = (None, None);
         let mut seen = 0u64;
-        let mut deadline = Instant::now() + idle;
-        let mut timer = std::pin::pin!(tokio::time::sleep_until(deadline));
+        let mut timer = std::pin::pin!(tokio::time::sleep_until(Instant::now() + idle));
         while sent.is_none() || received.is_none() {
             tokio::select! {
                 r = &mut up, if sent.is_none() => {
@@ -106,8 +172,7 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, worker: usize, pool: Arc
                         break;
                     }
                     seen = any;
-                    deadline = Instant::now() + idle;
-                    timer.as_mut().reset(deadline);
+                    timer.as_mut().reset(Instant::now() + idle);
                 }
             }
         }
@@ -118,4 +183,16 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, worker: usize, pool: Arc
     tracing::debug!(pool = pool.name(), backend = %backend.address(), client = %peer, sent, received, duration = ?started.elapsed(), "TCP connection closed");
     shared.limit.tunnel_closed();
     drop(in_flight);
+}
+
+/// A plain TCP connection to `address` within `timeout`.
+async fn connect_plain(address: SocketAddr, timeout: Duration) -> Result<UpstreamIo, ConnectError> {
+    match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(UpstreamIo::Plain(stream))
+        }
+        Ok(Err(e)) => Err(ConnectError::Failed(e)),
+        Err(_) => Err(ConnectError::TimedOut(timeout)),
+    }
 }

@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::StartError;
+use crate::config::ListenerMode;
 use crate::http1::connection::Shared;
 use crate::stats::StatusCounts;
 
@@ -150,11 +151,15 @@ pub async fn accept_loop(listener: TcpListener, worker: usize, shared: Arc<Share
                         continue;
                     }
                     // Uncounted by the connection's registry entry when it closes.
-                    match shared.router.load().tcp_pool() {
-                        Some(pool) => {
+                    let router = shared.router.load();
+                    match (router.mode(), router.tcp_pool()) {
+                        (ListenerMode::Tcp, Some(pool)) => {
                             tokio::spawn(crate::proxy::tcp::serve(stream, peer, worker, Arc::clone(pool), Arc::clone(&shared)));
                         }
-                        None => {
+                        (ListenerMode::TlsPassthrough, _) => {
+                            tokio::spawn(crate::proxy::tcp::serve_passthrough(stream, peer, worker, Arc::clone(&shared)));
+                        }
+                        _ => {
                             tokio::spawn(crate::http1::connection::serve(stream, peer, worker, Arc::clone(&shared)));
                         }
                     }

@@ -290,11 +290,14 @@ impl Running {
             .first()
             .and_then(|s| s.local_addr().ok())
             .unwrap_or(config.listen);
-        match router.tcp_pool() {
-            Some(pool) => {
+        match (router.mode(), router.tcp_pool()) {
+            (crate::config::ListenerMode::TlsPassthrough, _) => {
+                tracing::info!(listener = %config.name, "listening on tcp://{addr}, passing TLS through by server name: {}", router.describe());
+            }
+            (_, Some(pool)) => {
                 tracing::info!(listener = %config.name, "listening on tcp://{addr}, connections to pool {}", pool.name())
             }
-            None => {
+            (_, None) => {
                 let scheme = if router.tls().is_some() { "https" } else { "http" };
                 tracing::info!(listener = %config.name, "listening on {scheme}://{addr}, routing {}", router.describe());
             }
