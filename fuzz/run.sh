@@ -13,7 +13,7 @@ cd "$(dirname "$0")"
 each="${SECONDS_EACH:-600}"
 targets=("$@")
 if ((${#targets[@]} == 0)); then
-  targets=(http1_request http1_response chunked config addresses hash_key)
+  targets=(http1_request http1_response chunked config addresses hash_key client_hello)
 fi
 cargo +nightly fuzz build
 for t in "${targets[@]}"; do

@@ -84,6 +84,8 @@ pub struct ListenerSection {
     pub mode: Option<Spanned<String>>,
     /// `mode = "tcp"`: the pool every connection goes to.
     pub pool: Option<Spanned<String>>,
+    /// `"v1"`, `"v2"` or `"optional"`: accept the PROXY protocol from a balancer in front.
+    pub proxy_protocol: Option<Spanned<String>>,
 }
 
 /// A listener's `timeouts = {...}`: how long clients may take.

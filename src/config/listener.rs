@@ -48,6 +48,22 @@ pub struct ListenerConfig {
     pub tls: Option<TlsConfig>,
     /// What it proxies.
     pub mode: ListenerMode,
+    /// The PROXY protocol header it expects in front of each connection.
+    pub proxy_protocol: ProxyProtocol,
+}
+
+/// The PROXY protocol header a listener expects in front of each connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProxyProtocol {
+    /// None: connections start with their own protocol.
+    #[default]
+    Off,
+    /// Version 1 (text), required.
+    V1,
+    /// Version 2 (binary), required.
+    V2,
+    /// Either version, or none.
+    Optional,
 }
 
 /// What a listener proxies.
@@ -397,7 +413,21 @@ pub(super) fn validate(
         }
         *r.get_ref()
     });
+    let proxy_protocol = match l.proxy_protocol.as_ref().map(|p| (p.get_ref().as_str(), p.span())) {
+        None => ProxyProtocol::Off,
+        Some(("v1", _)) => ProxyProtocol::V1,
+        Some(("v2", _)) => ProxyProtocol::V2,
+        Some(("optional", _)) => ProxyProtocol::Optional,
+        Some((other, span)) => {
+            check.error(
+                span,
+                format!("listeners[{i}].proxy_protocol: {other:?} is not \"v1\", \"v2\" or \"optional\""),
+            );
+            ProxyProtocol::Off
+        }
+    };
     Some(ListenerConfig {
+        proxy_protocol,
         mode,
         tls,
         name: l.name.clone().unwrap_or_else(|| listen.to_string()),

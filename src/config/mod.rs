@@ -33,7 +33,7 @@ pub use admin::{AdminConfig, DEFAULT_ADMIN_LISTEN};
 pub use client::ClientSettings;
 pub use listener::{
     AccessLogConfig, AccessLogFormat, CertificateFiles, ClientAuth, HostMatch, ListenerConfig, ListenerMode,
-    RouteConfig, TlsConfig,
+    ProxyProtocol, RouteConfig, TlsConfig,
 };
 pub use pool::{
     Algorithm, BackendConfig, HashKey, PoolConfig, SelectOptions, StickyConfig, Timeouts, UpstreamProtocol,
@@ -279,6 +279,7 @@ impl Config {
                 client: ClientSettings::default(),
                 tls: None,
                 mode: ListenerMode::Http,
+                proxy_protocol: ProxyProtocol::Off,
             }],
             pools: vec![PoolConfig {
                 name: "default".into(),

@@ -7,6 +7,7 @@ pub mod error;
 pub mod forward;
 pub mod h1;
 pub mod headers;
+pub mod proxy_protocol;
 pub mod retry;
 pub mod router;
 pub mod tcp;

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use super::access_log::AccessLog;
-use crate::config::{ClientSettings, HostMatch, ListenerConfig, ListenerMode};
+use crate::config::{ClientSettings, HostMatch, ListenerConfig, ListenerMode, ProxyProtocol};
 use crate::upstream::Pool;
 
 /// A listener's routes, sorted so that the first match is the most specific one.
@@ -19,6 +19,8 @@ pub struct Router {
     tcp: Option<Arc<Pool>>,
     /// What the listener proxies.
     mode: ListenerMode,
+    /// The PROXY protocol header it expects.
+    proxy_protocol: ProxyProtocol,
 }
 
 #[derive(Debug)]
@@ -78,12 +80,18 @@ impl Router {
             tls: None,
             tcp,
             mode: listener.mode,
+            proxy_protocol: listener.proxy_protocol,
         }
     }
 
     /// What the listener proxies.
     pub fn mode(&self) -> ListenerMode {
         self.mode
+    }
+
+    /// The PROXY protocol header the listener expects in front of each connection.
+    pub fn proxy_protocol(&self) -> ProxyProtocol {
+        self.proxy_protocol
     }
 
     /// The pool of a TCP listener: every connection goes to one of its backends.

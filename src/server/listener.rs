@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::StartError;
-use crate::config::ListenerMode;
+use crate::config::{ListenerMode, ProxyProtocol};
 use crate::http1::connection::Shared;
 use crate::stats::StatusCounts;
 
@@ -150,18 +150,10 @@ pub async fn accept_loop(listener: TcpListener, worker: usize, shared: Arc<Share
                         tokio::spawn(refuse(stream));
                         continue;
                     }
-                    // Uncounted by the connection's registry entry when it closes.
-                    let router = shared.router.load();
-                    match (router.mode(), router.tcp_pool()) {
-                        (ListenerMode::Tcp, Some(pool)) => {
-                            tokio::spawn(crate::proxy::tcp::serve(stream, peer, worker, Arc::clone(pool), Arc::clone(&shared)));
-                        }
-                        (ListenerMode::TlsPassthrough, _) => {
-                            tokio::spawn(crate::proxy::tcp::serve_passthrough(stream, peer, worker, Arc::clone(&shared)));
-                        }
-                        _ => {
-                            tokio::spawn(crate::http1::connection::serve(stream, peer, worker, Arc::clone(&shared)));
-                        }
+                    if shared.router.load().proxy_protocol() == ProxyProtocol::Off {
+                        dispatch(stream, peer, worker, &shared);
+                    } else {
+                        tokio::spawn(after_proxy_header(stream, peer, worker, Arc::clone(&shared)));
                     }
                 }
                 Err(e) => {
@@ -171,6 +163,60 @@ pub async fn accept_loop(listener: TcpListener, worker: usize, shared: Arc<Share
                 }
             },
             () = stopped(&mut stop) => break,
+        }
+    }
+}
+
+/// Starts serving a connection on a task of its own, as its listener's mode says. The
+/// connection is uncounted from the listener's limit by its registry entry when it closes.
+fn dispatch(stream: TcpStream, peer: SocketAddr, worker: usize, shared: &Arc<Shared>) {
+    let router = shared.router.load();
+    match (router.mode(), router.tcp_pool()) {
+        (ListenerMode::Tcp, Some(pool)) => {
+            tokio::spawn(crate::proxy::tcp::serve(
+                stream,
+                peer,
+                worker,
+                Arc::clone(pool),
+                Arc::clone(shared),
+            ));
+        }
+        (ListenerMode::TlsPassthrough, _) => {
+            tokio::spawn(crate::proxy::tcp::serve_passthrough(
+                stream,
+                peer,
+                worker,
+                Arc::clone(shared),
+            ));
+        }
+        _ => {
+            tokio::spawn(crate::http1::connection::serve(
+                stream,
+                peer,
+                worker,
+                Arc::clone(shared),
+            ));
+        }
+    }
+}
+
+/// Reads a connection's PROXY protocol header (within the listener's head timeout), then
+/// serves it as coming from the client the header names. A missing or malformed header
+/// closes the connection.
+async fn after_proxy_header(mut stream: TcpStream, peer: SocketAddr, worker: usize, shared: Arc<Shared>) {
+    let (expected, limit) = {
+        let router = shared.router.load();
+        (router.proxy_protocol(), router.client_settings().head_timeout)
+    };
+    match tokio::time::timeout(limit, crate::proxy::proxy_protocol::read(&mut stream, expected)).await {
+        Ok(Ok(source)) => dispatch(stream, source.unwrap_or(peer), worker, &shared),
+        Ok(Err(e)) => {
+            tracing::debug!(client = %peer, error = %e, "closing a connection");
+            shared.limit.release();
+        }
+        Err(_) => {
+            tracing::debug!(client = %peer, "no PROXY protocol header within the head timeout; closing");
+            shared.limit.release();
         }
     }
 }
