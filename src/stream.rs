@@ -93,6 +93,14 @@ impl<T: TlsSession> Stream<T> {
         }
     }
 
+    /// The local address of the socket.
+    pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        match self {
+            Stream::Plain(s) => s.local_addr(),
+            Stream::Tls(m) => lock(m).tcp().local_addr(),
+        }
+    }
+
     /// The TLS session, if any.
     pub fn session(&self) -> Option<MutexGuard<'_, T>> {
         match self {

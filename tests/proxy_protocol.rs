@@ -133,3 +133,124 @@ async fn bad_headers_close_the_connection() {
     v1.shutdown().await;
     v2.shutdown().await;
 }
+
+/// An origin that records the PROXY header each connection starts with (v1 line or v2
+/// header), then answers every HTTP request on it with `ok` (or, with `echo`, echoes bytes).
+async fn header_recording_origin(echo: bool) -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = std::sync::Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let record = std::sync::Arc::clone(&record);
+            tokio::spawn(async move {
+                let mut first = [0u8; 16];
+                if s.read_exact(&mut first[..6]).await.is_err() {
+                    return;
+                }
+                let mut header = first[..6].to_vec();
+                if &first[..6] == b"PROXY " {
+                    while !header.ends_with(b"\r\n") {
+                        let mut b = [0u8; 1];
+                        s.read_exact(&mut b).await.expect("v1 byte");
+                        header.push(b[0]);
+                    }
+                } else {
+                    s.read_exact(&mut first[6..]).await.expect("v2 fixed");
+                    let len = u16::from_be_bytes([first[14], first[15]]) as usize;
+                    let mut body = vec![0u8; len];
+                    s.read_exact(&mut body).await.expect("v2 body");
+                    header = [&first[..], &body[..]].concat();
+                }
+                record.lock().expect("lock").push(header);
+                let mut buf = vec![0u8; 4096];
+                let mut pending = Vec::new();
+                loop {
+                    let n = match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if echo {
+                        let _ = s.write_all(&buf[..n]).await;
+                        continue;
+                    }
+                    pending.extend_from_slice(&buf[..n]);
+                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        pending.drain(..end + 4);
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// A TCP pool sends v1 naming the client its listener's own PROXY header (v2) named.
+#[tokio::test]
+async fn a_tcp_pool_passes_the_client_on_in_v1() {
+    let (origin, seen) = header_recording_origin(true).await;
+    let toml = format!(
+        "[server]\nworkers = 1\n\n[[listeners]]\nlisten = \"127.0.0.1:0\"\nmode = \"tcp\"\npool = \"db\"\nproxy_protocol = \"v2\"\n\n[pools.db]\nbackends = [\"{origin}\"]\nsend_proxy_protocol = \"v1\"\n"
+    );
+    let proxy = spawn_steelyard(config(&toml)).await;
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    let mut bytes = v2_header([203, 0, 113, 10], 4444);
+    bytes.extend_from_slice(b"hello");
+    s.write_all(&bytes).await.expect("write");
+    let mut echo = [0u8; 5];
+    s.read_exact(&mut echo).await.expect("echo");
+    assert_eq!(&echo, b"hello", "nothing but the header was added");
+    let headers = seen.lock().expect("lock").clone();
+    assert_eq!(
+        headers,
+        vec![format!("PROXY TCP4 203.0.113.10 127.0.0.1 4444 {}\r\n", proxy.addr.port()).into_bytes()]
+    );
+    drop(s);
+    proxy.shutdown().await;
+}
+
+/// An HTTP pool sends v2 on each connection it opens, and keeps such connections to the
+/// client they name: two requests of one client connection, two backend connections
+/// each starting with the header.
+#[tokio::test]
+async fn an_http_pool_sends_v2_per_connection() {
+    let (origin, seen) = header_recording_origin(false).await;
+    let toml = format!(
+        "[server]\nworkers = 1\n\n[[listeners]]\nlisten = \"127.0.0.1:0\"\nroutes = [{{ pool = \"web\" }}]\n\n[pools.web]\nbackends = [\"{origin}\"]\nsend_proxy_protocol = \"v2\"\n"
+    );
+    let proxy = spawn_steelyard(config(&toml)).await;
+    let client = client();
+    for _ in 0..2 {
+        let (status, body) = get(&client, &proxy.url("/")).await;
+        assert_eq!((status.as_u16(), body.as_str()), (200, "ok"));
+    }
+    let headers = seen.lock().expect("lock").clone();
+    assert_eq!(
+        headers.len(),
+        2,
+        "a connection per request: never shared between clients"
+    );
+    for h in &headers {
+        assert_eq!(&h[..12], b"\r\n\r\n\0\r\nQUIT\n");
+        assert_eq!((h[12], h[13]), (0x21, 0x11), "v2, PROXY, TCP over IPv4");
+        assert_eq!(&h[16..20], &[127, 0, 0, 1], "the client");
+        assert_eq!(&h[20..24], &[127, 0, 0, 1], "the address it reached");
+        assert_eq!(u16::from_be_bytes([h[26], h[27]]), proxy.addr.port());
+    }
+    proxy.shutdown().await;
+}
+
+/// HTTP/2 pools cannot send it: one connection carries many clients.
+#[test]
+fn h2_pools_cannot_send_it() {
+    let toml = "[[listeners]]\nlisten = \"127.0.0.1:0\"\nroutes = [{ pool = \"g\" }]\n\n[pools.g]\nbackends = [\"127.0.0.1:1\"]\nprotocol = \"h2c\"\nsend_proxy_protocol = \"v2\"\n";
+    let err = steelyard::Config::from_toml(toml, "t.toml", &steelyard::config::LiteralsOnly)
+        .expect_err("h2c")
+        .to_string();
+    assert!(
+        err.contains("pools.g.send_proxy_protocol: an HTTP/2 connection carries many clients' requests"),
+        "{err}"
+    );
+}

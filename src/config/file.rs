@@ -206,6 +206,8 @@ pub struct PoolSection {
     pub protocol: Option<Spanned<String>>,
     /// TLS to the backends.
     pub tls: Option<Spanned<UpstreamTlsSection>>,
+    /// `"v1"` or `"v2"`: send a PROXY protocol header on every connection to a backend.
+    pub send_proxy_protocol: Option<Spanned<String>>,
 }
 
 /// `[pools.NAME.tls]`: how to verify the backends' certificates.

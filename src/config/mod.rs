@@ -36,9 +36,9 @@ pub use listener::{
     ProxyProtocol, RouteConfig, TlsConfig,
 };
 pub use pool::{
-    Algorithm, BackendConfig, HashKey, PoolConfig, SelectOptions, StickyConfig, Timeouts, UpstreamProtocol,
-    UpstreamTlsConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DNS_REFRESH, DEFAULT_EWMA_DECAY, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_RESPONSE_HEADER_TIMEOUT, MAX_WEIGHT, STICKY_SECRET_ENV,
+    Algorithm, BackendConfig, HashKey, PoolConfig, ProxyVersion, SelectOptions, StickyConfig, Timeouts,
+    UpstreamProtocol, UpstreamTlsConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DNS_REFRESH, DEFAULT_EWMA_DECAY,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_RESPONSE_HEADER_TIMEOUT, MAX_WEIGHT, STICKY_SECRET_ENV,
 };
 pub use resilience::{CheckKind, HealthCheckConfig, PassiveConfig, RetryConfig, SlowStart, StatusSet};
 
@@ -300,6 +300,7 @@ impl Config {
                 dns_refresh: DEFAULT_DNS_REFRESH,
                 protocol: UpstreamProtocol::Http1,
                 tls: None,
+                send_proxy_protocol: None,
             }],
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             workers: None,

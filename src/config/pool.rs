@@ -171,6 +171,17 @@ pub struct PoolConfig {
     pub protocol: UpstreamProtocol,
     /// TLS to the backends, if on.
     pub tls: Option<UpstreamTlsConfig>,
+    /// The PROXY protocol version sent on each connection to a backend, if any.
+    pub send_proxy_protocol: Option<ProxyVersion>,
+}
+
+/// A PROXY protocol version to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyVersion {
+    /// The text line.
+    V1,
+    /// The binary header, with TLVs.
+    V2,
 }
 
 /// The protocol a pool speaks to its backends.
@@ -410,6 +421,25 @@ pub(super) fn validate(name: &str, section: &Spanned<PoolSection>, check: &mut C
         check.error(span, format!("{key}.dns_refresh: must be from 1s to 1h"));
     }
     let (protocol, tls) = upstream_protocol(&key, p, check);
+    let send_proxy_protocol = match p.send_proxy_protocol.as_ref().map(|v| (v.get_ref().as_str(), v.span())) {
+        None => None,
+        Some((_, span)) if protocol.is_h2() => {
+            check.error(
+                span,
+                format!("{key}.send_proxy_protocol: an HTTP/2 connection carries many clients' requests; a PROXY header names one"),
+            );
+            None
+        }
+        Some(("v1", _)) => Some(ProxyVersion::V1),
+        Some(("v2", _)) => Some(ProxyVersion::V2),
+        Some((other, span)) => {
+            check.error(
+                span,
+                format!("{key}.send_proxy_protocol: {other:?} is not \"v1\" or \"v2\""),
+            );
+            None
+        }
+    };
     PoolConfig {
         name: name.to_owned(),
         algorithm,
@@ -429,6 +459,7 @@ pub(super) fn validate(name: &str, section: &Spanned<PoolSection>, check: &mut C
         dns_refresh,
         protocol,
         tls,
+        send_proxy_protocol,
     }
 }
 

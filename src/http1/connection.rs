@@ -394,6 +394,10 @@ async fn serve_h2(conn: Client, shared: Arc<Shared>) {
     drop(info);
     let mut info = crate::proxy::forward::ConnInfo::new(peer, worker, stream.is_tls());
     info.tls_client = stream.client_subject();
+    info.tls_sni = stream
+        .session()
+        .and_then(|s| s.get_ref().1.server_name().map(str::to_owned));
+    info.local = stream.local_addr().unwrap_or(peer);
     let info = Arc::new(info);
     let router = Arc::clone(&shared.router);
     let limit = Arc::clone(&shared.limit);

@@ -38,6 +38,10 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The subject of the client's verified TLS certificate, for the access log.
     pub tls_client: Option<String>,
+    /// The server name the client sent over TLS (SNI).
+    pub tls_sni: Option<String>,
+    /// The address the client connected to.
+    pub local: SocketAddr,
 }
 
 impl ConnInfo {
@@ -51,6 +55,8 @@ impl ConnInfo {
             worker,
             tls,
             tls_client: None,
+            tls_sni: None,
+            local: peer,
         }
     }
 }
@@ -212,6 +218,13 @@ pub(crate) async fn proxy(
         .is_h2()
         .then_some(if config.tls.is_some() { "https" } else { "http" });
     pool.retry_budget().deposit();
+    let proxy_header = config.send_proxy_protocol.map(|version| {
+        let extras = super::proxy_protocol::Extras {
+            authority: conn.tls_sni.as_deref(),
+            alpn: conn.tls.then_some(&b"h2"[..]),
+        };
+        super::proxy_protocol::encode(version, conn.peer, conn.local, extras)
+    });
     // A gRPC call's own deadline bounds it like `timeouts.request`, whichever ends first.
     let now = Instant::now();
     let grpc_deadline = super::error::is_grpc(&parts.headers)
@@ -269,7 +282,11 @@ pub(crate) async fn proxy(
         };
         let mut request_sent = false;
         let exchange = tokio::time::timeout_at(attempt_deadline, async {
-            let mut connection = member.connections.checkout(conn.worker).await.map_err(|e| (false, e))?;
+            let mut connection = match &proxy_header {
+                Some(header) => member.connections.connect_private(conn.worker, header).await,
+                None => member.connections.checkout(conn.worker).await,
+            }
+            .map_err(|e| (false, e))?;
             let Some(upstream_req) = next_request(&mut parts, &mut payload, backend, conn.worker, h2_scheme) else {
                 return Ok(None);
             };

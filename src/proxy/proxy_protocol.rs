@@ -14,6 +14,8 @@ use tokio::net::TcpStream;
 
 /// What a listener accepts.
 pub use crate::config::ProxyProtocol;
+/// What a pool sends.
+pub use crate::config::ProxyVersion;
 
 /// Version 2's signature.
 const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
@@ -172,6 +174,79 @@ async fn read_v1(stream: &mut TcpStream, peeked: &[u8]) -> Result<Source, ProxyH
     parse_v1(&line)
 }
 
+/// What a PROXY header sent to a backend may say besides the addresses (v2 TLVs).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Extras<'a> {
+    /// The server name the client asked for (TLS SNI): `PP2_TYPE_AUTHORITY`.
+    pub authority: Option<&'a str>,
+    /// The protocol agreed by ALPN: `PP2_TYPE_ALPN`.
+    pub alpn: Option<&'a [u8]>,
+}
+
+/// The header a pool sends on a new connection for a client at `source` that reached
+/// Steelyard at `destination`.
+pub fn encode(version: ProxyVersion, source: SocketAddr, destination: SocketAddr, extras: Extras<'_>) -> Vec<u8> {
+    let (source, destination) = (canonical(source), canonical(destination));
+    match version {
+        ProxyVersion::V1 => {
+            let family = match (source, destination) {
+                (SocketAddr::V4(_), SocketAddr::V4(_)) => "TCP4",
+                (SocketAddr::V6(_), SocketAddr::V6(_)) => "TCP6",
+                _ => return b"PROXY UNKNOWN\r\n".to_vec(),
+            };
+            format!(
+                "PROXY {family} {} {} {} {}\r\n",
+                source.ip(),
+                destination.ip(),
+                source.port(),
+                destination.port()
+            )
+            .into_bytes()
+        }
+        ProxyVersion::V2 => {
+            let mut out = V2_SIGNATURE.to_vec();
+            out.push(0x21); // version 2, PROXY
+            let mut body = Vec::with_capacity(64);
+            match (source, destination) {
+                (SocketAddr::V4(s), SocketAddr::V4(d)) => {
+                    out.push(0x11);
+                    body.extend_from_slice(&s.ip().octets());
+                    body.extend_from_slice(&d.ip().octets());
+                }
+                (s, d) => {
+                    out.push(0x21);
+                    body.extend_from_slice(&v6(s.ip()).octets());
+                    body.extend_from_slice(&v6(d.ip()).octets());
+                }
+            }
+            body.extend_from_slice(&source.port().to_be_bytes());
+            body.extend_from_slice(&destination.port().to_be_bytes());
+            for (kind, value) in [(0x02u8, extras.authority.map(str::as_bytes)), (0x01, extras.alpn)] {
+                if let Some(v) = value.filter(|v| v.len() <= 255) {
+                    body.push(kind);
+                    body.extend_from_slice(&(v.len() as u16).to_be_bytes());
+                    body.extend_from_slice(v);
+                }
+            }
+            out.extend_from_slice(&(body.len() as u16).to_be_bytes());
+            out.extend_from_slice(&body);
+            out
+        }
+    }
+}
+
+/// IPv4-mapped IPv6 addresses as IPv4, so that a v4 client stays TCP4.
+fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
+}
+
+fn v6(ip: IpAddr) -> Ipv6Addr {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,6 +283,33 @@ mod tests {
         fixed[13] = family;
         fixed[14..].copy_from_slice(&(body.len() as u16).to_be_bytes());
         (fixed, body.to_vec())
+    }
+
+    #[test]
+    fn what_is_sent_parses_back() {
+        let (src, dst): (SocketAddr, SocketAddr) = (
+            "203.0.113.9:5555".parse().expect("a"),
+            "127.0.0.1:80".parse().expect("a"),
+        );
+        let v1 = encode(ProxyVersion::V1, src, dst, Extras::default());
+        assert_eq!(v1, b"PROXY TCP4 203.0.113.9 127.0.0.1 5555 80\r\n");
+        assert_eq!(parse_v1(&v1), Ok(Some(src)));
+        let extras = Extras {
+            authority: Some("a.test"),
+            alpn: Some(b"h2"),
+        };
+        let v2 = encode(ProxyVersion::V2, src, dst, extras);
+        let mut fixed = [0u8; 16];
+        fixed.copy_from_slice(&v2[..16]);
+        assert_eq!(parse_v2(&fixed, &v2[16..]), Ok(Some(src)));
+        assert_eq!(&v2[16 + 12..], b"\x02\x00\x06a.test\x01\x00\x02h2", "TLVs");
+        let mixed = encode(
+            ProxyVersion::V1,
+            "[2001:db8::1]:1".parse().expect("a"),
+            dst,
+            Extras::default(),
+        );
+        assert_eq!(mixed, b"PROXY UNKNOWN\r\n");
     }
 
     #[test]

@@ -27,6 +27,7 @@ use crate::http1::buffer::Buffer;
 use crate::http1::connection::Shared;
 use crate::http1::exchange::{self, Progress};
 use crate::proxy::client_hello::{self, Hello};
+use crate::proxy::proxy_protocol;
 use crate::proxy::retry;
 use crate::stream::UpstreamIo;
 use crate::upstream::connect::ConnectError;
@@ -40,7 +41,7 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, worker: usize, pool: Arc
     // Counted against the listener's limit until it closes; drained at shutdown.
     let _registered = shared.registry.register(&client, peer, worker);
     let _ = client.set_nodelay(true);
-    relay(client, Buffer::default(), peer, worker, &pool, &shared, false).await;
+    relay(client, Buffer::default(), peer, worker, &pool, &shared, None).await;
 }
 
 /// Serves one connection of a `tls-passthrough` listener: reads the ClientHello (within the
@@ -81,12 +82,13 @@ pub async fn serve_passthrough(mut client: TcpStream, peer: SocketAddr, worker: 
         tracing::warn!(client = %peer, server_name = name.as_deref().unwrap_or(""), "no route for this server name; closing");
         return;
     };
-    relay(client, hello, peer, worker, &pool, &shared, true).await;
+    relay(client, hello, peer, worker, &pool, &shared, Some(name.as_deref())).await;
 }
 
 /// Connects to a backend of `pool` (retrying a failed connect on another) and copies bytes
-/// both ways, `first` (bytes already read from the client) before anything else. `plain`
-/// forces plain TCP to the backend: passed-through TLS must not be wrapped again.
+/// both ways, `first` (bytes already read from the client) before anything else.
+/// `passthrough` (with the client's server name, if it sent one) forces plain TCP to the
+/// backend: passed-through TLS must not be wrapped again.
 async fn relay(
     mut client: TcpStream,
     first: Buffer,
@@ -94,10 +96,21 @@ async fn relay(
     worker: usize,
     pool: &Arc<Pool>,
     shared: &Shared,
-    plain: bool,
+    passthrough: Option<Option<&str>>,
 ) {
     let idle = shared.router.load().client_settings().tunnel_idle_timeout;
     let config = pool.config();
+    let plain = passthrough.is_some();
+    // The PROXY header names the client (as the listener saw it, or as its own PROXY
+    // header said) and the address it reached.
+    let preamble = config.send_proxy_protocol.map(|version| {
+        let local = client.local_addr().unwrap_or(peer);
+        let extras = proxy_protocol::Extras {
+            authority: passthrough.flatten(),
+            alpn: None,
+        };
+        proxy_protocol::encode(version, peer, local, extras)
+    });
     pool.retry_budget().deposit();
     let view = RequestView::of_raw(peer.ip(), b"", &[], "/");
     let mut tried = [0usize; MAX_ATTEMPTS];
@@ -112,9 +125,17 @@ async fn relay(
         attempts += 1;
         let member = &pool.members()[index];
         let connected = if plain {
-            connect_plain(member.connector.address(), config.timeouts.connect).await
+            connect_plain(member.connector.address(), config.timeouts.connect, preamble.as_deref()).await
         } else {
-            member.connector.connect_within(config.timeouts.connect).await
+            match tokio::time::timeout(
+                config.timeouts.connect,
+                member.connector.connect_with(preamble.as_deref()),
+            )
+            .await
+            {
+                Ok(result) => result,
+                Err(_) => Err(ConnectError::TimedOut(config.timeouts.connect)),
+            }
         };
         match connected {
             Ok(upstream) => break (index, upstream),
@@ -185,13 +206,22 @@ async fn relay(
     drop(in_flight);
 }
 
-/// A plain TCP connection to `address` within `timeout`.
-async fn connect_plain(address: SocketAddr, timeout: Duration) -> Result<UpstreamIo, ConnectError> {
-    match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
-        Ok(Ok(stream)) => {
-            let _ = stream.set_nodelay(true);
-            Ok(UpstreamIo::Plain(stream))
+/// A plain TCP connection to `address` within `timeout`, `preamble` written first.
+async fn connect_plain(
+    address: SocketAddr,
+    timeout: Duration,
+    preamble: Option<&[u8]>,
+) -> Result<UpstreamIo, ConnectError> {
+    let connect = async {
+        let mut stream = TcpStream::connect(address).await?;
+        let _ = stream.set_nodelay(true);
+        if let Some(bytes) = preamble {
+            tokio::io::AsyncWriteExt::write_all(&mut stream, bytes).await?;
         }
+        Ok::<_, std::io::Error>(stream)
+    };
+    match tokio::time::timeout(timeout, connect).await {
+        Ok(Ok(stream)) => Ok(UpstreamIo::Plain(stream)),
         Ok(Err(e)) => Err(ConnectError::Failed(e)),
         Err(_) => Err(ConnectError::TimedOut(timeout)),
     }

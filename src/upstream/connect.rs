@@ -88,8 +88,19 @@ impl Connector {
     /// Opens a TCP connection and, for a TLS backend, completes the handshake. The caller
     /// bounds the whole with the connect timeout.
     pub async fn connect(&self) -> Result<UpstreamIo, ConnectError> {
-        let stream = TcpStream::connect(self.address).await.map_err(ConnectError::Failed)?;
+        self.connect_with(None).await
+    }
+
+    /// [`Connector::connect`], writing `preamble` (a PROXY protocol header) first, before any
+    /// TLS.
+    pub async fn connect_with(&self, preamble: Option<&[u8]>) -> Result<UpstreamIo, ConnectError> {
+        let mut stream = TcpStream::connect(self.address).await.map_err(ConnectError::Failed)?;
         let _ = stream.set_nodelay(true);
+        if let Some(bytes) = preamble {
+            tokio::io::AsyncWriteExt::write_all(&mut stream, bytes)
+                .await
+                .map_err(ConnectError::Failed)?;
+        }
         let Some(tls) = self.tls.load_full() else {
             return Ok(UpstreamIo::Plain(stream));
         };

@@ -181,6 +181,8 @@ pub struct PooledConnection {
     /// The worker whose idle queue it goes back to.
     worker: usize,
     reused: bool,
+    /// Opened for one client (it began with that client's PROXY header): never shared.
+    private: bool,
 }
 
 impl ConnectionPool {
@@ -254,6 +256,7 @@ impl ConnectionPool {
                 home: Arc::clone(self),
                 worker,
                 reused: true,
+                private: false,
             });
         }
         self.connect(worker).await
@@ -267,13 +270,32 @@ impl ConnectionPool {
             home: Arc::clone(self),
             worker,
             reused: true,
+            private: false,
         })
     }
 
     /// Opens a new connection and spawns the task that drives it; an HTTP/2 one becomes this
     /// worker's shared connection.
     pub async fn connect(self: &Arc<Self>, worker: usize) -> Result<PooledConnection, UpstreamError> {
-        let io = self.connector.connect_within(self.timeouts.connect()).await?;
+        self.open(worker, None).await
+    }
+
+    /// Opens an HTTP/1.1 connection for one client, starting with its PROXY protocol header
+    /// `preamble`: it is closed after the response instead of pooled.
+    pub async fn connect_private(
+        self: &Arc<Self>,
+        worker: usize,
+        preamble: &[u8],
+    ) -> Result<PooledConnection, UpstreamError> {
+        self.open(worker, Some(preamble)).await
+    }
+
+    async fn open(self: &Arc<Self>, worker: usize, preamble: Option<&[u8]>) -> Result<PooledConnection, UpstreamError> {
+        let limit = self.timeouts.connect();
+        let io = match tokio::time::timeout(limit, self.connector.connect_with(preamble)).await {
+            Ok(result) => result?,
+            Err(_) => return Err(ConnectError::TimedOut(limit).into()),
+        };
         let address = self.connector.address();
         let sender = if self.connector.protocol().is_h2() {
             let (sender, connection) = http2::Builder::new(TokioExecutor::new())
@@ -303,6 +325,7 @@ impl ConnectionPool {
             home: Arc::clone(self),
             worker,
             reused: false,
+            private: preamble.is_some(),
         })
     }
 
@@ -394,6 +417,9 @@ impl PooledConnection {
     /// Returns the connection to its pool for the next request. Call only once the response
     /// body has been read to its end.
     pub fn release(self) {
+        if self.private {
+            return;
+        }
         let Sender::H1(sender) = self.sender else {
             // HTTP/2: the shared connection stays in its slot; this handle just goes.
             return;

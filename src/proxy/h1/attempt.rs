@@ -43,6 +43,9 @@ struct AttemptPlan<'a> {
     set_cookie: Option<&'a [u8]>,
     /// Whether a final status is one to retry on (and the budget allows it).
     retry_status: &'a (dyn Fn(u16) -> bool + Sync),
+    /// The PROXY protocol header the pool sends: its connections then each carry one
+    /// client's requests, and are neither taken from nor given back to the shared pool.
+    proxy_header: Option<&'a [u8]>,
 }
 
 /// How one exchange with a backend ended, for the retry loop.
@@ -104,6 +107,10 @@ pub(super) async fn proxy(
         _ => None,
     };
     let replayable = replay.is_some();
+    // Built only for pools that send the PROXY protocol.
+    let proxy_header = config
+        .send_proxy_protocol
+        .map(|version| proxy_header_for(conn, version));
     let client_keeps = req.keep_alive && !shared.stopping();
     let mut tried = [0usize; MAX_ATTEMPTS];
     let mut attempts = 0usize;
@@ -191,11 +198,12 @@ pub(super) async fn proxy(
             started: attempt_started,
             set_cookie: set_cookie.as_ref().map(|c| c.as_bytes()),
             retry_status: &retry_status,
+            proxy_header: proxy_header.as_deref(),
         };
         let (outcome, reusable) = attempt(conn, shared, &plan, &mut replay, &mut body_touched, timer, scratch).await;
         let ended = Instant::now();
         let latency = ended - attempt_started;
-        if let Some(upstream) = reusable {
+        if let Some(upstream) = reusable.filter(|_| proxy_header.is_none()) {
             member
                 .idle
                 .checkin(conn.info.worker as usize, upstream, nanos_at(ended.into_std()));
@@ -345,9 +353,12 @@ async fn attempt(
     scratch: &mut Scratch,
 ) -> (Attempt, Option<UpstreamIo>) {
     let member = plan.member;
-    let mut pooled = member
-        .idle
-        .checkout(conn.info.worker as usize, nanos_at(plan.started.into_std()));
+    let mut pooled = match plan.proxy_header {
+        Some(_) => None,
+        None => member
+            .idle
+            .checkout(conn.info.worker as usize, nanos_at(plan.started.into_std())),
+    };
     loop {
         let reused = pooled.is_some();
         let mut upstream = match pooled.take() {
@@ -356,7 +367,12 @@ async fn attempt(
                 let wait = member.idle.connect_timeout();
                 let connect_deadline = (Instant::now() + wait).min(plan.deadline);
                 // Boxed: a new connection is rare on the keep-alive path, and its future large.
-                match Box::pin(tokio::time::timeout_at(connect_deadline, member.idle.connect())).await {
+                match Box::pin(tokio::time::timeout_at(
+                    connect_deadline,
+                    member.connector.connect_with(plan.proxy_header),
+                ))
+                .await
+                {
                     Ok(Ok(s)) => s,
                     Ok(Err(e @ (ConnectError::Tls(_) | ConnectError::Alpn(_)))) => {
                         tracing::warn!(backend = %member.backend.address(), error = %e, "cannot open a connection to the backend");
@@ -436,6 +452,7 @@ async fn exchange(
         started: attempt_started,
         set_cookie,
         retry_status,
+        ..
     } = *plan;
     let backend = &member.backend;
     let mut ip_text = [0u8; 48];
@@ -693,6 +710,17 @@ async fn tunnel(
         }
     }
     shared.limit.tunnel_closed();
+}
+
+/// The PROXY protocol header naming this request's client, for a pool that sends one.
+fn proxy_header_for(conn: &Client, version: crate::config::ProxyVersion) -> Vec<u8> {
+    let local = conn.stream.local_addr().unwrap_or(conn.info.peer);
+    let session = conn.stream.session();
+    let extras = crate::proxy::proxy_protocol::Extras {
+        authority: session.as_ref().and_then(|s| s.get_ref().1.server_name()),
+        alpn: session.as_ref().and_then(|s| s.get_ref().1.alpn_protocol()),
+    };
+    crate::proxy::proxy_protocol::encode(version, conn.info.peer, local, extras)
 }
 
 /// The client's IP as text (IPv4-mapped IPv6 as IPv4), written into `buf` without allocating.
