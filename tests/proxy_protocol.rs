@@ -254,3 +254,42 @@ fn h2_pools_cannot_send_it() {
         "{err}"
     );
 }
+
+/// HAProxy from Debian in front, sending v2 (`send-proxy-v2`) in TCP mode: requests through it
+/// are served by a listener that requires v2.
+#[tokio::test]
+async fn haproxy_in_front_sends_v2() {
+    let origin = spawn_origin("a").await;
+    let proxy = spawn_steelyard(config(&toml(origin.addr, "v2"))).await;
+    let front = free_port();
+    let dir = std::env::temp_dir().join(format!("steelyard-haproxy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let cfg = dir.join("haproxy.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\nfrontend fe\n  bind {front}\n  default_backend be\n\nbackend be\n  server s1 {} send-proxy-v2\n",
+            proxy.addr
+        ),
+    )
+    .expect("write");
+    let mut haproxy = std::process::Command::new("haproxy")
+        .args(["-db", "-f", cfg.to_str().expect("utf-8")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("haproxy is needed (./test installs it: apt-get install haproxy): {e}"));
+    eventually("HAProxy to listen", || async {
+        TcpStream::connect(front).await.is_ok()
+    })
+    .await;
+    let client = client();
+    for _ in 0..3 {
+        let (status, body) = get(&client, &format!("http://{front}/")).await;
+        assert_eq!((status.as_u16(), body.as_str()), (200, "a"));
+    }
+    assert_eq!(origin.last_headers()["x-forwarded-for"], "127.0.0.1");
+    let _ = haproxy.kill();
+    let _ = haproxy.wait();
+    proxy.shutdown().await;
+}
