@@ -12,6 +12,10 @@
 #   3. all cores, nothing pinned except the origins: req/s and CPU µs per request.
 #   4. HTTPS, pinned as in 1: TLS 1.3 (ECDSA P-256) on keep-alive connections.
 #   5. HTTPS, pinned, a new connection (a full TLS 1.3 handshake) for every request.
+#   6. TCP (nginx stream, HAProxy mode tcp, Steelyard mode = "tcp"), pinned: HTTP/1.1
+#      through each as bytes, keep-alive; a new connection per request; 1 MiB responses.
+#
+#   SCENARIOS="tcp" bash bench/compare.sh   # only some: pinned idle allcores https tcp
 #
 # Everything listens on 127.0.0.1 only, on ports chosen free at run time. Every
 # process started is recorded and killed by PID on exit, including Ctrl-C.
@@ -30,6 +34,8 @@ NPROC="$(nproc)"
 ALL_THREADS="${ALL_THREADS:-$NPROC}"   # wrk threads for the all-cores scenario
 LB_CPU="${LB_CPU:-0}"          # core for the balancer under test
 LOAD_CPU="${LOAD_CPU:-1}"      # core for origins, wrk and the idle-connection client
+SCENARIOS="${SCENARIOS:-pinned idle allcores https tcp}"
+WRK_PATH="/"                   # the path wrk requests (scenario 6 also fetches /big)
 RESULTS_DIR="$BENCH_DIR/results"
 
 BALANCERS=(nginx haproxy steelyard)
@@ -63,10 +69,11 @@ http {
     fastcgi_temp_path $dir/fastcgi;
     uwsgi_temp_path $dir/uwsgi;
     scgi_temp_path $dir/scgi;
-    server { listen 127.0.0.1:$ORIGIN_A; location / { return 200 "hello\n"; } }
-    server { listen 127.0.0.1:$ORIGIN_B; location / { return 200 "hello\n"; } }
+    server { listen 127.0.0.1:$ORIGIN_A; location / { return 200 "hello\n"; } location = /big { alias $dir/big.bin; } }
+    server { listen 127.0.0.1:$ORIGIN_B; location / { return 200 "hello\n"; } location = /big { alias $dir/big.bin; } }
 }
 EOF
+    head -c 1048576 /dev/zero >"$dir/big.bin"
     start_bg origins taskset -c "$LOAD_CPU" nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf"
     wait_for_port "$ORIGIN_A" "$LAST_PID" origins
     wait_for_port "$ORIGIN_B" "$LAST_PID" origins
@@ -74,10 +81,11 @@ EOF
 
 # -------------------------------------------------------------- balancers ---
 
-# start_balancer NAME PORT WORKERS PIN [tls]
+# start_balancer NAME PORT WORKERS PIN [tls|tcp]
 #   WORKERS: worker processes/threads ("auto"/nproc for the all-cores scenario)
 #   PIN: a CPU list for taskset, or "" for unpinned
 #   tls: terminate TLS 1.3 with $WORK/tls/cert.pem and key.pem
+#   tcp: balance TCP connections (nginx stream, HAProxy mode tcp, Steelyard mode = "tcp")
 start_balancer() {
     local name=$1 port=$2 workers=$3 pin=$4 tls=${5:-} dir="$WORK/$1-$2"
     local nginx_tls="" haproxy_tls="" scheme=http
@@ -94,6 +102,10 @@ start_balancer() {
     local -a launch=()
     [[ -n "$pin" ]] && launch=(taskset -c "$pin")
     mkdir -p "$dir"
+    if [[ "$tls" == tcp ]]; then
+        start_tcp_balancer "$name" "$port" "$workers" "$dir"
+        return
+    fi
     case "$name" in
         nginx)
             # Upstream keep-alive needs all three: keepalive in the upstream,
@@ -181,10 +193,88 @@ EOF
         die "$name on port $port does not proxy to the origins (see $WORK/$name-$port.log)"
 }
 
+# The TCP flavour of start_balancer (its arguments; the caller's `launch` holds the pinning).
+start_tcp_balancer() {
+    local name=$1 port=$2 workers=$3 dir=$4
+    case "$name" in
+        nginx)
+            cat >"$dir/nginx.conf" <<EOF
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+worker_processes $workers;
+daemon off;
+user root;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+worker_rlimit_nofile $(ulimit -n);
+events { worker_connections $(($(ulimit -n) - 100)); }
+stream {
+    upstream origins {
+        server 127.0.0.1:$ORIGIN_A;
+        server 127.0.0.1:$ORIGIN_B;
+    }
+    server {
+        listen 127.0.0.1:$port;
+        proxy_pass origins;
+    }
+}
+EOF
+            launch+=(nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf")
+            ;;
+        haproxy)
+            cat >"$dir/haproxy.cfg" <<EOF
+global
+    nbthread $workers
+    maxconn $(( ($(ulimit -n) - 200) / 2 ))
+
+defaults
+    mode tcp
+    maxconn $(( ($(ulimit -n) - 200) / 2 ))
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+
+frontend fe
+    bind 127.0.0.1:$port
+    default_backend origins
+
+backend origins
+    balance roundrobin
+    server a 127.0.0.1:$ORIGIN_A
+    server b 127.0.0.1:$ORIGIN_B
+EOF
+            launch+=(haproxy -db -f "$dir/haproxy.cfg")
+            ;;
+        steelyard)
+            cat >"$dir/steelyard.toml" <<EOF
+[server]
+workers = $workers
+
+[[listeners]]
+listen = "127.0.0.1:$port"
+mode = "tcp"
+pool = "origins"
+
+[pools.origins]
+backends = ["127.0.0.1:$ORIGIN_A", "127.0.0.1:$ORIGIN_B"]
+EOF
+            launch+=("$STEELYARD_BIN" --config "$dir/steelyard.toml" --log-level warn)
+            ;;
+        *) die "unknown balancer $name" ;;
+    esac
+    start_bg "$name-$port" "${launch[@]}"
+    LB_PID[$name]=$LAST_PID
+    LB_PORT[$name]=$port
+    wait_for_port "$port" "$LAST_PID" "$name-$port"
+    curl -fsS --max-time 5 "http://127.0.0.1:$port/" >/dev/null ||
+        die "$name (tcp) on port $port does not reach the origins (see $WORK/$name-$port.log)"
+}
+
 stop_balancers() {
     local name
     for name in "${BALANCERS[@]}"; do
-        stop_pid "${LB_PID[$name]}"
+        if [[ -n "${LB_PID[$name]:-}" ]]; then
+            stop_pid "${LB_PID[$name]}"
+        fi
     done
 }
 
@@ -198,7 +288,7 @@ measure_rps() {
     local -a wrk=(wrk)
     [[ -n "$pin" ]] && wrk=(taskset -c "$pin" wrk)
     wrk+=("${@:8}")
-    local url="$scheme://127.0.0.1:$port/" out="$WORK/$scenario-$name-$round.wrk"
+    local url="$scheme://127.0.0.1:$port$WRK_PATH" out="$WORK/$scenario-$name-$round.wrk"
     local pid="${LB_PID[$name]:-}" before after requests rps p50 p99 errors cpu="-"
 
     # Warm up: fills the upstream keep-alive pools and the caches.
@@ -308,6 +398,37 @@ run_https() {
     done
 }
 
+# Scenario 6: TCP balancing, pinned as in 1. HTTP/1.1 passes through as bytes: keep-alive
+# requests (the per-request relay cost), a new connection per request (connections/s and
+# CPU per connection), and 1 MiB responses (throughput: MiB/s = req/s, CPU µs per MiB).
+run_tcp() {
+    local round name ports
+    log "scenario 6: TCP, one worker, balancer on CPU $LB_CPU"
+    stop_balancers
+    read -ra ports <<<"$(free_ports 3)"
+    start_balancer nginx "${ports[0]}" 1 "$LB_CPU" tcp
+    start_balancer haproxy "${ports[1]}" 1 "$LB_CPU" tcp
+    start_balancer steelyard "${ports[2]}" 1 "$LB_CPU" tcp
+    for ((round = 1; round <= ROUNDS; round++)); do
+        for name in "${BALANCERS[@]}"; do
+            measure_rps tcp "$name" "$round" "${LB_PORT[$name]}" "$LOAD_CPU" "$THREADS"
+        done
+    done
+    for ((round = 1; round <= ROUNDS; round++)); do
+        for name in "${BALANCERS[@]}"; do
+            measure_rps tcpconn "$name" "$round" "${LB_PORT[$name]}" "$LOAD_CPU" "$THREADS" http \
+                -H "Connection: close"
+        done
+    done
+    WRK_PATH=/big
+    for ((round = 1; round <= ROUNDS; round++)); do
+        for name in "${BALANCERS[@]}"; do
+            measure_rps tcpbig "$name" "$round" "${LB_PORT[$name]}" "$LOAD_CPU" "$THREADS"
+        done
+    done
+    WRK_PATH=/
+}
+
 # ----------------------------------------------------------------- report ---
 
 machine_description() {
@@ -333,38 +454,69 @@ write_report() {
         echo "## Steelyard vs nginx vs HAProxy"
         echo
         machine_description
-        echo
-        echo "### 1. One worker, balancer pinned to CPU $LB_CPU (origins and wrk on CPU $LOAD_CPU)"
-        echo
-        echo "Median of $ROUNDS interleaved rounds of wrk -t$THREADS -c$CONNS -d${DURATION}s;" \
-            "\"direct\" is wrk straight at one origin. Errors are summed over rounds."
-        echo
-        python3 "$BENCH_DIR/report.py" throughput "$WORK/pinned.tsv" "$WORK/pinned-rss.tsv"
-        echo
-        echo "### 2. Memory per idle keep-alive client connection"
-        echo
-        python3 "$BENCH_DIR/report.py" idle "$WORK/idle.tsv"
-        echo
-        echo "### 3. All $NPROC cores, balancer and wrk unpinned (noisy on small machines)"
-        echo
-        echo "Median of $ROUNDS interleaved rounds of wrk -t$ALL_THREADS -c$CONNS -d${DURATION}s."
-        echo
-        python3 "$BENCH_DIR/report.py" throughput "$WORK/allcores.tsv"
-        echo
-        echo "### 4. HTTPS (TLS 1.3, ECDSA P-256), keep-alive, one worker pinned as in 1"
-        echo
-        python3 "$BENCH_DIR/report.py" throughput "$WORK/https.tsv"
-        echo
-        echo "### 5. HTTPS, a new connection and a full TLS 1.3 handshake per request"
-        echo
-        echo "CPU µs per request is CPU per handshake plus one proxied request."
-        echo
-        python3 "$BENCH_DIR/report.py" throughput "$WORK/handshake.tsv"
+        if [[ -f "$WORK/pinned.tsv" ]]; then
+            echo
+            echo "### 1. One worker, balancer pinned to CPU $LB_CPU (origins and wrk on CPU $LOAD_CPU)"
+            echo
+            echo "Median of $ROUNDS interleaved rounds of wrk -t$THREADS -c$CONNS -d${DURATION}s;" \
+                "\"direct\" is wrk straight at one origin. Errors are summed over rounds."
+            echo
+            python3 "$BENCH_DIR/report.py" throughput "$WORK/pinned.tsv" "$WORK/pinned-rss.tsv"
+        fi
+        if [[ -f "$WORK/idle.tsv" ]]; then
+            echo
+            echo "### 2. Memory per idle keep-alive client connection"
+            echo
+            python3 "$BENCH_DIR/report.py" idle "$WORK/idle.tsv"
+        fi
+        if [[ -f "$WORK/allcores.tsv" ]]; then
+            echo
+            echo "### 3. All $NPROC cores, balancer and wrk unpinned (noisy on small machines)"
+            echo
+            echo "Median of $ROUNDS interleaved rounds of wrk -t$ALL_THREADS -c$CONNS -d${DURATION}s."
+            echo
+            python3 "$BENCH_DIR/report.py" throughput "$WORK/allcores.tsv"
+        fi
+        if [[ -f "$WORK/https.tsv" ]]; then
+            echo
+            echo "### 4. HTTPS (TLS 1.3, ECDSA P-256), keep-alive, one worker pinned as in 1"
+            echo
+            python3 "$BENCH_DIR/report.py" throughput "$WORK/https.tsv"
+            echo
+            echo "### 5. HTTPS, a new connection and a full TLS 1.3 handshake per request"
+            echo
+            echo "CPU µs per request is CPU per handshake plus one proxied request."
+            echo
+            python3 "$BENCH_DIR/report.py" throughput "$WORK/handshake.tsv"
+        fi
+        if [[ -f "$WORK/tcp.tsv" ]]; then
+            echo
+            echo "### 6. TCP balancing (nginx stream, HAProxy mode tcp, Steelyard mode = \"tcp\"), pinned as in 1"
+            echo
+            echo "HTTP/1.1 through each balancer as bytes. a) keep-alive requests; b) a new TCP"
+            echo "connection per request (req/s = connections/s, CPU per request = CPU per connection);"
+            echo "c) 1 MiB responses on keep-alive connections (req/s = MiB/s, CPU µs per request = per MiB)."
+            echo
+            echo "a) keep-alive"
+            echo
+            python3 "$BENCH_DIR/report.py" throughput "$WORK/tcp.tsv"
+            echo
+            echo "b) a connection per request"
+            echo
+            python3 "$BENCH_DIR/report.py" throughput "$WORK/tcpconn.tsv"
+            echo
+            echo "c) 1 MiB responses"
+            echo
+            python3 "$BENCH_DIR/report.py" throughput "$WORK/tcpbig.tsv"
+        fi
     } >"$report"
+    # A run of some scenarios only leaves the full run's latest.md alone.
+    local out=latest
+    [[ "$SCENARIOS" == "pinned idle allcores https tcp" ]] || out="latest-${SCENARIOS// /-}"
     mkdir -p "$RESULTS_DIR"
-    cp "$report" "$RESULTS_DIR/latest.md"
+    cp "$report" "$RESULTS_DIR/$out.md"
     cat "$report"
-    log "wrote $RESULTS_DIR/latest.md"
+    log "wrote $RESULTS_DIR/$out.md"
 }
 
 # ------------------------------------------------------------------- main ---
@@ -373,6 +525,12 @@ main() {
     ((NPROC >= 2)) || die "needs at least 2 cores (balancer on one, load on another)"
     ensure_packages nginx:nginx haproxy:haproxy wrk:wrk curl:curl taskset:util-linux openssl:openssl \
         python3:python3 pgrep:procps
+    # nginx's stream module (scenario 6) is a package of its own on Debian.
+    if [[ ! -f /usr/lib/nginx/modules/ngx_stream_module.so ]]; then
+        [[ $(id -u) -eq 0 ]] || die "need root to apt-get install libnginx-mod-stream"
+        log "installing libnginx-mod-stream"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libnginx-mod-stream >&2
+    fi
     build_steelyard
     raise_nofile
     (($(ulimit -n) >= IDLE_CONNS + 1000)) ||
@@ -382,10 +540,17 @@ main() {
     log "work dir $WORK"
     read -r ORIGIN_A ORIGIN_B <<<"$(free_ports 2)"
     start_origins
-    run_pinned
-    run_idle
-    run_all_cores
-    run_https
+    local scenario
+    for scenario in $SCENARIOS; do
+        case "$scenario" in
+            pinned) run_pinned ;;
+            idle) run_idle ;;
+            allcores) run_all_cores ;;
+            https) run_https ;;
+            tcp) run_tcp ;;
+            *) die "unknown scenario $scenario (pinned idle allcores https tcp)" ;;
+        esac
+    done
     write_report
 }
 

@@ -179,7 +179,28 @@ impl Buffer {
     /// `Ok(0)` is end of stream; a full buffer is the error [`full`].
     pub async fn read_from<R: AsyncRead + Unpin>(&mut self, r: &mut R, limit: usize) -> std::io::Result<usize> {
         let room = self.room(limit).ok_or_else(full)?;
-        r.read_buf(room).await
+        let spare = room.capacity() - room.len();
+        let n = r.read_buf(room).await?;
+        if n == spare {
+            self.grow(limit);
+        }
+        Ok(n)
+    }
+
+    /// After a read that filled the small buffer: more is likely waiting (a body streaming
+    /// through), so the next read gets a large one, even once these bytes are consumed. Without
+    /// this a drained small buffer would carry a whole body 2 KiB at a time.
+    fn grow(&mut self, limit: usize) {
+        if limit < BUF_SIZE {
+            return;
+        }
+        if let Some(d) = &mut self.data {
+            if d.capacity() == SMALL_SIZE {
+                let mut large = take();
+                large.extend_from_slice(d);
+                give(std::mem::replace(d, large));
+            }
+        }
     }
 
     /// Moves the unread bytes to the front of the buffer (so that a head parsed from them

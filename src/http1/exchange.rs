@@ -5,7 +5,7 @@
 use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::buffer::{Buffer, BUF_SIZE};
 use super::chunked::{self, ChunkError, Decoder, Event};
@@ -158,14 +158,14 @@ where
         }
         // Room for more after what is unread (an incomplete chunk line or trailers).
         let limit = cbuf.prefix().len() + BUF_SIZE + chunked::MAX_TRAILERS;
-        let Some(room) = cbuf.room(limit) else {
+        if cbuf.room(limit).is_none() {
             return Err(UploadError::Malformed(ChunkError("chunk line too long")));
-        };
+        }
         // What went up may sit in a TLS session's buffer: send it before waiting for more.
         if upstream_ok && uwr.flush().await.is_err() {
             upstream_ok = false;
         }
-        match crd.read_buf(room).await {
+        match cbuf.read_from(crd, limit).await {
             Ok(0) | Err(_) => return Err(UploadError::ClientGone),
             Ok(_) => progress.tick(),
         }
@@ -391,12 +391,12 @@ where
                 }
             }
         }
-        let Some(room) = ubuf.room(BUF_SIZE + chunked::MAX_TRAILERS) else {
+        if ubuf.room(BUF_SIZE + chunked::MAX_TRAILERS).is_none() {
             return Err(DownloadError::Body("chunk line too long"));
-        };
+        }
         // What was written may still sit in a TLS session: send it before waiting.
         cwr.flush().await.map_err(|_| DownloadError::Client)?;
-        match urd.read_buf(room).await {
+        match ubuf.read_from(urd, BUF_SIZE + chunked::MAX_TRAILERS).await {
             Ok(0) if upstream_framing == Framing::Close => {
                 if chunked_out {
                     write_last_chunk(cwr, b"").await.map_err(|_| DownloadError::Client)?;

@@ -17,7 +17,7 @@ use http::{HeaderMap, Method, Request, Uri, Version};
 use http_body_util::channel::{Channel, Sender};
 use http_body_util::BodyExt;
 use hyper::body::Body;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::{local, Next, RequestId, Scratch};
@@ -216,8 +216,8 @@ async fn relay<R: AsyncRead + Unpin>(
                 return Ok(());
             }
             let limit = cbuf.prefix().len() + BUF_SIZE + chunked::MAX_TRAILERS;
-            let room = cbuf.room(limit).ok_or(RelayError("chunk line too long"))?;
-            match tokio::time::timeout(settings.body_idle_timeout, crd.read_buf(room)).await {
+            cbuf.room(limit).ok_or(RelayError("chunk line too long"))?;
+            match tokio::time::timeout(settings.body_idle_timeout, cbuf.read_from(crd, limit)).await {
                 Ok(Ok(0)) | Ok(Err(_)) => return Err(RelayError("the client went away")),
                 Err(_) => return Err(RelayError("the client went silent")),
                 Ok(Ok(_)) => {}
