@@ -417,3 +417,51 @@ fn tls_passthrough_routes_have_no_paths() {
         "{err}"
     );
 }
+
+/// TCP connections show in the metrics: open and total, bytes each way, and how long they
+/// lasted.
+#[tokio::test]
+async fn tcp_connections_are_in_the_metrics() {
+    let origin = spawn_echo("a").await;
+    let toml = tcp_toml(&[origin.addr], "name = \"db\"", "")
+        .replace("[server]\n", "[admin]\nlisten = \"127.0.0.1:0\"\n\n[server]\n");
+    let proxy = spawn_steelyard(config(&toml)).await;
+    let admin = proxy.admin.expect("admin listener");
+    for _ in 0..2 {
+        let (mut conn, _) = open(proxy.addr).await;
+        conn.get_mut().write_all(b"12345").await.expect("write");
+        conn.get_mut().shutdown().await.expect("half-close");
+        let mut rest = Vec::new();
+        conn.read_to_end(&mut rest).await.expect("echo and EOF");
+        assert_eq!(rest, b"12345");
+    }
+    let metrics = || async { get(&client(), &format!("http://{admin}/metrics")).await.1 };
+    eventually("both connections to be counted as closed", || async {
+        metrics()
+            .await
+            .contains("steelyard_tunnel_duration_seconds_count{listener=\"db\"} 2")
+    })
+    .await;
+    let text = metrics().await;
+    for line in [
+        "steelyard_upgraded_connections{listener=\"db\"} 0",
+        "steelyard_upgraded_connections_total{listener=\"db\"} 2",
+        "steelyard_tunnel_duration_seconds_bucket{listener=\"db\",le=\"+Inf\"} 2",
+    ] {
+        assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
+    let sent = format!(
+        "steelyard_upstream_bytes_sent_total{{pool=\"db\",backend=\"{}\"}} 10",
+        origin.addr
+    );
+    let received = format!(
+        "steelyard_upstream_bytes_received_total{{pool=\"db\",backend=\"{}\"}} 14",
+        origin.addr
+    );
+    assert!(text.contains(&sent), "{sent} missing");
+    assert!(
+        text.contains(&received),
+        "{received} missing (greeting 2 + echo 5, twice)"
+    );
+    proxy.shutdown().await;
+}

@@ -86,6 +86,24 @@ pub fn render(view: &AdminView, reloads: &ReloadStats, started: Instant) -> Stri
 
     header(
         &mut out,
+        "steelyard_tunnel_duration_seconds",
+        "histogram",
+        "How long tunnelled connections lasted, per listener: TCP listeners' connections and upgraded (WebSocket) ones.",
+    );
+    for (name, _, limit) in &view.listeners {
+        let (counts, sum) = limit.tunnel_durations();
+        histogram_with(
+            &mut out,
+            "steelyard_tunnel_duration_seconds",
+            &format!("listener=\"{}\"", esc(name)),
+            &crate::server::listener::TUNNEL_BUCKETS,
+            &counts,
+            sum,
+        );
+    }
+
+    header(
+        &mut out,
         "steelyard_requests_total",
         "counter",
         "Responses sent to clients by status class: from a backend (backend=\"ADDRESS\"), or written by Steelyard itself (backend=\"\"; pool=\"\" when no pool took the request). The sum over all series is every response sent.",
@@ -308,10 +326,15 @@ pub fn render(view: &AdminView, reloads: &ReloadStats, started: Instant) -> Stri
 }
 
 fn histogram(out: &mut String, name: &str, labels: &str, counts: &[u64], sum: f64) {
+    histogram_with(out, name, labels, &LATENCY_BUCKETS, counts, sum);
+}
+
+/// A histogram with these bucket `bounds` (`counts` has one more, for +Inf).
+fn histogram_with(out: &mut String, name: &str, labels: &str, bounds: &[f64], counts: &[u64], sum: f64) {
     let mut cumulative = 0;
     for (i, c) in counts.iter().enumerate() {
         cumulative += c;
-        let le = LATENCY_BUCKETS.get(i).map_or("+Inf".to_owned(), |b| b.to_string());
+        let le = bounds.get(i).map_or("+Inf".to_owned(), |b| b.to_string());
         let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
     }
     let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");

@@ -202,7 +202,7 @@ async fn relay(
     backend.record_bytes_sent(worker, sent);
     backend.record_bytes(worker, received);
     tracing::debug!(pool = pool.name(), backend = %backend.address(), client = %peer, sent, received, duration = ?started.elapsed(), "TCP connection closed");
-    shared.limit.tunnel_closed();
+    shared.limit.tunnel_closed(started.elapsed());
     drop(in_flight);
 }
 

@@ -35,6 +35,10 @@ pub fn bind(addr: SocketAddr, shared: bool) -> Result<std::net::TcpListener, Sta
     Ok(socket.into())
 }
 
+/// Upper bounds (seconds) of the tunnel duration histogram: TCP connections and WebSockets
+/// live from moments to hours.
+pub const TUNNEL_BUCKETS: [f64; 8] = [0.01, 0.1, 1.0, 10.0, 60.0, 600.0, 3600.0, 86400.0];
+
 /// Counts a listener's open client connections against its limit.
 #[derive(Debug)]
 pub struct ConnectionLimit {
@@ -46,6 +50,10 @@ pub struct ConnectionLimit {
     tunnels: AtomicUsize,
     /// Upgraded connections so far.
     tunnels_total: AtomicU64,
+    /// How long tunnels lasted: counts per [`TUNNEL_BUCKETS`] bound, then +Inf.
+    tunnel_durations: [AtomicU64; TUNNEL_BUCKETS.len() + 1],
+    /// Their summed duration, in milliseconds.
+    tunnel_millis: AtomicU64,
     /// Responses Steelyard wrote itself before any pool was chosen (400, 404, 408, 413, 414,
     /// 431, 503 over the connection limit...).
     local_responses: StatusCounts,
@@ -60,6 +68,8 @@ impl ConnectionLimit {
             requests: AtomicU64::new(0),
             tunnels: AtomicUsize::new(0),
             tunnels_total: AtomicU64::new(0),
+            tunnel_durations: Default::default(),
+            tunnel_millis: AtomicU64::new(0),
             local_responses: StatusCounts::default(),
         })
     }
@@ -80,9 +90,28 @@ impl ConnectionLimit {
         self.tunnels_total.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a tunnel that closed.
-    pub fn tunnel_closed(&self) {
+    /// Counts a tunnel that closed after `lasted`.
+    pub fn tunnel_closed(&self, lasted: Duration) {
         self.tunnels.fetch_sub(1, Ordering::Relaxed);
+        let secs = lasted.as_secs_f64();
+        let bucket = TUNNEL_BUCKETS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(TUNNEL_BUCKETS.len());
+        self.tunnel_durations[bucket].fetch_add(1, Ordering::Relaxed);
+        self.tunnel_millis
+            .fetch_add(u64::try_from(lasted.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// How long tunnels lasted: counts per [`TUNNEL_BUCKETS`] bound (not cumulative; the last
+    /// is +Inf) and the sum in seconds.
+    pub fn tunnel_durations(&self) -> (Vec<u64>, f64) {
+        let counts = self
+            .tunnel_durations
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        (counts, self.tunnel_millis.load(Ordering::Relaxed) as f64 / 1e3)
     }
 
     /// Upgraded connections open now.

@@ -677,6 +677,7 @@ async fn tunnel(
     timer: &mut Timer,
 ) {
     shared.limit.tunnel_opened();
+    let opened = Instant::now();
     let progress = Progress::default();
     {
         let Client { stream, buf, .. } = conn;
@@ -709,7 +710,7 @@ async fn tunnel(
             }
         }
     }
-    shared.limit.tunnel_closed();
+    shared.limit.tunnel_closed(opened.elapsed());
 }
 
 /// The PROXY protocol header naming this request's client, for a pool that sends one.
