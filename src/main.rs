@@ -100,12 +100,18 @@ fn run(cli: &Cli) -> ExitCode {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    let watch = cli.watch.then(|| config.source.clone()).flatten();
+    // The files' state is taken before the listeners open, so that a change made as soon as
+    // they accept is seen as one.
+    let watch = cli
+        .watch
+        .then(|| config.source.clone())
+        .flatten()
+        .map(|path| (watched_files(&path), path));
     let result = runtime.block_on(async {
         let server = Server::bind(config)?;
         spawn_signal_handlers(&server.reload_handle());
-        if let Some(path) = watch {
-            tokio::spawn(reload_on_change(server.reload_handle(), path));
+        if let Some((baseline, path)) = watch {
+            tokio::spawn(reload_on_change(server.reload_handle(), path, baseline));
         }
         server.run(shutdown_signal()).await
     });
@@ -203,23 +209,8 @@ enum Signalled {
 /// `--watch`: reloads when the config file, or a certificate or key it names, changes its
 /// modification time or size (checked twice a second, applied once the files hold still; no
 /// platform file-watching API needed).
-async fn reload_on_change(handle: ReloadHandle, path: std::path::PathBuf) {
-    type Stamp = Option<(Option<std::time::SystemTime>, u64)>;
-    let stamp = |p: &std::path::Path| -> Stamp { std::fs::metadata(p).ok().map(|m| (m.modified().ok(), m.len())) };
-    // The config file and every certificate and key it names (re-read after each change).
-    let watched = |path: &std::path::Path| -> Vec<(std::path::PathBuf, Stamp)> {
-        let mut files = vec![path.to_owned()];
-        if let Ok(config) = Config::load(path, &steelyard::server::dns::System) {
-            for tls in config.listeners.iter().filter_map(|l| l.tls.as_ref()) {
-                for c in &tls.certificates {
-                    files.push(c.cert.clone());
-                    files.push(c.key.clone());
-                }
-            }
-        }
-        files.into_iter().map(|f| (f.clone(), stamp(&f))).collect()
-    };
-    let mut last = watched(&path);
+async fn reload_on_change(handle: ReloadHandle, path: std::path::PathBuf, baseline: Vec<(std::path::PathBuf, Stamp)>) {
+    let mut last = baseline;
     // A change is applied once the files hold still for a tick: a certificate and its key are
     // written one after the other, and reloading between the two would fail.
     let mut settling: Option<Vec<(std::path::PathBuf, Stamp)>> = None;
@@ -240,8 +231,30 @@ async fn reload_on_change(handle: ReloadHandle, path: std::path::PathBuf) {
         }
         settling = None;
         let _ = handle.reload().await;
-        last = watched(&path);
+        last = watched_files(&path);
     }
+}
+
+/// A file's modification time and size, `None` while it is missing.
+type Stamp = Option<(Option<std::time::SystemTime>, u64)>;
+
+fn stamp(p: &std::path::Path) -> Stamp {
+    std::fs::metadata(p).ok().map(|m| (m.modified().ok(), m.len()))
+}
+
+/// The config file and every certificate and key it names, with their stamps (re-read after
+/// each change).
+fn watched_files(path: &std::path::Path) -> Vec<(std::path::PathBuf, Stamp)> {
+    let mut files = vec![path.to_owned()];
+    if let Ok(config) = Config::load(path, &steelyard::server::dns::System) {
+        for tls in config.listeners.iter().filter_map(|l| l.tls.as_ref()) {
+            for c in &tls.certificates {
+                files.push(c.cert.clone());
+                files.push(c.key.clone());
+            }
+        }
+    }
+    files.into_iter().map(|f| (f.clone(), stamp(&f))).collect()
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.
