@@ -18,7 +18,6 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -29,8 +28,6 @@ use crate::http1::exchange::{self, Progress};
 use crate::proxy::client_hello::{self, Hello};
 use crate::proxy::proxy_protocol;
 use crate::proxy::retry;
-use crate::stream::UpstreamIo;
-use crate::upstream::connect::ConnectError;
 use crate::upstream::{Pool, RequestView};
 
 /// Most connect attempts for one client connection (the config allows up to 10 retries).
@@ -124,18 +121,11 @@ async fn relay(
         tried[attempts] = index;
         attempts += 1;
         let member = &pool.members()[index];
+        let (limit, preamble) = (config.timeouts.connect, preamble.as_deref());
         let connected = if plain {
-            connect_plain(member.connector.address(), config.timeouts.connect, preamble.as_deref()).await
+            member.connector.connect_plain_within(limit, preamble).await
         } else {
-            match tokio::time::timeout(
-                config.timeouts.connect,
-                member.connector.connect_with(preamble.as_deref()),
-            )
-            .await
-            {
-                Ok(result) => result,
-                Err(_) => Err(ConnectError::TimedOut(config.timeouts.connect)),
-            }
+            member.connector.connect_within(limit, preamble).await
         };
         match connected {
             Ok(upstream) => break (index, upstream),
@@ -204,25 +194,4 @@ async fn relay(
     tracing::debug!(pool = pool.name(), backend = %backend.address(), client = %peer, sent, received, duration = ?started.elapsed(), "TCP connection closed");
     shared.limit.tunnel_closed(started.elapsed());
     drop(in_flight);
-}
-
-/// A plain TCP connection to `address` within `timeout`, `preamble` written first.
-async fn connect_plain(
-    address: SocketAddr,
-    timeout: Duration,
-    preamble: Option<&[u8]>,
-) -> Result<UpstreamIo, ConnectError> {
-    let connect = async {
-        let mut stream = TcpStream::connect(address).await?;
-        let _ = stream.set_nodelay(true);
-        if let Some(bytes) = preamble {
-            tokio::io::AsyncWriteExt::write_all(&mut stream, bytes).await?;
-        }
-        Ok::<_, std::io::Error>(stream)
-    };
-    match tokio::time::timeout(timeout, connect).await {
-        Ok(Ok(stream)) => Ok(UpstreamIo::Plain(stream)),
-        Ok(Err(e)) => Err(ConnectError::Failed(e)),
-        Err(_) => Err(ConnectError::TimedOut(timeout)),
-    }
 }

@@ -94,13 +94,7 @@ impl Connector {
     /// [`Connector::connect`], writing `preamble` (a PROXY protocol header) first, before any
     /// TLS.
     pub async fn connect_with(&self, preamble: Option<&[u8]>) -> Result<UpstreamIo, ConnectError> {
-        let mut stream = TcpStream::connect(self.address).await.map_err(ConnectError::Failed)?;
-        let _ = stream.set_nodelay(true);
-        if let Some(bytes) = preamble {
-            tokio::io::AsyncWriteExt::write_all(&mut stream, bytes)
-                .await
-                .map_err(ConnectError::Failed)?;
-        }
+        let stream = self.connect_tcp(preamble).await?;
         let Some(tls) = self.tls.load_full() else {
             return Ok(UpstreamIo::Plain(stream));
         };
@@ -118,11 +112,44 @@ impl Connector {
         Ok(UpstreamIo::tls(session))
     }
 
-    /// [`Connector::connect`] within `timeout`.
-    pub async fn connect_within(&self, timeout: Duration) -> Result<UpstreamIo, ConnectError> {
-        match tokio::time::timeout(timeout, self.connect()).await {
-            Ok(result) => result,
-            Err(_) => Err(ConnectError::TimedOut(timeout)),
+    /// [`Connector::connect_with`] within `timeout`.
+    pub async fn connect_within(&self, timeout: Duration, preamble: Option<&[u8]>) -> Result<UpstreamIo, ConnectError> {
+        within(timeout, self.connect_with(preamble)).await
+    }
+
+    /// Plain TCP within `timeout`, `preamble` written first, whatever the pool's TLS settings:
+    /// for bytes that are already TLS (passed through) and must not be wrapped again.
+    pub async fn connect_plain_within(
+        &self,
+        timeout: Duration,
+        preamble: Option<&[u8]>,
+    ) -> Result<UpstreamIo, ConnectError> {
+        within(timeout, async {
+            self.connect_tcp(preamble).await.map(UpstreamIo::Plain)
+        })
+        .await
+    }
+
+    /// The TCP connection, `preamble` written first.
+    async fn connect_tcp(&self, preamble: Option<&[u8]>) -> Result<TcpStream, ConnectError> {
+        let mut stream = TcpStream::connect(self.address).await.map_err(ConnectError::Failed)?;
+        let _ = stream.set_nodelay(true);
+        if let Some(bytes) = preamble {
+            tokio::io::AsyncWriteExt::write_all(&mut stream, bytes)
+                .await
+                .map_err(ConnectError::Failed)?;
         }
+        Ok(stream)
+    }
+}
+
+/// `connect` bounded by `timeout`.
+async fn within(
+    timeout: Duration,
+    connect: impl std::future::Future<Output = Result<UpstreamIo, ConnectError>>,
+) -> Result<UpstreamIo, ConnectError> {
+    match tokio::time::timeout(timeout, connect).await {
+        Ok(result) => result,
+        Err(_) => Err(ConnectError::TimedOut(timeout)),
     }
 }

@@ -291,11 +291,7 @@ impl ConnectionPool {
     }
 
     async fn open(self: &Arc<Self>, worker: usize, preamble: Option<&[u8]>) -> Result<PooledConnection, UpstreamError> {
-        let limit = self.timeouts.connect();
-        let io = match tokio::time::timeout(limit, self.connector.connect_with(preamble)).await {
-            Ok(result) => result?,
-            Err(_) => return Err(ConnectError::TimedOut(limit).into()),
-        };
+        let io = self.connector.connect_within(self.timeouts.connect(), preamble).await?;
         let address = self.connector.address();
         let sender = if self.connector.protocol().is_h2() {
             let (sender, connection) = http2::Builder::new(TokioExecutor::new())

@@ -7,14 +7,11 @@
 //! closes connections idle past the pool's idle timeout.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
 
 use super::backend::clock_nanos;
-pub use super::connect::ConnectError;
-use super::connect::Connector;
 use crate::stream::UpstreamIo;
 
 /// Most idle connections kept per backend and worker; beyond it, released ones are closed.
@@ -67,22 +64,15 @@ struct Idle {
 /// The idle connections to one backend, per worker.
 #[derive(Debug)]
 pub struct IdleConnections {
-    connector: Arc<Connector>,
     /// Its timeouts (a reload may change them).
     pub timeouts: UpstreamTimeouts,
     queues: Vec<ArrayQueue<Idle>>,
 }
 
 impl IdleConnections {
-    /// None yet, for the backend `connector` reaches.
-    pub fn new(
-        connector: Arc<Connector>,
-        connect_timeout: Duration,
-        idle_timeout: Duration,
-        workers: usize,
-    ) -> IdleConnections {
+    /// None yet, for one backend (which its [`super::connect::Connector`] reaches).
+    pub fn new(connect_timeout: Duration, idle_timeout: Duration, workers: usize) -> IdleConnections {
         IdleConnections {
-            connector,
             timeouts: UpstreamTimeouts::new(connect_timeout, idle_timeout),
             queues: (0..workers.max(1))
                 .map(|_| ArrayQueue::new(MAX_IDLE_PER_WORKER))
@@ -118,11 +108,6 @@ impl IdleConnections {
             }
         }
         None
-    }
-
-    /// Opens a new connection (the caller bounds the wait with the connect timeout).
-    pub async fn connect(&self) -> Result<UpstreamIo, ConnectError> {
-        self.connector.connect().await
     }
 
     /// Keeps `stream` for the next request of this worker. Call only when its last response

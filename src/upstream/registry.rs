@@ -124,12 +124,7 @@ impl BackendRegistry {
         let connector = Arc::new(Connector::new(address, config.protocol));
         let upstream = Upstream {
             backend: Arc::new(Backend::for_workers(address, weight, self.workers)),
-            idle: Arc::new(IdleConnections::new(
-                Arc::clone(&connector),
-                connect,
-                idle,
-                self.workers,
-            )),
+            idle: Arc::new(IdleConnections::new(connect, idle, self.workers)),
             connections: Arc::new(ConnectionPool::new(Arc::clone(&connector), connect, idle, self.workers)),
             connector,
         };

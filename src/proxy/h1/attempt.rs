@@ -23,7 +23,7 @@ use crate::proxy::retry;
 use crate::proxy::ProxyError;
 use crate::stream::UpstreamIo;
 use crate::upstream::backend::nanos_at;
-use crate::upstream::idle::ConnectError;
+use crate::upstream::connect::ConnectError;
 use crate::upstream::{Pool, RequestView};
 
 /// Most attempts of one request: the first plus at most 10 retries (the config's limit).

@@ -273,39 +273,37 @@ async fn route(
                 bytes,
             )
         }
-        Some(pool) if pool.config().protocol.is_h2() => {
-            if let Some(r) = record.as_mut() {
-                r.pool = Some(Arc::from(pool.name()));
-            }
-            Box::pin(to_h2::proxy(
-                conn,
-                shared,
-                settings,
-                req,
-                &pool,
-                &id,
-                scratch,
-                record.as_deref_mut(),
-            ))
-            .await
-        }
         Some(pool) => {
             if let Some(r) = record.as_mut() {
                 r.pool = Some(Arc::from(pool.name()));
             }
-            proxy(
-                conn,
-                shared,
-                settings,
-                req,
-                &pool,
-                &id,
-                started,
-                timer,
-                scratch,
-                record.as_deref_mut(),
-            )
-            .await
+            if pool.config().protocol.is_h2() {
+                Box::pin(to_h2::proxy(
+                    conn,
+                    shared,
+                    settings,
+                    req,
+                    &pool,
+                    &id,
+                    scratch,
+                    record.as_deref_mut(),
+                ))
+                .await
+            } else {
+                proxy(
+                    conn,
+                    shared,
+                    settings,
+                    req,
+                    &pool,
+                    &id,
+                    started,
+                    timer,
+                    scratch,
+                    record.as_deref_mut(),
+                )
+                .await
+            }
         }
     };
     if let (Some(mut record), Some(log)) = (record, log) {
