@@ -246,9 +246,7 @@ async fn an_http_pool_sends_v2_per_connection() {
 #[test]
 fn h2_pools_cannot_send_it() {
     let toml = "[[listeners]]\nlisten = \"127.0.0.1:0\"\nroutes = [{ pool = \"g\" }]\n\n[pools.g]\nbackends = [\"127.0.0.1:1\"]\nprotocol = \"h2c\"\nsend_proxy_protocol = \"v2\"\n";
-    let err = steelyard::Config::from_toml(toml, "t.toml", &steelyard::config::LiteralsOnly)
-        .expect_err("h2c")
-        .to_string();
+    let err = config_error(toml);
     assert!(
         err.contains("pools.g.send_proxy_protocol: an HTTP/2 connection carries many clients' requests"),
         "{err}"

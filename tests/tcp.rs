@@ -239,9 +239,7 @@ fn tcp_listener_settings_are_checked() {
         ),
     ];
     for (toml, expected) in cases {
-        let err = steelyard::Config::from_toml(toml, "t.toml", &steelyard::config::LiteralsOnly)
-            .expect_err(expected)
-            .to_string();
+        let err = config_error(toml);
         assert!(err.contains(expected), "expected {expected:?} in {err}");
         assert!(err.contains("t.toml:"), "{err}");
     }
@@ -409,9 +407,7 @@ async fn tls_passthrough_closes_what_is_not_a_client_hello() {
 #[test]
 fn tls_passthrough_routes_have_no_paths() {
     let toml = "[[listeners]]\nlisten = \"127.0.0.1:0\"\nmode = \"tls-passthrough\"\nroutes = [{ path_prefix = \"/api\", pool = \"a\" }]\n\n[pools.a]\nbackends = [\"127.0.0.1:1\"]\n";
-    let err = steelyard::Config::from_toml(toml, "t.toml", &steelyard::config::LiteralsOnly)
-        .expect_err("path_prefix")
-        .to_string();
+    let err = config_error(toml);
     assert!(
         err.contains("listeners[0].routes[0].path_prefix: a tls-passthrough listener sees no paths"),
         "{err}"

@@ -190,10 +190,7 @@ async fn bad_certificates_are_reported_at_their_entry() {
     for (certs, expected) in cases {
         let file = pki.dir.join("check.toml");
         std::fs::write(&file, tls_toml(&pki, certs, &origin)).expect("write");
-        let out = std::process::Command::new(BIN)
-            .args(["check", "--config", file.to_str().expect("utf-8")])
-            .output()
-            .expect("run check");
+        let out = run_check(&file);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{certs:?}: {stderr}");
         let entry = certs.len() - 1;
@@ -279,10 +276,7 @@ async fn an_expired_certificate_is_a_warning() {
     });
     let file = pki.dir.join("expired.toml");
     std::fs::write(&file, tls_toml(&pki, &["old"], &origin)).expect("write");
-    let out = std::process::Command::new(BIN)
-        .args(["check", "--config", file.to_str().expect("utf-8")])
-        .output()
-        .expect("run check");
+    let out = run_check(&file);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let expected = format!(

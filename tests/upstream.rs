@@ -152,10 +152,7 @@ async fn verify_false_works_and_check_warns() {
     let toml = pool_toml(&[https(origin.addr)], "tls = { verify = false }");
     let file = pki.dir.join("noverify.toml");
     std::fs::write(&file, &toml).expect("write");
-    let out = std::process::Command::new(BIN)
-        .args(["check", "--config", file.to_str().expect("utf-8")])
-        .output()
-        .expect("run check");
+    let out = run_check(&file);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let expected = format!("warning: {}:10:7: pools.main.tls.verify = false", file.display());
@@ -307,9 +304,7 @@ fn contradictory_settings_are_located() {
         ),
     ];
     for (toml, expected) in cases {
-        let err = steelyard::Config::from_toml(&toml, "t.toml", &steelyard::config::LiteralsOnly)
-            .expect_err(expected)
-            .to_string();
+        let err = config_error(&toml);
         assert!(err.contains(expected), "expected {expected:?} in {err}");
         assert!(err.contains("t.toml:"), "{err}");
     }
@@ -326,10 +321,7 @@ fn a_missing_ca_file_fails_check_at_its_entry() {
         pool_toml(&["https://127.0.0.1:1".into()], "tls = { ca = \"nowhere/ca.pem\" }"),
     )
     .expect("write");
-    let out = std::process::Command::new(BIN)
-        .args(["check", "--config", file.to_str().expect("utf-8")])
-        .output()
-        .expect("run check");
+    let out = run_check(&file);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     let expected = format!(

@@ -29,7 +29,7 @@ mod raw_origin;
 #[allow(unused_imports)] // only the TLS tests make certificates
 pub use pki::Pki;
 #[allow(unused_imports)] // not every test binary runs the compiled binary
-pub use process::{Process, BIN};
+pub use process::{run_check, Process, BIN};
 #[allow(unused_imports)] // only the HTTP/1 edge tests record raw bytes
 pub use raw_origin::{spawn_recording_origin, Recording};
 
@@ -594,6 +594,14 @@ where
         assert!(start.elapsed() < DEADLINE, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// What config validation says of `text` (as `t.toml`, addresses as IP literals), which
+/// must be invalid.
+pub fn config_error(text: &str) -> String {
+    steelyard::Config::from_toml(text, "t.toml", &steelyard::config::LiteralsOnly)
+        .expect_err("an invalid config")
+        .to_string()
 }
 
 /// An HTTP/2 prior-knowledge client.

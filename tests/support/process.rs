@@ -159,3 +159,11 @@ impl Drop for Process {
         let _ = self.child.wait();
     }
 }
+
+/// `steelyard check --config FILE`, run to completion.
+pub fn run_check(file: &std::path::Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(["check", "--config", file.to_str().expect("utf-8 path")])
+        .output()
+        .expect("run check")
+}
