@@ -90,7 +90,7 @@ start_balancer() {
     local name=$1 port=$2 workers=$3 pin=$4 tls=${5:-} dir="$WORK/$1-$2"
     local nginx_tls="" haproxy_tls="" scheme=http
     local -a steelyard_tls=()
-    if [[ -n "$tls" ]]; then
+    if [[ "$tls" == tls ]]; then
         scheme=https
         nginx_tls=" ssl;
         ssl_certificate $WORK/tls/cert.pem;
@@ -103,9 +103,23 @@ start_balancer() {
     [[ -n "$pin" ]] && launch=(taskset -c "$pin")
     mkdir -p "$dir"
     if [[ "$tls" == tcp ]]; then
-        start_tcp_balancer "$name" "$port" "$workers" "$dir"
-        return
+        tcp_balancer_launch "$name" "$port" "$workers" "$dir"
+    else
+        http_balancer_launch "$name" "$port" "$workers" "$dir"
     fi
+    start_bg "$name-$port" "${launch[@]}"
+    LB_PID[$name]=$LAST_PID
+    LB_PORT[$name]=$port
+    wait_for_port "$port" "$LAST_PID" "$name-$port"
+    # One request through it proves the whole path works before measuring.
+    curl -fsSk --max-time 5 "$scheme://127.0.0.1:$port/" >/dev/null ||
+        die "$name on port $port does not proxy to the origins (see $WORK/$name-$port.log)"
+}
+
+# start_balancer's HTTP configs: writes one and appends its command line to the caller's
+# `launch` (which holds the pinning); TLS settings come from the caller's *_tls variables.
+http_balancer_launch() {
+    local name=$1 port=$2 workers=$3 dir=$4
     case "$name" in
         nginx)
             # Upstream keep-alive needs all three: keepalive in the upstream,
@@ -184,17 +198,11 @@ EOF
             ;;
         *) die "unknown balancer $name" ;;
     esac
-    start_bg "$name-$port" "${launch[@]}"
-    LB_PID[$name]=$LAST_PID
-    LB_PORT[$name]=$port
-    wait_for_port "$port" "$LAST_PID" "$name-$port"
-    # One request through it proves the whole path works before measuring.
-    curl -fsSk --max-time 5 "$scheme://127.0.0.1:$port/" >/dev/null ||
-        die "$name on port $port does not proxy to the origins (see $WORK/$name-$port.log)"
 }
 
-# The TCP flavour of start_balancer (its arguments; the caller's `launch` holds the pinning).
-start_tcp_balancer() {
+# The TCP flavour of start_balancer's configs: writes one and appends its command line to the
+# caller's `launch` (which holds the pinning).
+tcp_balancer_launch() {
     local name=$1 port=$2 workers=$3 dir=$4
     case "$name" in
         nginx)
@@ -261,12 +269,6 @@ EOF
             ;;
         *) die "unknown balancer $name" ;;
     esac
-    start_bg "$name-$port" "${launch[@]}"
-    LB_PID[$name]=$LAST_PID
-    LB_PORT[$name]=$port
-    wait_for_port "$port" "$LAST_PID" "$name-$port"
-    curl -fsS --max-time 5 "http://127.0.0.1:$port/" >/dev/null ||
-        die "$name (tcp) on port $port does not reach the origins (see $WORK/$name-$port.log)"
 }
 
 stop_balancers() {
