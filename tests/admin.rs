@@ -144,6 +144,14 @@ async fn status_shows_pools_backends_and_their_state() {
     assert_eq!(backends[0]["address"], a.addr.to_string());
     assert_eq!(backends[0]["state"], "healthy");
     assert_eq!(backends[0]["weight"], 1);
+    let listener = &doc["listeners"][0];
+    assert_eq!(listener["mode"], "http");
+    assert_eq!(listener["tls"], false);
+    assert_eq!(listener["address"], sy.addr.to_string());
+    assert!(
+        listener["routes"].as_str().expect("routes").contains("pool main"),
+        "{listener}"
+    );
 }
 
 #[tokio::test]

@@ -44,7 +44,11 @@ async fn the_dashboard_shows_live_backends_and_drains_one() {
         one_pool_toml(&addrs, "algorithm = \"least_request\"").replace("[pools.main]", "[pools.main]\n")
     )
     .replace("pools.main", "pools.web")
-    .replace("pool = \"main\"", "pool = \"web\"");
+    .replace("pool = \"main\"", "pool = \"web\"")
+    .replace(
+        "[pools.web]",
+        "[[listeners]]\nlisten = \"127.0.0.1:0\"\nmode = \"tcp\"\npool = \"web\"\n\n[pools.web]",
+    );
     let sy = spawn_steelyard(config(&toml)).await;
     let admin = sy.admin.expect("admin listener");
 

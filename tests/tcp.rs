@@ -461,3 +461,102 @@ async fn tcp_connections_are_in_the_metrics() {
     );
     proxy.shutdown().await;
 }
+
+/// Waits for `n` lines in the log at `path` and returns them.
+async fn log_lines(path: &std::path::Path, n: usize) -> Vec<String> {
+    eventually("the access log lines to be written", || async {
+        std::fs::read_to_string(path)
+            .map(|t| t.lines().count() >= n)
+            .unwrap_or(false)
+    })
+    .await;
+    let text = std::fs::read_to_string(path).expect("log");
+    text.lines().map(str::to_owned).collect()
+}
+
+fn temp_log(name: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("steelyard-tcp-{name}-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
+/// A TCP listener's access log has one line per connection, written when it closes: the
+/// backend, the bytes each way, why it ended; a connection no backend would take says so.
+#[tokio::test]
+async fn tcp_connections_are_logged_one_line_each() {
+    let origin = spawn_echo("a").await;
+    let dead = closed_port();
+    let path = temp_log("json");
+    let listener = format!("access_log = {{ path = \"{}\", format = \"json\" }}", path.display());
+    let proxy = spawn_steelyard(config(&tcp_toml(&[origin.addr], &listener, ""))).await;
+    let (mut conn, _) = open(proxy.addr).await;
+    conn.get_mut().write_all(&[7u8; 1000]).await.expect("write");
+    conn.get_mut().shutdown().await.expect("half-close");
+    let mut back = Vec::new();
+    conn.read_to_end(&mut back).await.expect("echo");
+    assert_eq!(back.len(), 1000);
+    let line: serde_json::Value = serde_json::from_str(&log_lines(&path, 1).await[0]).expect("json");
+    assert_eq!(line["mode"], "tcp");
+    assert_eq!(line["client"], "127.0.0.1");
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["bytes_received"], 1000, "{line}");
+    assert_eq!(line["bytes_sent"], 1002, "greeting + echo: {line}");
+    assert_eq!(line["upstream"], origin.addr.to_string());
+    assert_eq!(line["pool"], "db");
+    assert_eq!(line["retries"], 0);
+    assert_eq!(line["end"], "closed");
+    assert!(line["duration_ms"].as_f64().expect("number") >= 0.0);
+
+    // Only a dead backend: the connect fails and the client is closed; one line says why.
+    proxy
+        .reload
+        .apply(config(&tcp_toml(&[dead.addr], &listener, "")))
+        .await
+        .expect("reload");
+    let mut refused = TcpStream::connect(proxy.addr).await.expect("connect");
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(DEADLINE, refused.read_to_end(&mut rest))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    let line: serde_json::Value = serde_json::from_str(&log_lines(&path, 2).await[1]).expect("json");
+    assert_eq!(line["status"], 502, "{line}");
+    assert_eq!(line["end"], "connect-failed");
+    assert_eq!(line["upstream"], dead.addr.to_string());
+    assert_eq!(line["bytes_sent"], 0);
+    proxy.shutdown().await;
+}
+
+/// A passthrough listener logs the server name each connection asked for, in the combined
+/// layout, and what it did with a connection that sent no ClientHello.
+#[tokio::test]
+async fn tls_passthrough_connections_are_logged_with_their_server_name() {
+    let pki = Pki::new("passthrough-log");
+    pki.issue("a", &["a.test"]);
+    let a = tls_backend(&pki, "a", "a").await;
+    let path = temp_log("combined");
+    let toml = format!(
+        "[server]\nworkers = 1\n\n[[listeners]]\nlisten = \"127.0.0.1:0\"\nmode = \"tls-passthrough\"\naccess_log = {{ path = \"{}\" }}\nroutes = [{{ host = \"a.test\", pool = \"a\" }}]\n\n[pools.a]\nbackends = [\"{}\"]\n",
+        path.display(),
+        a.addr
+    );
+    let proxy = spawn_steelyard(config(&toml)).await;
+    let (_, body) = https_get(&pki, proxy.addr, "a.test").await;
+    assert_eq!(body, "a");
+    let line = log_lines(&path, 1).await.remove(0);
+    assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
+    assert!(line.contains("] \"TLS a.test\" 200 "), "{line}");
+    assert!(line.contains(&format!(" {} a 0 closed", a.addr)), "{line}");
+
+    let mut plain = TcpStream::connect(proxy.addr).await.expect("connect");
+    plain.write_all(b"GET / HTTP/1.1\r\n\r\n").await.expect("write");
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, plain.read_to_end(&mut rest))
+        .await
+        .expect("closed in time");
+    let line = log_lines(&path, 2).await.remove(1);
+    assert!(line.contains("] \"TLS -\" 400 0 0 "), "{line}");
+    assert!(line.ends_with(" - - 0 bad-client-hello"), "{line}");
+    proxy.shutdown().await;
+}

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::status::backend_state;
-use super::{AdminView, ReloadStats};
+use super::{AdminView, ListenerView, ReloadStats};
 use crate::upstream::backend::LATENCY_BUCKETS;
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -30,7 +30,7 @@ pub fn render(view: &AdminView, reloads: &ReloadStats, started: Instant) -> Stri
         "gauge",
         "Open client connections per listener.",
     );
-    for (name, _, limit) in &view.listeners {
+    for ListenerView { name, limit, .. } in &view.listeners {
         let _ = writeln!(
             out,
             "steelyard_client_connections{{listener=\"{}\"}} {}",
@@ -45,7 +45,7 @@ pub fn render(view: &AdminView, reloads: &ReloadStats, started: Instant) -> Stri
         "counter",
         "Requests received per listener.",
     );
-    for (name, _, limit) in &view.listeners {
+    for ListenerView { name, limit, .. } in &view.listeners {
         let _ = writeln!(
             out,
             "steelyard_listener_requests_total{{listener=\"{}\"}} {}",
@@ -60,7 +60,7 @@ pub fn render(view: &AdminView, reloads: &ReloadStats, started: Instant) -> Stri
         "gauge",
         "Client connections tunnelled to a backend now, per listener: upgraded (WebSocket) ones, and every connection of a TCP listener.",
     );
-    for (name, _, limit) in &view.listeners {
+    for ListenerView { name, limit, .. } in &view.listeners {
         let _ = writeln!(
             out,
             "steelyard_upgraded_connections{{listener=\"{}\"}} {}",
@@ -75,7 +75,7 @@ pub fn render(view: &AdminView, reloads: &ReloadStats, started: Instant) -> Stri
         "counter",
         "Client connections tunnelled so far, per listener: upgraded after a 101 from a backend, or connected by a TCP listener.",
     );
-    for (name, _, limit) in &view.listeners {
+    for ListenerView { name, limit, .. } in &view.listeners {
         let _ = writeln!(
             out,
             "steelyard_upgraded_connections_total{{listener=\"{}\"}} {}",
@@ -90,7 +90,7 @@ pub fn render(view: &AdminView, reloads: &ReloadStats, started: Instant) -> Stri
         "histogram",
         "How long tunnelled connections lasted, per listener: TCP listeners' connections and upgraded (WebSocket) ones.",
     );
-    for (name, _, limit) in &view.listeners {
+    for ListenerView { name, limit, .. } in &view.listeners {
         let (counts, sum) = limit.tunnel_durations();
         histogram_with(
             &mut out,
@@ -130,7 +130,7 @@ pub fn render(view: &AdminView, reloads: &ReloadStats, started: Instant) -> Stri
         class_series(&mut out, pool.name(), "", pool.stats().local_responses.get());
     }
     let mut unrouted = [0u64; 5];
-    for (_, _, limit) in &view.listeners {
+    for ListenerView { limit, .. } in &view.listeners {
         for (total, n) in unrouted.iter_mut().zip(limit.local_responses().get()) {
             *total += n;
         }
@@ -143,7 +143,7 @@ pub fn render(view: &AdminView, reloads: &ReloadStats, started: Instant) -> Stri
         "counter",
         "Responses Steelyard wrote itself for requests no pool took (400, 404, 408, 413, 414, 431, 503 over the connection limit), per listener and status class.",
     );
-    for (name, _, limit) in &view.listeners {
+    for ListenerView { name, limit, .. } in &view.listeners {
         for (i, n) in limit.local_responses().get().iter().enumerate() {
             let _ = writeln!(
                 out,

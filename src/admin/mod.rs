@@ -46,10 +46,27 @@ pub struct AdminView {
     pub config_file: Option<PathBuf>,
     /// Hash of the config file's text.
     pub config_hash: u64,
-    /// Listeners: name, bound address, open-connection counter.
-    pub listeners: Vec<(String, SocketAddr, Arc<ConnectionLimit>)>,
+    /// Listeners being served.
+    pub listeners: Vec<ListenerView>,
     /// Pools being served.
     pub pools: Vec<Arc<Pool>>,
+}
+
+/// One listener, as the admin API shows it.
+#[derive(Debug)]
+pub struct ListenerView {
+    /// Its name (`listen` address unless named).
+    pub name: String,
+    /// The address it is bound to.
+    pub address: SocketAddr,
+    /// `"http"`, `"tcp"` or `"tls-passthrough"`.
+    pub mode: &'static str,
+    /// Whether it terminates TLS.
+    pub tls: bool,
+    /// Its routes in a line, or a TCP listener's pool.
+    pub routes: String,
+    /// Its open-connection and request counters.
+    pub limit: Arc<ConnectionLimit>,
 }
 
 /// Reload counters.

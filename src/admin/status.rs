@@ -69,7 +69,18 @@ pub fn render(view: &AdminView, sampler: &Sampler, started: Instant) -> Value {
     let listeners: Vec<Value> = view
         .listeners
         .iter()
-        .map(|(name, addr, limit)| json!({ "name": name, "address": addr.to_string(), "connections": limit.open(), "requests": limit.requests() }))
+        .map(|l| {
+            json!({
+                "name": l.name,
+                "address": l.address.to_string(),
+                "mode": l.mode,
+                "tls": l.tls,
+                "routes": l.routes,
+                "connections": l.limit.open(),
+                "requests": l.limit.requests(),
+                "tunnels": l.limit.tunnels(),
+            })
+        })
         .collect();
     json!({
         "version": env!("CARGO_PKG_VERSION"),

@@ -239,7 +239,6 @@ pub(super) fn validate(
             ("routes", routes_span),
             ("tls", l.tls.as_ref().map(|t| t.span())),
             ("redirect_https", l.redirect_https.as_ref().map(|r| r.span())),
-            ("access_log", l.access_log.as_ref().map(|a| a.span())),
             ("limits", l.limits.as_ref().map(|a| a.span())),
         ];
         for (key, span) in http_only {

@@ -1,6 +1,7 @@
 //! Access logs, written off the hot path.
 //!
-//! A request builds a small record (cheap clones of what it already holds) and hands it to a
+//! HTTP listeners log one line per request ([`AccessRecord`]); TCP and TLS-passthrough
+//! listeners one line per client connection ([`TunnelRecord`]). A request builds a small record (cheap clones of what it already holds) and hands it to a
 //! dedicated writer thread through a bounded channel; the thread formats and writes, flushing
 //! whenever it has caught up. A request never waits for the disk: when the channel is full the
 //! record is dropped and counted.
@@ -85,10 +86,74 @@ impl AccessRecord {
     }
 }
 
+/// One finished connection of a TCP or TLS-passthrough listener.
+///
+/// `status` follows nginx's `stream` module: 200 relayed, 400 the client sent something that
+/// could not be read (a ClientHello), 502 no backend could be connected to, 503 no backend
+/// (or, for passthrough, no route) to send it to.
+#[derive(Debug)]
+pub struct TunnelRecord {
+    /// When the connection was accepted.
+    pub time: SystemTime,
+    /// The client (as its PROXY header named it, when the listener reads one).
+    pub client: SocketAddr,
+    /// `"tcp"` or `"tls-passthrough"`.
+    pub mode: &'static str,
+    /// The server name of a passed-through ClientHello, if it sent one.
+    pub server_name: Option<String>,
+    /// 200, 400, 502 or 503, as above.
+    pub status: u16,
+    /// Bytes from the client, relayed to the backend.
+    pub from_client: u64,
+    /// Bytes from the backend, relayed to the client.
+    pub to_client: u64,
+    /// From accept to close.
+    pub duration: Duration,
+    /// The backend it was relayed to, if any.
+    pub upstream: Option<SocketAddr>,
+    /// The pool that served it, if one was chosen.
+    pub pool: Option<Arc<str>>,
+    /// Connect attempts after the first.
+    pub retries: u32,
+    /// Why it ended: `"closed"` (both sides finished), `"idle"` (`tunnel_idle` passed),
+    /// `"error"` (a read or write failed), `"connect-failed"`, `"no-backend"`, `"no-route"`,
+    /// `"bad-client-hello"`.
+    pub end: &'static str,
+}
+
+impl TunnelRecord {
+    /// A record of a connection accepted now, filled in as it proceeds.
+    pub fn start(client: SocketAddr, mode: &'static str) -> TunnelRecord {
+        TunnelRecord {
+            time: SystemTime::now(),
+            client,
+            mode,
+            server_name: None,
+            status: 0,
+            from_client: 0,
+            to_client: 0,
+            duration: Duration::ZERO,
+            upstream: None,
+            pool: None,
+            retries: 0,
+            end: "closed",
+        }
+    }
+}
+
+/// What the writer thread is handed. Unboxed: the bounded channel's slots are allocated once,
+/// and boxing the request record would cost an allocation per logged request.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+enum Entry {
+    Request(AccessRecord),
+    Tunnel(TunnelRecord),
+}
+
 /// A handle to a listener's access log writer. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AccessLog {
-    tx: SyncSender<AccessRecord>,
+    tx: SyncSender<Entry>,
     dropped: Arc<AtomicU64>,
     /// Set to make the writer reopen its file (after logrotate moved it).
     reopen: Arc<AtomicBool>,
@@ -126,7 +191,16 @@ impl AccessLog {
 
     /// Queues a record; drops it (and counts it) rather than wait when the writer is behind.
     pub fn log(&self, record: AccessRecord) {
-        if self.tx.try_send(record).is_err() {
+        self.send(Entry::Request(record));
+    }
+
+    /// Queues a TCP or passthrough connection's record, like [`AccessLog::log`].
+    pub fn log_tunnel(&self, record: TunnelRecord) {
+        self.send(Entry::Tunnel(record));
+    }
+
+    fn send(&self, entry: Entry) {
+        if self.tx.try_send(entry).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -175,7 +249,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, rx: Receiver<AccessRecord>) {
+    fn run(mut self, rx: Receiver<Entry>) {
         let mut line = String::with_capacity(512);
         loop {
             let record = match rx.try_recv() {
@@ -195,9 +269,11 @@ impl Writer {
             }
             let Some(record) = record else { continue };
             line.clear();
-            match self.config.format {
-                AccessLogFormat::Combined => combined(&mut line, &record),
-                AccessLogFormat::Json => json(&mut line, &record),
+            match (self.config.format, &record) {
+                (AccessLogFormat::Combined, Entry::Request(r)) => combined(&mut line, r),
+                (AccessLogFormat::Json, Entry::Request(r)) => json(&mut line, r),
+                (AccessLogFormat::Combined, Entry::Tunnel(r)) => tunnel_combined(&mut line, r),
+                (AccessLogFormat::Json, Entry::Tunnel(r)) => tunnel_json(&mut line, r),
             }
             line.push('\n');
             if self.out.write_all(line.as_bytes()).is_err() {
@@ -283,6 +359,46 @@ fn json(out: &mut String, r: &AccessRecord) {
         "retries": r.retries,
         "request_id": r.request_id.to_str().ok(),
         "tls_client": r.tls_client.as_deref(),
+    });
+    let _ = write!(out, "{value}");
+}
+
+/// A connection in the combined layout's shape: the request line becomes the mode and the
+/// server name, and the byte count is followed by the bytes the client sent, the duration,
+/// the backend, the pool, the retries and why it ended.
+fn tunnel_combined(out: &mut String, r: &TunnelRecord) {
+    let mode = if r.mode == "tcp" { "TCP" } else { "TLS" };
+    let _ = write!(
+        out,
+        "{} - - [{}] \"{mode} {}\" {} {} {} {:.3} {} {} {} {}",
+        r.client.ip(),
+        rfc3339(r.time),
+        r.server_name.as_deref().unwrap_or("-").replace(['"', ' '], "_"),
+        r.status,
+        r.to_client,
+        r.from_client,
+        r.duration.as_secs_f64(),
+        r.upstream.map_or("-".to_owned(), |u| u.to_string()),
+        r.pool.as_deref().unwrap_or("-"),
+        r.retries,
+        r.end,
+    );
+}
+
+fn tunnel_json(out: &mut String, r: &TunnelRecord) {
+    let value = serde_json::json!({
+        "time": rfc3339(r.time),
+        "client": r.client.ip().to_string(),
+        "mode": r.mode,
+        "server_name": r.server_name.as_deref(),
+        "status": r.status,
+        "bytes_sent": r.to_client,
+        "bytes_received": r.from_client,
+        "duration_ms": (r.duration.as_secs_f64() * 1e6).round() / 1e3,
+        "upstream": r.upstream.map(|u| u.to_string()),
+        "pool": r.pool.as_deref(),
+        "retries": r.retries,
+        "end": r.end,
     });
     let _ = write!(out, "{value}");
 }

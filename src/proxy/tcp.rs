@@ -14,6 +14,8 @@
 //! `tls-passthrough` listeners work the same way after reading the client's ClientHello
 //! ([`client_hello`]) to choose the pool by its server name; the backend gets the client's
 //! bytes untouched, ClientHello first, over plain TCP: it terminates the TLS itself.
+//!
+//! With an `access_log`, each connection is one line when it closes ([`TunnelRecord`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -25,6 +27,7 @@ use tokio::time::Instant;
 use crate::http1::buffer::Buffer;
 use crate::http1::connection::Shared;
 use crate::http1::exchange::{self, Progress};
+use crate::proxy::access_log::{AccessLog, TunnelRecord};
 use crate::proxy::client_hello::{self, Hello};
 use crate::proxy::proxy_protocol;
 use crate::proxy::retry;
@@ -38,7 +41,47 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, worker: usize, pool: Arc
     // Counted against the listener's limit until it closes; drained at shutdown.
     let _registered = shared.registry.register(&client, peer, worker);
     let _ = client.set_nodelay(true);
-    relay(client, Buffer::default(), peer, worker, &pool, &shared, None).await;
+    let mut log = PendingTunnel::new(&shared, peer, "tcp");
+    relay(
+        client,
+        Buffer::default(),
+        peer,
+        worker,
+        &pool,
+        &shared,
+        None,
+        &mut log.record,
+    )
+    .await;
+}
+
+/// A connection's record, written to the listener's access log (if it has one) when the
+/// connection's task ends, however it ends.
+struct PendingTunnel {
+    log: Option<AccessLog>,
+    record: TunnelRecord,
+    started: Instant,
+}
+
+impl PendingTunnel {
+    fn new(shared: &Shared, peer: SocketAddr, mode: &'static str) -> PendingTunnel {
+        PendingTunnel {
+            log: shared.router.load().access_log().cloned(),
+            record: TunnelRecord::start(peer, mode),
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Drop for PendingTunnel {
+    fn drop(&mut self) {
+        if let Some(log) = &self.log {
+            let client = self.record.client;
+            let mut record = std::mem::replace(&mut self.record, TunnelRecord::start(client, ""));
+            record.duration = self.started.elapsed();
+            log.log_tunnel(record);
+        }
+    }
 }
 
 /// Serves one connection of a `tls-passthrough` listener: reads the ClientHello (within the
@@ -47,6 +90,7 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, worker: usize, pool: Arc
 pub async fn serve_passthrough(mut client: TcpStream, peer: SocketAddr, worker: usize, shared: Arc<Shared>) {
     let _registered = shared.registry.register(&client, peer, worker);
     let _ = client.set_nodelay(true);
+    let mut log = PendingTunnel::new(&shared, peer, "tls-passthrough");
     let head_timeout = shared.router.load().client_settings().head_timeout;
     let mut hello = Buffer::default();
     let read = tokio::time::timeout(head_timeout, async {
@@ -68,24 +112,39 @@ pub async fn serve_passthrough(mut client: TcpStream, peer: SocketAddr, worker: 
         Ok(Ok(name)) => name,
         Ok(Err(why)) => {
             tracing::debug!(client = %peer, why, "closing a tls-passthrough connection");
+            (log.record.status, log.record.end) = (400, "bad-client-hello");
             return;
         }
         Err(_) => {
             tracing::debug!(client = %peer, "no ClientHello within the head timeout; closing");
+            (log.record.status, log.record.end) = (400, "bad-client-hello");
             return;
         }
     };
+    log.record.server_name.clone_from(&name);
     let Some(pool) = shared.router.load().route(name.as_deref(), "/").cloned() else {
         tracing::warn!(client = %peer, server_name = name.as_deref().unwrap_or(""), "no route for this server name; closing");
+        (log.record.status, log.record.end) = (503, "no-route");
         return;
     };
-    relay(client, hello, peer, worker, &pool, &shared, Some(name.as_deref())).await;
+    relay(
+        client,
+        hello,
+        peer,
+        worker,
+        &pool,
+        &shared,
+        Some(name.as_deref()),
+        &mut log.record,
+    )
+    .await;
 }
 
 /// Connects to a backend of `pool` (retrying a failed connect on another) and copies bytes
 /// both ways, `first` (bytes already read from the client) before anything else.
 /// `passthrough` (with the client's server name, if it sent one) forces plain TCP to the
-/// backend: passed-through TLS must not be wrapped again.
+/// backend: passed-through TLS must not be wrapped again. What happened goes into `record`.
+#[allow(clippy::too_many_arguments)] // one call site each for TCP and passthrough
 async fn relay(
     mut client: TcpStream,
     first: Buffer,
@@ -94,7 +153,9 @@ async fn relay(
     pool: &Arc<Pool>,
     shared: &Shared,
     passthrough: Option<Option<&str>>,
+    record: &mut TunnelRecord,
 ) {
+    record.pool = Some(Arc::from(pool.name()));
     let idle = shared.router.load().client_settings().tunnel_idle_timeout;
     let config = pool.config();
     let plain = passthrough.is_some();
@@ -114,13 +175,21 @@ async fn relay(
     let mut attempts = 0usize;
     let (index, mut upstream) = loop {
         let Some(picked) = pool.pick(&view, &tried[..attempts]) else {
+            if attempts > 0 {
+                // Every backend the policy allowed was tried.
+                (record.status, record.end) = (502, "connect-failed");
+                return;
+            }
             tracing::warn!(pool = pool.name(), client = %peer, "no backend available for a TCP connection; closing it");
+            (record.status, record.end) = (503, "no-backend");
             return;
         };
         let index = picked.index;
+        record.retries = attempts as u32;
         tried[attempts] = index;
         attempts += 1;
         let member = &pool.members()[index];
+        record.upstream = Some(member.backend.address());
         let (limit, preamble) = (config.timeouts.connect, preamble.as_deref());
         let connected = if plain {
             member.connector.connect_plain_within(limit, preamble).await
@@ -143,11 +212,13 @@ async fn relay(
                 {
                     continue;
                 }
+                (record.status, record.end) = (502, "connect-failed");
                 return;
             }
         }
     };
     let backend = &pool.members()[index].backend;
+    (record.status, record.upstream) = (200, Some(backend.address()));
     backend.record_success();
     let in_flight = backend.start_request(worker);
     shared.limit.tunnel_opened();
@@ -169,17 +240,18 @@ async fn relay(
                 r = &mut up, if sent.is_none() => {
                     let failed = r.is_err();
                     sent = Some(r.unwrap_or(0));
-                    if failed { break; }
+                    if failed { record.end = "error"; break; }
                 }
                 r = &mut down, if received.is_none() => {
                     let failed = r.is_err();
                     received = Some(r.unwrap_or(0));
-                    if failed { break; }
+                    if failed { record.end = "error"; break; }
                 }
                 () = &mut timer => {
                     let any = progress.any.load(Ordering::Relaxed);
                     if any == seen {
                         tracing::debug!(pool = pool.name(), client = %peer, "TCP connection idle for {idle:?}; closing it");
+                        record.end = "idle";
                         break;
                     }
                     seen = any;
@@ -189,6 +261,7 @@ async fn relay(
         }
         (sent.unwrap_or(0), received.unwrap_or(0))
     };
+    (record.from_client, record.to_client) = (sent, received);
     backend.record_bytes_sent(worker, sent);
     backend.record_bytes(worker, received);
     tracing::debug!(pool = pool.name(), backend = %backend.address(), client = %peer, sent, received, duration = ?started.elapsed(), "TCP connection closed");

@@ -273,7 +273,20 @@ impl Running {
             listeners: self
                 .listeners
                 .iter()
-                .map(|l| (l.config.name.clone(), l.addr, Arc::clone(&l.limit)))
+                .map(|l| {
+                    let router = l.router.load();
+                    crate::admin::ListenerView {
+                        name: l.config.name.clone(),
+                        address: l.addr,
+                        mode: router.mode().name(),
+                        tls: l.config.tls.is_some(),
+                        routes: match router.tcp_pool() {
+                            Some(pool) => pool.name().to_owned(),
+                            None => router.describe(),
+                        },
+                        limit: Arc::clone(&l.limit),
+                    }
+                })
                 .collect(),
             pools: self.pools.clone(),
         }));

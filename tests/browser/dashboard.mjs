@@ -1,5 +1,5 @@
 // Drives the admin dashboard in Debian's Chromium (headless): the backends and changing
-// numbers must show, clicking Drain must change the backend's state, Enable must restore it.
+// numbers must show, each listener with its mode, clicking Drain must change the backend's state, Enable must restore it.
 // usage: node dashboard.mjs DASHBOARD_URL BACKEND_ADDRESS SCREENSHOT_PATH
 import { chromium } from "playwright-core";
 
@@ -14,6 +14,10 @@ try {
   const page = await browser.newPage({ viewport: { width: 1360, height: 520 } });
   await page.goto(url);
   await page.waitForSelector(`${row} [data-state="healthy"]`, { timeout: 10000 });
+  // Every listener shows with its mode: the HTTP one and the TCP one.
+  await page.waitForSelector(`[data-listener][data-mode="http"]`, { timeout: 5000 });
+  const tcp = await page.textContent(`[data-listener][data-mode="tcp"]`, { timeout: 5000 });
+  if (!tcp.includes("tcp") || !tcp.includes("→ web")) throw new Error(`TCP listener shown as ${tcp}`);
   const requests = async () => Number(await page.textContent(`${row} [data-field="requests"]`));
   const before = await requests();
   // Live numbers: the request count of the backend rises while traffic flows.
