@@ -295,6 +295,57 @@ pub fn render(view: &AdminView, reloads: &ReloadStats, started: Instant) -> Stri
             let _ = writeln!(out, "{name}{{pool=\"{}\"}} {}", esc(pool.name()), value(pool));
         }
     }
+    // Only pools with a rate limit have these series.
+    let limited: Vec<_> = view
+        .pools
+        .iter()
+        .filter_map(|p| p.rate_limiter().map(|l| (p.name(), l)))
+        .collect();
+    header(
+        &mut out,
+        "steelyard_rate_limited_total",
+        "counter",
+        "Requests refused with 429 by the pool's rate limit.",
+    );
+    for (pool, limiter) in &limited {
+        let _ = writeln!(
+            out,
+            "steelyard_rate_limited_total{{pool=\"{}\"}} {}",
+            esc(pool),
+            limiter.refused()
+        );
+    }
+    header(
+        &mut out,
+        "steelyard_rate_limit_redis_errors_total",
+        "counter",
+        "Global rate-limit checks Redis did not answer in time (on_redis_error applied).",
+    );
+    for (pool, limiter) in &limited {
+        if let Some((errors, _)) = limiter.redis_state() {
+            let _ = writeln!(
+                out,
+                "steelyard_rate_limit_redis_errors_total{{pool=\"{}\"}} {errors}",
+                esc(pool)
+            );
+        }
+    }
+    header(
+        &mut out,
+        "steelyard_rate_limit_redis_up",
+        "gauge",
+        "1 while Redis answers a pool's global rate-limit checks in time.",
+    );
+    for (pool, limiter) in &limited {
+        if let Some((_, up)) = limiter.redis_state() {
+            let _ = writeln!(
+                out,
+                "steelyard_rate_limit_redis_up{{pool=\"{}\"}} {}",
+                esc(pool),
+                u8::from(up)
+            );
+        }
+    }
     header(
         &mut out,
         "steelyard_config_reloads_total",

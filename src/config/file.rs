@@ -26,6 +26,35 @@ pub struct FileConfig {
     /// `[pools.NAME]`: named groups of backends.
     #[serde(default)]
     pub pools: BTreeMap<String, Spanned<PoolSection>>,
+    /// `[redis]`: where `scope = "global"` rate limits are counted.
+    pub redis: Option<Spanned<RedisSection>>,
+}
+
+/// `[redis]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSection {
+    /// `redis://host:port[/db]`.
+    pub url: Spanned<String>,
+    /// Longest a request waits for Redis.
+    pub timeout: Option<Spanned<String>>,
+}
+
+/// `rate_limit = { key, rate, burst, scope, on_redis_error }` of a pool.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSection {
+    /// What tells clients apart: `client_ip` (default), `header:NAME`, `cookie:NAME`, `path`,
+    /// `query:NAME`.
+    pub key: Option<Spanned<String>>,
+    /// `"100/s"`, `"600/m"`, `"10000/h"`.
+    pub rate: Spanned<String>,
+    /// Requests allowed at once; the rate's count by default.
+    pub burst: Option<Spanned<i64>>,
+    /// `"local"` (default) or `"global"` (shared through `[redis]`).
+    pub scope: Option<Spanned<String>>,
+    /// `"allow"` (default) or `"deny"` when Redis cannot answer in time.
+    pub on_redis_error: Option<Spanned<String>>,
 }
 
 /// `[admin]`.
@@ -208,6 +237,8 @@ pub struct PoolSection {
     pub tls: Option<Spanned<UpstreamTlsSection>>,
     /// `"v1"` or `"v2"`: send a PROXY protocol header on every connection to a backend.
     pub send_proxy_protocol: Option<Spanned<String>>,
+    /// Requests per client (or other key) and period.
+    pub rate_limit: Option<Spanned<RateLimitSection>>,
 }
 
 /// `[pools.NAME.tls]`: how to verify the backends' certificates.

@@ -16,6 +16,7 @@ pub mod client;
 pub mod file;
 pub mod listener;
 pub mod pool;
+pub mod rate_limit;
 pub mod resilience;
 
 use std::collections::HashSet;
@@ -40,6 +41,7 @@ pub use pool::{
     UpstreamProtocol, UpstreamTlsConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DNS_REFRESH, DEFAULT_EWMA_DECAY,
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_RESPONSE_HEADER_TIMEOUT, MAX_WEIGHT, STICKY_SECRET_ENV,
 };
+pub use rate_limit::{OnRedisError, RateLimitConfig, RateScope, RedisConfig, DEFAULT_REDIS_TIMEOUT};
 pub use resilience::{CheckKind, HealthCheckConfig, PassiveConfig, RetryConfig, SlowStart, StatusSet};
 
 use toml::Spanned;
@@ -66,6 +68,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Worker threads; `None` means one per core.
     pub workers: Option<usize>,
+    /// The Redis that `scope = "global"` rate limits share.
+    pub redis: Option<RedisConfig>,
 }
 
 /// One problem in a config file, located.
@@ -229,11 +233,12 @@ impl Config {
                 }
             });
 
+        let redis = rate_limit::redis(&raw.redis, check);
         let pool_names: Vec<&String> = raw.pools.keys().collect();
         let pools: Vec<PoolConfig> = raw
             .pools
             .iter()
-            .map(|(name, section)| pool::validate(name, section, check))
+            .map(|(name, section)| pool::validate(name, section, redis.is_some(), check))
             .collect();
 
         if raw.listeners.is_empty() {
@@ -256,6 +261,7 @@ impl Config {
             pools,
             drain_timeout,
             workers,
+            redis,
         }
     }
 
@@ -301,9 +307,11 @@ impl Config {
                 protocol: UpstreamProtocol::Http1,
                 tls: None,
                 send_proxy_protocol: None,
+                rate_limit: None,
             }],
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             workers: None,
+            redis: None,
         }
     }
 

@@ -173,6 +173,8 @@ pub struct PoolConfig {
     pub tls: Option<UpstreamTlsConfig>,
     /// The PROXY protocol version sent on each connection to a backend, if any.
     pub send_proxy_protocol: Option<ProxyVersion>,
+    /// Requests per key and period; `None` is unlimited.
+    pub rate_limit: Option<super::RateLimitConfig>,
 }
 
 /// A PROXY protocol version to send.
@@ -288,7 +290,7 @@ impl Default for Timeouts {
     }
 }
 
-pub(super) fn validate(name: &str, section: &Spanned<PoolSection>, check: &mut Checker) -> PoolConfig {
+pub(super) fn validate(name: &str, section: &Spanned<PoolSection>, has_redis: bool, check: &mut Checker) -> PoolConfig {
     let p = section.get_ref();
     let key = format!("pools.{name}");
     let algorithm = match &p.algorithm {
@@ -440,6 +442,7 @@ pub(super) fn validate(name: &str, section: &Spanned<PoolSection>, check: &mut C
             None
         }
     };
+    let rate_limit = super::rate_limit::rate_limit(&key, &p.rate_limit, has_redis, check);
     PoolConfig {
         name: name.to_owned(),
         algorithm,
@@ -460,6 +463,7 @@ pub(super) fn validate(name: &str, section: &Spanned<PoolSection>, check: &mut C
         protocol,
         tls,
         send_proxy_protocol,
+        rate_limit,
     }
 }
 

@@ -32,6 +32,9 @@ pub enum ProxyError {
     /// The backend did not send response headers within the response-header timeout.
     #[error("response header timed out")]
     ResponseHeaderTimeout,
+    /// The pool's rate limit refused the request.
+    #[error("rate limited")]
+    RateLimited,
 }
 
 impl ProxyError {
@@ -41,6 +44,7 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::NoBackend | ProxyError::QueueTimeout => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BadRequest => StatusCode::BAD_REQUEST,
+            ProxyError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::BadGateway => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout | ProxyError::ResponseHeaderTimeout | ProxyError::RequestTimeout => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -54,6 +58,7 @@ impl ProxyError {
             ProxyError::NoRoute => "404 Not Found\n",
             ProxyError::NoBackend | ProxyError::QueueTimeout => "503 Service Unavailable\n",
             ProxyError::BadRequest => "400 Bad Request\n",
+            ProxyError::RateLimited => "429 Too Many Requests\n",
             ProxyError::BadGateway => "502 Bad Gateway\n",
             ProxyError::ConnectTimeout | ProxyError::ResponseHeaderTimeout | ProxyError::RequestTimeout => {
                 "504 Gateway Timeout\n"
@@ -78,6 +83,7 @@ impl ProxyError {
             ProxyError::NoRoute => 12,                                           // UNIMPLEMENTED
             ProxyError::BadRequest => 13,                                        // INTERNAL
             ProxyError::RequestTimeout | ProxyError::ResponseHeaderTimeout => 4, // DEADLINE_EXCEEDED
+            ProxyError::RateLimited => 8,                                        // RESOURCE_EXHAUSTED
             ProxyError::NoBackend | ProxyError::QueueTimeout | ProxyError::BadGateway | ProxyError::ConnectTimeout => {
                 14
             } // UNAVAILABLE
@@ -97,6 +103,7 @@ impl ProxyError {
             ProxyError::NoBackend => "steelyard: no backend available",
             ProxyError::QueueTimeout => "steelyard: no backend slot within the queue timeout",
             ProxyError::BadRequest => "steelyard: the request body could not be read",
+            ProxyError::RateLimited => "steelyard: rate limited",
             ProxyError::RequestTimeout => "steelyard: deadline exceeded",
             ProxyError::ResponseHeaderTimeout => "steelyard: the backend did not answer in time",
             ProxyError::BadGateway => "steelyard: the backend failed",

@@ -144,7 +144,10 @@ pub async fn forward(
             if let Some(r) = record.as_mut() {
                 r.pool = Some(Arc::from(pool.name()));
             }
-            let res = proxy(req.map(ClientBody::Hyper), host, &pool, conn, record.as_mut()).await;
+            let res = match rate_limited(&pool, conn, &req).await {
+                Some(refusal) => refusal,
+                None => proxy(req.map(ClientBody::Hyper), host, &pool, conn, record.as_mut()).await,
+            };
             if matches!(res.body(), ProxyBody::Local(_)) {
                 pool.stats().local_responses.record(res.status().as_u16());
             }
@@ -160,6 +163,30 @@ pub async fn forward(
         Some(e) if grpc => e.grpc_response(),
         _ => res,
     }
+}
+
+/// A 429 with its `Retry-After` and `RateLimit` fields when `pool`'s rate limit refuses
+/// `req`; `None` lets it go.
+async fn rate_limited<B>(pool: &Pool, conn: &ConnInfo, req: &Request<B>) -> Option<Response<ProxyBody>> {
+    let limiter = pool.rate_limiter()?;
+    let key = limiter
+        .config()
+        .key
+        .hash(&RequestView::of_map(conn.peer.ip(), req.headers(), req.uri()))?;
+    let verdict = match limiter.check(key) {
+        Some(v) => v,
+        None => Box::pin(limiter.ask(key)).await,
+    };
+    if verdict.allowed {
+        return None;
+    }
+    let mut res = ProxyError::RateLimited.response();
+    for (name, value) in limiter.refusal_headers(&verdict) {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            res.headers_mut().insert(name, value);
+        }
+    }
+    Some(res)
 }
 
 /// Attaches the access record to the response: written when the body ends, or at once for a

@@ -52,6 +52,9 @@ pub enum StartError {
     /// The worker threads could not be started.
     #[error("cannot start the worker threads: {0}")]
     Workers(std::io::Error),
+    /// The `[redis]` settings do not make a client.
+    #[error("{0}")]
+    Redis(String),
 }
 
 /// A server whose listeners are bound (so their ports are known) but not yet serving.

@@ -270,6 +270,7 @@ impl Running {
             (None, None, _) => StagedAdmin::Keep,
         };
 
+        let redis = self.registry.redis(config.redis.as_ref()).map_err(StartError::Redis)?;
         let mut pools: Vec<Arc<Pool>> = Vec::with_capacity(config.pools.len());
         for p in &config.pools {
             let tls = match &p.tls {
@@ -282,7 +283,7 @@ impl Running {
                     Some(built.config)
                 }
             };
-            pools.push(Arc::new(Pool::with_registry(p, &self.registry, tls)));
+            pools.push(Arc::new(Pool::with_registry(p, &self.registry, tls, redis.as_ref())));
         }
         let mut access_logs = HashMap::new();
         let mut listeners = Vec::with_capacity(plan.len());

@@ -23,6 +23,8 @@ use super::select::{self, PickContext, Select, SelectOptions};
 use super::sticky::Sticky;
 use super::{Backend, HashKey, RequestView};
 use crate::config::{Algorithm, PoolConfig, StickyConfig};
+use crate::fleet::rate_limit::RateLimiter;
+use crate::fleet::redis_limit::RedisClient;
 
 /// One configured backend with what belongs to it in this pool.
 #[derive(Debug)]
@@ -76,6 +78,8 @@ pub struct Pool {
     ramping: AtomicBool,
     /// Built by a reload while an earlier build of the pool runs: backends it adds ramp up.
     reloading: bool,
+    /// Its `rate_limit`, if it has one.
+    rate_limiter: Option<Arc<RateLimiter>>,
 }
 
 /// The outcome of a pick.
@@ -125,7 +129,7 @@ impl Pool {
     /// a tokio runtime to run its health checks as well.
     /// Without TLS to the backends (whatever `config.tls` says): for tests.
     pub fn new(config: &PoolConfig) -> Pool {
-        let pool = Pool::with_registry(config, &BackendRegistry::new(1), None);
+        let pool = Pool::with_registry(config, &BackendRegistry::new(1), None, None);
         pool.commit();
         pool
     }
@@ -138,6 +142,7 @@ impl Pool {
         config: &PoolConfig,
         registry: &BackendRegistry,
         tls: Option<Arc<rustls::ClientConfig>>,
+        redis: Option<&Arc<RedisClient>>,
     ) -> Pool {
         // A backend added by a reload (the pool already has live backends) ramps up.
         let reloading = registry.has_pool(&config.name);
@@ -167,6 +172,7 @@ impl Pool {
             .collect();
         let empty = Selection::build(&[], Vec::new(), &[], config.algorithm, &config.select, None, false);
         Pool {
+            rate_limiter: registry.rate_limiter(config, redis),
             stats: registry.pool_stats(&config.name, config.retries.budget_percent),
             config: config.clone(),
             members,
@@ -232,6 +238,11 @@ impl Pool {
     /// The pool's validated config.
     pub fn config(&self) -> &PoolConfig {
         &self.config
+    }
+
+    /// Its rate limit, if it has one.
+    pub fn rate_limiter(&self) -> Option<&RateLimiter> {
+        self.rate_limiter.as_deref()
     }
 
     /// The pool's name.

@@ -11,7 +11,9 @@ use super::connection::ConnectionPool;
 use super::idle::IdleConnections;
 use super::retry_budget::RetryBudget;
 use super::Backend;
-use crate::config::{PoolConfig, UpstreamProtocol};
+use crate::config::{PoolConfig, RedisConfig, UpstreamProtocol};
+use crate::fleet::rate_limit::RateLimiter;
+use crate::fleet::redis_limit::RedisClient;
 use crate::stats::StatusCounts;
 
 /// Every live backend by (pool name, address), with its connections. Used only while building
@@ -24,6 +26,11 @@ pub struct BackendRegistry {
     /// Figures of each pool name ever configured, kept across reloads (a handful of counters
     /// per name).
     pools: Mutex<HashMap<String, Arc<PoolStats>>>,
+    /// Each pool's rate limiter, kept while its settings (and the Redis it counts in) stay
+    /// the same, so that a reload does not hand every client a fresh bucket.
+    limiters: Mutex<HashMap<String, Arc<RateLimiter>>>,
+    /// The client of the config's `[redis]`, kept while its settings stay the same.
+    redis: Mutex<Option<Arc<RedisClient>>>,
 }
 
 /// A backend is the same across configs when its pool, address and way of talking to it
@@ -76,7 +83,39 @@ impl BackendRegistry {
             workers: workers.max(1),
             backends: Mutex::default(),
             pools: Mutex::default(),
+            limiters: Mutex::default(),
+            redis: Mutex::default(),
         }
+    }
+
+    /// The Redis client for `config` (the same one while the settings stay the same), or
+    /// none; an invalid URL is an error for the reload to report.
+    pub fn redis(&self, config: Option<&RedisConfig>) -> Result<Option<Arc<RedisClient>>, String> {
+        let mut current = self.redis.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(config) = config else {
+            return Ok(None);
+        };
+        if let Some(c) = current.as_ref().filter(|c| c.config() == config) {
+            return Ok(Some(Arc::clone(c)));
+        }
+        let client = Arc::new(RedisClient::new(config).map_err(|e| format!("redis.url: {e}"))?);
+        *current = Some(Arc::clone(&client));
+        Ok(Some(client))
+    }
+
+    /// Pool `config`'s rate limiter: the one it had while its settings and Redis client are
+    /// the same, else a new one.
+    pub fn rate_limiter(&self, config: &PoolConfig, redis: Option<&Arc<RedisClient>>) -> Option<Arc<RateLimiter>> {
+        let wanted = config.rate_limit.as_ref()?;
+        let mut map = self.limiters.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(l) = map.get(&config.name) {
+            if l.config() == wanted && l.uses(redis) {
+                return Some(Arc::clone(l));
+            }
+        }
+        let limiter = Arc::new(RateLimiter::new(&config.name, wanted, redis));
+        map.insert(config.name.clone(), Arc::clone(&limiter));
+        Some(limiter)
     }
 
     /// The figures of the pool named `pool`, the same object across reloads (created with a

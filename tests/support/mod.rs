@@ -26,12 +26,15 @@ use steelyard::{Config, Server};
 mod pki;
 mod process;
 mod raw_origin;
+mod redis;
 #[allow(unused_imports)] // only the TLS tests make certificates
 pub use pki::Pki;
 #[allow(unused_imports)] // not every test binary runs the compiled binary
 pub use process::{run_check, Process, BIN};
 #[allow(unused_imports)] // only the HTTP/1 edge tests record raw bytes
 pub use raw_origin::{spawn_recording_origin, Recording};
+#[allow(unused_imports)] // only the fleet tests run Redis
+pub use redis::RedisServer;
 
 /// How long any wait in a test may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(10);

@@ -136,6 +136,28 @@ fn local<'a>(
     Box::pin(write_local(conn, out, status, extra, keep_alive))
 }
 
+/// Answers 429 with the limit's fields when `verdict` (or, if there is none yet, Redis's)
+/// refuses the request; returns the body bytes written, or `None` when the request may go.
+async fn refuse_if_limited(
+    conn: &mut Client,
+    out: &mut Vec<u8>,
+    limiter: &crate::fleet::rate_limit::RateLimiter,
+    key: u64,
+    verdict: Option<crate::fleet::gcra_table::Verdict>,
+    keep_alive: bool,
+) -> Option<u64> {
+    let verdict = match verdict {
+        Some(v) => v,
+        None => limiter.ask(key).await,
+    };
+    if verdict.allowed {
+        return None;
+    }
+    let mut extra = Vec::with_capacity(128);
+    limiter.refusal_fields(&verdict, &mut extra);
+    Some(write_local(conn, out, 429, &extra, keep_alive).await)
+}
+
 async fn write_local(conn: &mut Client, out: &mut Vec<u8>, status: u16, extra: &[u8], keep_alive: bool) -> u64 {
     let mut body = [0u8; 64];
     let text = format_status_body(status, &mut body);
@@ -277,7 +299,37 @@ async fn route(
             if let Some(r) = record.as_mut() {
                 r.pool = Some(Arc::from(pool.name()));
             }
-            if pool.config().protocol.is_h2() {
+            // Decided here without waiting, unless the limit refuses or must ask Redis.
+            let limited = rate_limit_key(conn, &pool, head_bytes, &scratch.fields, target).and_then(
+                |(limiter, key)| match limiter.check(key) {
+                    Some(v) if v.allowed => None,
+                    verdict => Some((limiter, key, verdict)),
+                },
+            );
+            let refused = match limited {
+                None => None,
+                // Boxed: the rare path must take no room in every request's state.
+                Some((limiter, key, verdict)) => {
+                    Box::pin(refuse_if_limited(
+                        conn,
+                        &mut scratch.out,
+                        limiter,
+                        key,
+                        verdict,
+                        keep_alive,
+                    ))
+                    .await
+                }
+            };
+            if let Some(bytes) = refused {
+                pool.stats().local_responses.record(429);
+                let next = if keep_alive {
+                    Next::KeepAlive(Instant::now())
+                } else {
+                    Next::Close
+                };
+                (429, next, bytes)
+            } else if pool.config().protocol.is_h2() {
                 Box::pin(to_h2::proxy(
                     conn,
                     shared,
@@ -313,6 +365,20 @@ async fn route(
         log.log(*record);
     }
     next
+}
+
+/// `pool`'s rate limiter and this request's key for it; `None` when the pool has no limit or
+/// the request lacks the key (it is not limited).
+fn rate_limit_key<'p>(
+    conn: &Client,
+    pool: &'p crate::upstream::Pool,
+    head: &[u8],
+    fields: &[Field],
+    target: &str,
+) -> Option<(&'p crate::fleet::rate_limit::RateLimiter, u64)> {
+    let limiter = pool.rate_limiter()?;
+    let view = crate::upstream::RequestView::of_raw(conn.info.peer.ip(), head, fields, target);
+    Some((limiter, limiter.config().key.hash(&view)?))
 }
 
 /// A plain listener's answer to everything: 308 to the same URL over `https://` (400 without a

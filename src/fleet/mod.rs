@@ -1,0 +1,6 @@
+//! What a fleet of Steelyards shares, kept in engines such fleets already run: rate limits
+//! (counted here or in Redis).
+
+pub mod gcra_table;
+pub mod rate_limit;
+pub mod redis_limit;
