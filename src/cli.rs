@@ -315,6 +315,7 @@ fn parse_backend(s: &str) -> Result<BackendConfig, String> {
         address,
         weight,
         dns_name,
+        backup: false,
     })
 }
 

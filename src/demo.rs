@@ -99,6 +99,7 @@ pub async fn run(
             address,
             weight: 1,
             dns_name: None,
+            backup: false,
         });
     }
     let mut config = Config::quick(listen, backends.clone(), Algorithm::RoundRobin, Timeouts::default());

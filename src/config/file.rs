@@ -40,6 +40,22 @@ pub struct RedisSection {
     pub timeout: Option<Spanned<String>>,
 }
 
+/// `discover = { srv | a, nameserver, min_ttl, max_ttl }` of a pool.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoverSection {
+    /// An SRV name: each record is a backend (target, port, weight; priority groups).
+    pub srv: Option<Spanned<String>>,
+    /// `NAME:PORT`: each A/AAAA record of NAME is a backend on PORT.
+    pub a: Option<Spanned<String>>,
+    /// `IP:PORT` of the DNS server to ask; the system's (`/etc/resolv.conf`) by default.
+    pub nameserver: Option<Spanned<String>>,
+    /// Shortest time between lookups, whatever the records' TTL.
+    pub min_ttl: Option<Spanned<String>>,
+    /// Longest time between lookups, whatever the records' TTL.
+    pub max_ttl: Option<Spanned<String>>,
+}
+
 /// `rate_limit = { key, rate, burst, scope, on_redis_error }` of a pool.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -198,7 +214,10 @@ pub struct PoolSection {
     /// How a backend is chosen; default `round_robin`.
     pub algorithm: Option<Spanned<String>>,
     /// The backends: `"host:port"` or `{ address = "host:port", weight = N }`.
-    pub backends: Spanned<Vec<Spanned<BackendEntry>>>,
+    /// Absent when `discover` finds them.
+    pub backends: Option<Spanned<Vec<Spanned<BackendEntry>>>>,
+    /// Backends found in DNS: `{ srv = "_http._tcp.NAME" }` or `{ a = "NAME:PORT" }`.
+    pub discover: Option<Spanned<DiscoverSection>>,
     /// Upstream timeouts.
     #[serde(default)]
     pub timeouts: TimeoutsSection,
@@ -364,6 +383,8 @@ pub struct BackendEntry {
     pub address: Spanned<String>,
     /// Relative share of traffic; absent means 1.
     pub weight: Option<Spanned<i64>>,
+    /// Used only while no other backend of the pool can be.
+    pub backup: Option<bool>,
 }
 
 impl<'de> Deserialize<'de> for BackendEntry {
@@ -378,7 +399,7 @@ impl<'de> Visitor<'de> for BackendEntryVisitor {
     type Value = BackendEntry;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str(r#"a backend: "host:port" or { address = "host:port", weight = N }"#)
+        f.write_str(r#"a backend: "host:port" or { address = "host:port", weight = N, backup = true }"#)
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<BackendEntry, E> {
@@ -386,20 +407,27 @@ impl<'de> Visitor<'de> for BackendEntryVisitor {
         Ok(BackendEntry {
             address: Spanned::new(0..0, v.to_owned()),
             weight: None,
+            backup: None,
         })
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<BackendEntry, A::Error> {
         let mut address = None;
         let mut weight = None;
+        let mut backup = None;
         while let Some(key) = map.next_key::<String>()? {
             match key.as_str() {
                 "address" => address = Some(map.next_value()?),
                 "weight" => weight = Some(map.next_value()?),
-                other => return Err(de::Error::unknown_field(other, &["address", "weight"])),
+                "backup" => backup = Some(map.next_value()?),
+                other => return Err(de::Error::unknown_field(other, &["address", "weight", "backup"])),
             }
         }
         let address = address.ok_or_else(|| de::Error::missing_field("address"))?;
-        Ok(BackendEntry { address, weight })
+        Ok(BackendEntry {
+            address,
+            weight,
+            backup,
+        })
     }
 }

@@ -37,9 +37,10 @@ pub use listener::{
     ProxyProtocol, RouteConfig, TlsConfig,
 };
 pub use pool::{
-    Algorithm, BackendConfig, HashKey, PoolConfig, ProxyVersion, SelectOptions, StickyConfig, Timeouts,
-    UpstreamProtocol, UpstreamTlsConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DNS_REFRESH, DEFAULT_EWMA_DECAY,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_RESPONSE_HEADER_TIMEOUT, MAX_WEIGHT, STICKY_SECRET_ENV,
+    Algorithm, BackendConfig, DiscoverConfig, DiscoverName, HashKey, PoolConfig, ProxyVersion, SelectOptions,
+    StickyConfig, Timeouts, UpstreamProtocol, UpstreamTlsConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DNS_REFRESH,
+    DEFAULT_EWMA_DECAY, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_RESPONSE_HEADER_TIMEOUT, MAX_WEIGHT,
+    STICKY_SECRET_ENV,
 };
 pub use rate_limit::{OnRedisError, RateLimitConfig, RateScope, RedisConfig, DEFAULT_REDIS_TIMEOUT};
 pub use resilience::{CheckKind, HealthCheckConfig, PassiveConfig, RetryConfig, SlowStart, StatusSet};
@@ -308,6 +309,7 @@ impl Config {
                 tls: None,
                 send_proxy_protocol: None,
                 rate_limit: None,
+                discover: None,
             }],
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             workers: None,
@@ -321,6 +323,7 @@ impl Config {
             address: SocketAddr::from(([127, 0, 0, 1], port)),
             weight: 1,
             dns_name: None,
+            backup: false,
         };
         Config::quick(
             SocketAddr::from(([127, 0, 0, 1], 8080)),

@@ -8,7 +8,7 @@ use http::header::HeaderName;
 use toml::Spanned;
 
 use super::address::{backend_scheme_is_tls, parse_backend_addresses};
-use super::file::{BackendEntry, PoolSection, TimeoutsSection};
+use super::file::{BackendEntry, DiscoverSection, PoolSection, TimeoutsSection};
 use super::resilience::{self, HealthCheckConfig, PassiveConfig, RetryConfig, SlowStart};
 use super::Checker;
 
@@ -175,6 +175,8 @@ pub struct PoolConfig {
     pub send_proxy_protocol: Option<ProxyVersion>,
     /// Requests per key and period; `None` is unlimited.
     pub rate_limit: Option<super::RateLimitConfig>,
+    /// Backends found in DNS instead of `backends`.
+    pub discover: Option<DiscoverConfig>,
 }
 
 /// A PROXY protocol version to send.
@@ -263,6 +265,9 @@ pub struct BackendConfig {
     /// The `host:port` it was resolved from, when given as a name: re-resolved every
     /// `dns_refresh`, each address being a backend of this weight.
     pub dns_name: Option<String>,
+    /// Used only while no other (non-backup) backend of the pool is eligible: HAProxy's
+    /// `backup`, nginx's `backup`, and DNS SRV records of a higher priority value.
+    pub backup: bool,
 }
 
 /// Upstream timeouts of a pool.
@@ -307,14 +312,24 @@ pub(super) fn validate(name: &str, section: &Spanned<PoolSection>, has_redis: bo
             Algorithm::RoundRobin
         }),
     };
-    if p.backends.get_ref().is_empty() {
-        check.error(
-            p.backends.span(),
-            format!("{key}.backends: a pool needs at least one backend"),
-        );
+    let discover = p.discover.as_ref().and_then(|d| discover(&key, d, check));
+    match (&p.backends, &p.discover) {
+        (Some(b), Some(_)) => check.error(
+            b.span(),
+            format!("{key}.backends: a pool with discover takes its backends from DNS; remove backends"),
+        ),
+        (Some(b), None) if b.get_ref().is_empty() => {
+            check.error(b.span(), format!("{key}.backends: a pool needs at least one backend"))
+        }
+        (None, None) => check.error(
+            section.span(),
+            format!("{key}: no backends; add backends = [\"HOST:PORT\"] or discover = {{ srv = \"NAME\" }}"),
+        ),
+        _ => {}
     }
+    let entries: &[Spanned<BackendEntry>] = p.backends.as_ref().map_or(&[], |b| b.get_ref());
     let mut backends: Vec<BackendConfig> = Vec::new();
-    for (i, entry) in p.backends.get_ref().iter().enumerate() {
+    for (i, entry) in entries.iter().enumerate() {
         let bkey = format!("{key}.backends[{i}]");
         for b in validate_backend(&bkey, entry, check) {
             match backends.iter().find(|o| o.address == b.address) {
@@ -464,15 +479,118 @@ pub(super) fn validate(name: &str, section: &Spanned<PoolSection>, has_redis: bo
         tls,
         send_proxy_protocol,
         rate_limit,
+        discover,
     }
+}
+
+/// Validates `{key}.discover`.
+fn discover(key: &str, d: &Spanned<DiscoverSection>, check: &mut Checker) -> Option<DiscoverConfig> {
+    let s = d.get_ref();
+    let key = format!("{key}.discover");
+    let name = match (&s.srv, &s.a) {
+        (Some(srv), None) => {
+            let n = srv.get_ref().trim().trim_end_matches('.');
+            if n.is_empty() || n.contains(':') || n.contains(' ') {
+                check.error(
+                    srv.span(),
+                    format!(
+                        "{key}.srv: {:?} is not a DNS name like \"_http._tcp.app.internal\"",
+                        srv.get_ref()
+                    ),
+                );
+                return None;
+            }
+            DiscoverName::Srv(format!("{n}."))
+        }
+        (None, Some(a)) => match a
+            .get_ref()
+            .rsplit_once(':')
+            .map(|(h, p)| (h.trim().trim_end_matches('.'), p.parse::<u16>()))
+        {
+            Some((host, Ok(port))) if !host.is_empty() && port > 0 => DiscoverName::A {
+                host: format!("{host}."),
+                port,
+            },
+            _ => {
+                check.error(a.span(), format!("{key}.a: {:?} is not NAME:PORT", a.get_ref()));
+                return None;
+            }
+        },
+        _ => {
+            check.error(
+                d.span(),
+                format!("{key}: give exactly one of srv = \"NAME\" or a = \"NAME:PORT\""),
+            );
+            return None;
+        }
+    };
+    let nameserver = match &s.nameserver {
+        None => None,
+        Some(ns) => match ns.get_ref().parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                check.error(
+                    ns.span(),
+                    format!("{key}.nameserver: {:?} is not IP:PORT", ns.get_ref()),
+                );
+                None
+            }
+        },
+    };
+    let min_ttl = check.duration(&format!("{key}.min_ttl"), &s.min_ttl, DEFAULT_DISCOVER_MIN_TTL);
+    let max_ttl = check.duration(&format!("{key}.max_ttl"), &s.max_ttl, DEFAULT_DISCOVER_MAX_TTL);
+    if min_ttl < Duration::from_millis(100) || max_ttl < min_ttl || max_ttl > Duration::from_secs(86_400) {
+        check.error(
+            d.span(),
+            format!("{key}: min_ttl must be at least 100ms and max_ttl from min_ttl to 24h"),
+        );
+    }
+    Some(DiscoverConfig {
+        name,
+        nameserver,
+        min_ttl,
+        max_ttl,
+    })
+}
+
+/// Default shortest time between discovery lookups.
+pub const DEFAULT_DISCOVER_MIN_TTL: Duration = Duration::from_secs(1);
+/// Default longest time between discovery lookups.
+pub const DEFAULT_DISCOVER_MAX_TTL: Duration = Duration::from_secs(300);
+
+/// A pool's backends found in DNS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoverConfig {
+    /// What to look up.
+    pub name: DiscoverName,
+    /// The DNS server to ask; the system's when `None`.
+    pub nameserver: Option<SocketAddr>,
+    /// Shortest time between lookups.
+    pub min_ttl: Duration,
+    /// Longest time between lookups.
+    pub max_ttl: Duration,
+}
+
+/// The DNS name a pool's backends come from (fully qualified, ending in a dot).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiscoverName {
+    /// SRV records: target, port, weight; the lowest priority value serves, the others are
+    /// backups (RFC 2782).
+    Srv(String),
+    /// A and AAAA records of `host`, each a backend on `port`.
+    A {
+        /// The name.
+        host: String,
+        /// The backends' port.
+        port: u16,
+    },
 }
 
 /// The pool's protocol and TLS settings: TLS is on when a backend is written `https://` or
 /// the pool has a `tls` table, and then for every backend of the pool.
 fn upstream_protocol(key: &str, p: &PoolSection, check: &mut Checker) -> (UpstreamProtocol, Option<UpstreamTlsConfig>) {
-    let schemes: Vec<(Option<bool>, std::ops::Range<usize>)> = p
-        .backends
-        .get_ref()
+    let entries: &[Spanned<BackendEntry>] = p.backends.as_ref().map_or(&[], |b| b.get_ref());
+    let schemes: Vec<(Option<bool>, std::ops::Range<usize>)> = entries
         .iter()
         .map(|e| (backend_scheme_is_tls(e.get_ref().address.get_ref()), e.span()))
         .collect();
@@ -584,6 +702,7 @@ fn validate_backend(key: &str, entry: &Spanned<BackendEntry>, check: &mut Checke
             address,
             weight,
             dns_name: dns_name.clone(),
+            backup: e.backup.unwrap_or(false),
         })
         .collect()
 }

@@ -69,12 +69,13 @@ pub fn with_resolved(config: &Config, lookups: &HashMap<String, Vec<SocketAddr>>
                         address,
                         weight: b.weight,
                         dns_name: Some(name.to_owned()),
+                        backup: b.backup,
                     });
                 }
             }
         }
         // Answers are compared as sets: a resolver rotating its records changes nothing.
-        let key = |b: &BackendConfig| (b.address, b.weight, b.dns_name.clone());
+        let key = |b: &BackendConfig| (b.address, b.weight, b.dns_name.clone(), b.backup);
         let mut before: Vec<_> = pool.backends.iter().map(key).collect();
         let mut after: Vec<_> = backends.iter().map(key).collect();
         before.sort();

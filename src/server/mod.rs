@@ -99,6 +99,8 @@ struct RunningAdmin {
 /// Everything a serving server holds; replaced as a whole by each reload's commit.
 struct Running {
     config: Config,
+    /// Pools' backends found in DNS, and when to look again.
+    discovery: crate::fleet::discovery::Discovery,
     registry: BackendRegistry,
     /// Each accept loop and connection holds a clone; when all are gone, draining is done.
     active: mpsc::Sender<()>,
@@ -178,7 +180,12 @@ impl Server {
             admin: None,
             access_logs: HashMap::new(),
             config: self.config.clone(),
+            discovery: Default::default(),
         };
+        // Pools that discover their backends start with what DNS says (or empty, answering
+        // 503, until it answers).
+        running.discovery.follow(&self.config);
+        running.discovery.refresh_due().await;
         crate::admin::sample_rates(&running.admin_state);
         // Starting is the first reload: the same prepare (everything that can fail) and
         // commit (nothing that can), over the sockets bound by `bind`.
@@ -196,8 +203,10 @@ impl Server {
                 Some(command) = self.reloads.recv() => {
                     running.handle(command);
                     dns_tick = dns_ticker(&running.config);
+                    running.discovery.follow(&running.config);
                 }
                 Some(()) = tick(&mut dns_tick) => running.refresh_dns().await,
+                () = until(running.discovery.next_due()) => running.refresh_discovery().await,
             }
         }
 
@@ -240,6 +249,14 @@ fn dns_ticker(config: &Config) -> Option<tokio::time::Interval> {
     })
 }
 
+/// Waits until `deadline` (forever, without one).
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The next tick of an optional timer (never, without one).
 async fn tick(timer: &mut Option<tokio::time::Interval>) -> Option<()> {
     match timer {
@@ -252,6 +269,17 @@ async fn tick(timer: &mut Option<tokio::time::Interval>) -> Option<()> {
 }
 
 impl Running {
+    /// Looks up the pools whose discovery is due and applies their new backends, if any.
+    async fn refresh_discovery(&mut self) {
+        if !self.discovery.refresh_due().await {
+            return;
+        }
+        if let Err(e) = self.apply(self.config.clone()) {
+            tracing::error!("applying discovered backends failed: {e}; keeping the previous backends");
+        }
+        self.publish();
+    }
+
     /// Resolves host names again and applies the config with their new addresses, if any.
     async fn refresh_dns(&mut self) {
         let (names, _) = dns::names(&self.config);

@@ -216,6 +216,8 @@ impl Running {
         if config.source.is_none() {
             config.source = self.config.source.clone();
         }
+        // Discovering pools keep the backends found for them (the file names none).
+        self.discovery.fill(&mut config);
         let workers = self.workers.handles().len();
         let mut restart_needed = Vec::new();
         match config.workers {

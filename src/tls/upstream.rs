@@ -158,6 +158,7 @@ mod tests {
             address: address.parse().expect("address"),
             weight: 1,
             dns_name: dns_name.map(str::to_owned),
+            backup: false,
         }
     }
 

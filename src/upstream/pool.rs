@@ -45,6 +45,8 @@ pub struct Member {
     weight: u32,
     /// True when this build created the backend (no running config had it).
     created: bool,
+    /// Used only while no other member is eligible.
+    pub backup: bool,
 }
 
 /// The backends picks choose from right now, with the selector built for exactly them.
@@ -167,6 +169,7 @@ impl Pool {
                     backend: upstream.backend,
                     weight: b.weight,
                     created: fresh,
+                    backup: b.backup,
                 }
             })
             .collect();
@@ -283,10 +286,19 @@ impl Pool {
     /// Rebuilds the selection from the members' current health. Off the hot path.
     pub fn rebuild(&self) {
         let now = clock_nanos();
-        let eligible: Vec<usize> = (0..self.members.len())
-            .filter(|&i| self.members[i].backend.is_eligible(now))
-            .collect();
-        let total = self.members.len();
+        let is_eligible = |&i: &usize| self.members[i].backend.is_eligible(now);
+        let primaries: Vec<usize> = (0..self.members.len()).filter(|&i| !self.members[i].backup).collect();
+        let backups: Vec<usize> = (0..self.members.len()).filter(|&i| self.members[i].backup).collect();
+        let mut eligible: Vec<usize> = primaries.iter().copied().filter(is_eligible).collect();
+        // Backups serve only while no primary can (and then they are the pool).
+        // (A pool of backups alone treats them as its primaries.)
+        let group = if primaries.is_empty() || (eligible.is_empty() && backups.iter().any(is_eligible)) {
+            eligible = backups.iter().copied().filter(is_eligible).collect();
+            backups
+        } else {
+            primaries
+        };
+        let total = group.len();
         let threshold = self.config.panic_threshold as usize;
         let panic = total > 0 && eligible.len() * 100 < threshold * total;
         let was_panic = self.in_panic.swap(panic, Ordering::Relaxed);
@@ -311,7 +323,7 @@ impl Pool {
                 }
             }
         }
-        let chosen: Vec<usize> = if panic { (0..total).collect() } else { eligible };
+        let chosen: Vec<usize> = if panic { group } else { eligible };
         let weights = self.effective_weights(&chosen, now);
         let position = self.selection.load().selector.position();
         let selection = Selection::build(

@@ -1,0 +1,213 @@
+//! Backends found in DNS (`discover = { srv = ... }` or `{ a = ... }`), looked up again as
+//! their records' TTLs run out.
+//!
+//! SRV records follow RFC 2782: each record is a backend (its target's addresses on its port,
+//! its weight); the records with the lowest priority value serve and the others are backups,
+//! used only while none of the first can be. A/AAAA records are each a backend on the
+//! configured port. Lookups go to the pool's `nameserver` (or the system's) through
+//! hickory-resolver, with no cache of its own: the next lookup is due when the shortest TTL
+//! of the answer runs out, bounded by `min_ttl` and `max_ttl`. A failed lookup keeps the
+//! backends found before; a changed answer is applied as a set difference through the same
+//! path as a reload (backends that stay keep their state and connections, new ones join,
+//! removed ones drain).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use hickory_resolver::config::{
+    ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
+};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::RData;
+use hickory_resolver::{Resolver, TokioResolver};
+use tokio::time::Instant;
+
+use crate::config::{BackendConfig, Config, DiscoverConfig, DiscoverName, MAX_WEIGHT};
+
+/// Every pool's discovery: what each found, and when each looks again.
+#[derive(Default)]
+pub struct Discovery {
+    watched: Vec<Watched>,
+}
+
+impl std::fmt::Debug for Discovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Discovery").field("pools", &self.watched.len()).finish()
+    }
+}
+
+struct Watched {
+    pool: String,
+    config: DiscoverConfig,
+    resolver: Option<TokioResolver>,
+    next: Instant,
+    /// The last answer; `None` until a lookup succeeded.
+    found: Option<Vec<BackendConfig>>,
+}
+
+impl Discovery {
+    /// Follows `config`'s pools: keeps what pools whose discovery did not change found, looks
+    /// up new ones at once, forgets the rest.
+    pub fn follow(&mut self, config: &Config) {
+        let mut old = std::mem::take(&mut self.watched);
+        for pool in &config.pools {
+            let Some(d) = &pool.discover else { continue };
+            let kept = old
+                .iter()
+                .position(|w| w.pool == pool.name && w.config == *d)
+                .map(|i| old.swap_remove(i));
+            self.watched.push(kept.unwrap_or_else(|| {
+                Watched {
+                    pool: pool.name.clone(),
+                    config: d.clone(),
+                    resolver: resolver(d.nameserver)
+                        .inspect_err(|e| tracing::error!(pool = %pool.name, "cannot make a DNS resolver: {e}"))
+                        .ok(),
+                    next: Instant::now(),
+                    found: None,
+                }
+            }));
+        }
+    }
+
+    /// Gives `config`'s discovering pools the backends found for them (none until found).
+    pub fn fill(&self, config: &mut Config) {
+        for pool in &mut config.pools {
+            let Some(d) = &pool.discover else { continue };
+            if let Some(found) = self
+                .watched
+                .iter()
+                .find(|w| w.pool == pool.name && w.config == *d)
+                .and_then(|w| w.found.as_ref())
+            {
+                pool.backends.clone_from(found);
+            }
+        }
+    }
+
+    /// When the next lookup is due, if any pool discovers.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.watched.iter().map(|w| w.next).min()
+    }
+
+    /// Looks up every pool whose time has come; true when some pool's backends changed.
+    pub async fn refresh_due(&mut self) -> bool {
+        let now = Instant::now();
+        let mut changed = false;
+        for w in self.watched.iter_mut().filter(|w| w.next <= now) {
+            let Some(resolver) = &w.resolver else {
+                w.next = now + w.config.max_ttl;
+                continue;
+            };
+            match lookup(resolver, &w.config.name).await {
+                Ok((mut backends, valid_until)) => {
+                    backends.sort_by_key(|b| (b.backup, b.address));
+                    let ttl = valid_until.saturating_duration_since(Instant::now());
+                    w.next = Instant::now() + ttl.clamp(w.config.min_ttl, w.config.max_ttl);
+                    if w.found.as_ref() != Some(&backends) {
+                        let list: Vec<String> = backends
+                            .iter()
+                            .map(|b| format!("{}{}", b.address, if b.backup { " (backup)" } else { "" }))
+                            .collect();
+                        tracing::info!(pool = %w.pool, backends = %list.join(", "), "DNS discovery: backends changed");
+                        w.found = Some(backends);
+                        changed = true;
+                    }
+                }
+                Err(e) => {
+                    w.next = Instant::now() + w.config.min_ttl;
+                    tracing::warn!(pool = %w.pool, error = %e, "DNS discovery failed; keeping the backends found before");
+                }
+            }
+        }
+        changed
+    }
+}
+
+/// A resolver asking only `nameserver` (or the system's servers), without a cache.
+fn resolver(nameserver: Option<SocketAddr>) -> Result<TokioResolver, String> {
+    let mut options = ResolverOpts::default();
+    options.timeout = Duration::from_secs(2);
+    options.attempts = 1;
+    options.cache_size = 0;
+    options.use_hosts_file = ResolveHosts::Never;
+    options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+    options.try_tcp_on_error = true;
+    options.ndots = 0;
+    let builder = match nameserver {
+        Some(ns) => {
+            let (mut udp, mut tcp) = (ConnectionConfig::udp(), ConnectionConfig::tcp());
+            udp.port = ns.port();
+            tcp.port = ns.port();
+            let server = NameServerConfig::new(ns.ip(), true, vec![udp, tcp]);
+            let config = ResolverConfig::from_parts(None, vec![], vec![server]);
+            Resolver::builder_with_config(config, TokioRuntimeProvider::default())
+        }
+        None => Resolver::builder_tokio().map_err(|e| e.to_string())?,
+    };
+    builder.with_options(options).build().map_err(|e| e.to_string())
+}
+
+/// The backends `name` names now, and until when the answer holds.
+async fn lookup(resolver: &TokioResolver, name: &DiscoverName) -> Result<(Vec<BackendConfig>, Instant), String> {
+    match name {
+        DiscoverName::A { host, port } => {
+            let found = resolver
+                .lookup_ip(host.as_str())
+                .await
+                .map_err(|e| format!("{host}: {e}"))?;
+            let backends = found
+                .iter()
+                .map(|ip| backend(SocketAddr::new(ip, *port), 1, false))
+                .collect();
+            Ok((backends, Instant::from_std(found.valid_until())))
+        }
+        DiscoverName::Srv(srv) => {
+            let found = resolver
+                .srv_lookup(srv.as_str())
+                .await
+                .map_err(|e| format!("{srv}: {e}"))?;
+            let mut valid_until = found.valid_until();
+            let records: Vec<(u16, u16, u16, String)> = found
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::SRV(s) => Some((s.priority, s.weight, s.port, s.target.to_ascii())),
+                    _ => None,
+                })
+                .collect();
+            let first = records.iter().map(|r| r.0).min();
+            let mut addresses: HashMap<String, Vec<IpAddr>> = HashMap::new();
+            let mut backends = Vec::new();
+            for (priority, weight, port, target) in &records {
+                if !addresses.contains_key(target) {
+                    let ips = resolver
+                        .lookup_ip(target.as_str())
+                        .await
+                        .map_err(|e| format!("{target}: {e}"))?;
+                    valid_until = valid_until.min(ips.valid_until());
+                    addresses.insert(target.clone(), ips.iter().collect());
+                }
+                // SRV weights run 0..=65535, 0 meaning "very rarely"; ours start at 1.
+                let weight = u32::from(*weight).clamp(1, MAX_WEIGHT);
+                for ip in &addresses[target] {
+                    let address = SocketAddr::new(*ip, *port);
+                    if !backends.iter().any(|b: &BackendConfig| b.address == address) {
+                        backends.push(backend(address, weight, Some(*priority) != first));
+                    }
+                }
+            }
+            Ok((backends, Instant::from_std(valid_until)))
+        }
+    }
+}
+
+fn backend(address: SocketAddr, weight: u32, backup: bool) -> BackendConfig {
+    BackendConfig {
+        address,
+        weight,
+        dns_name: None,
+        backup,
+    }
+}
