@@ -286,6 +286,33 @@ async fn bad_algorithm_settings_are_rejected_with_positions() {
     );
 }
 
+/// `balance_factor` belongs to hashing pools and must leave room above the mean.
+#[test]
+fn balance_factor_is_checked() {
+    let pool = |extra: &str| {
+        format!("[[listeners]]\nlisten = \"127.0.0.1:0\"\nroutes = [{{ pool = \"p\" }}]\n[pools.p]\nbackends = [\"127.0.0.1:1\"]\n{extra}\n")
+    };
+    for (extra, expected) in [
+        (
+            "balance_factor = 1.25",
+            "pools.p.balance_factor: only applies to algorithm = \"maglev\" or \"ring_hash\"",
+        ),
+        (
+            "algorithm = \"maglev\"\nbalance_factor = 1.0",
+            "pools.p.balance_factor: must be more than 1.0",
+        ),
+    ] {
+        let err = config_error(&pool(extra));
+        assert!(err.contains(expected), "expected {expected:?} in {err}");
+    }
+    assert!(steelyard::Config::from_toml(
+        &pool("algorithm = \"ring_hash\"\nbalance_factor = 1.25"),
+        "a.toml",
+        &steelyard::server::dns::System
+    )
+    .is_ok());
+}
+
 #[tokio::test]
 async fn slow_start_ramps_a_backend_added_by_reload() {
     let (a, b) = (spawn_origin("a").await, spawn_origin("b").await);

@@ -226,6 +226,8 @@ pub struct PoolSection {
     pub hash_key: Option<Spanned<String>>,
     /// Maglev lookup table size (a prime).
     pub maglev_table_size: Option<Spanned<i64>>,
+    /// Bounded loads for maglev and ring_hash: at most this times the mean in-flight load.
+    pub balance_factor: Option<Spanned<f64>>,
     /// `peak_ewma` settings.
     pub peak_ewma: Option<PeakEwmaSection>,
     /// Sticky sessions by cookie.

@@ -54,6 +54,9 @@ pub struct SelectOptions {
     pub maglev_table_size: usize,
     /// Peak-EWMA: the assumed latency of a backend with no sample yet.
     pub ewma_default_rtt: Duration,
+    /// Maglev and ring hash: no backend takes a request while it holds more than this times
+    /// the mean in-flight load (consistent hashing with bounded loads); `None` is unbounded.
+    pub balance_factor: Option<f64>,
 }
 
 impl Default for SelectOptions {
@@ -61,6 +64,7 @@ impl Default for SelectOptions {
         SelectOptions {
             maglev_table_size: DEFAULT_MAGLEV_TABLE_SIZE,
             ewma_default_rtt: Duration::from_millis(30),
+            balance_factor: None,
         }
     }
 }
@@ -373,6 +377,22 @@ pub(super) fn validate(name: &str, section: &Spanned<PoolSection>, has_redis: bo
             );
         } else {
             select.maglev_table_size = n as usize;
+        }
+    }
+    if let Some(f) = &p.balance_factor {
+        let v = *f.get_ref();
+        if !algorithm.hashes() {
+            check.error(
+                f.span(),
+                format!("{key}.balance_factor: only applies to algorithm = \"maglev\" or \"ring_hash\""),
+            );
+        } else if !(v > 1.0 && v <= 10.0) {
+            check.error(
+                f.span(),
+                format!("{key}.balance_factor: must be more than 1.0 and at most 10, got {v}"),
+            );
+        } else {
+            select.balance_factor = Some(v);
         }
     }
     let mut ewma_decay = DEFAULT_EWMA_DECAY;

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use super::{random_allowed, PickContext, Select};
+use super::{bounded_pick, random_allowed, PickContext, Select};
 use crate::upstream::hash::hash64_seeded;
 use crate::upstream::Backend;
 
@@ -16,13 +16,17 @@ use crate::upstream::Backend;
 #[derive(Debug)]
 pub struct Maglev {
     table: Vec<u32>,
+    /// Bounded loads: see [`bounded_pick`].
+    balance_factor: Option<f64>,
 }
 
 impl Maglev {
-    /// Builds the table of `size` slots (a prime) for `backends`.
-    pub fn new(backends: &[Arc<Backend>], size: usize) -> Maglev {
+    /// Builds the table of `size` slots (a prime) for `backends`, with loads bounded by
+    /// `balance_factor` if given.
+    pub fn new(backends: &[Arc<Backend>], size: usize, balance_factor: Option<f64>) -> Maglev {
         Maglev {
             table: build_table(backends, size),
+            balance_factor,
         }
     }
 }
@@ -86,6 +90,15 @@ impl Select for Maglev {
             return random_allowed(backends.len(), ctx);
         };
         let start = (hash % self.table.len() as u64) as usize;
+        if let Some(factor) = self.balance_factor {
+            let len = self.table.len();
+            return bounded_pick(
+                backends,
+                ctx,
+                factor,
+                (0..len).map(|k| self.table[(start + k) % len] as usize),
+            );
+        }
         let first = self.table[start] as usize;
         if ctx.allows(first) {
             return Some(first);
@@ -105,7 +118,7 @@ mod tests {
     use crate::upstream::hash::hash64;
 
     fn owners(backends: &[Arc<Backend>], keys: u64) -> Vec<std::net::SocketAddr> {
-        let m = Maglev::new(backends, DEFAULT_TABLE_SIZE);
+        let m = Maglev::new(backends, DEFAULT_TABLE_SIZE, None);
         (0..keys)
             .map(|k| {
                 let ctx = PickContext {
@@ -125,14 +138,14 @@ mod tests {
     #[test]
     fn tables_and_picks_are_pinned() {
         let backends = backends(&[1, 1, 2]);
-        assert_eq!(Maglev::new(&backends, 13).table, PIN_TABLE);
+        assert_eq!(Maglev::new(&backends, 13, None).table, PIN_TABLE);
         let picks: Vec<usize> = (0..16)
             .map(|k| {
                 let ctx = PickContext {
                     hash: Some(hash64(format!("user-{k}").as_bytes())),
                     exclude: &[],
                 };
-                Maglev::new(&backends, DEFAULT_TABLE_SIZE)
+                Maglev::new(&backends, DEFAULT_TABLE_SIZE, None)
                     .pick(&backends, &ctx)
                     .expect("pick")
             })
@@ -143,7 +156,7 @@ mod tests {
     #[test]
     fn slots_are_shared_by_weight() {
         let backends = backends(&[1, 1, 2]);
-        let m = Maglev::new(&backends, DEFAULT_TABLE_SIZE);
+        let m = Maglev::new(&backends, DEFAULT_TABLE_SIZE, None);
         let count = |i| m.table.iter().filter(|&&s| s == i).count() as f64 / DEFAULT_TABLE_SIZE as f64;
         assert!((count(0) - 0.25).abs() < 0.01 && (count(2) - 0.5).abs() < 0.01);
     }

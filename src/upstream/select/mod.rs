@@ -85,9 +85,38 @@ pub fn build_weighted(
         Algorithm::LeastRequest => Box::new(LeastRequest::new(weights.to_vec())),
         Algorithm::PeakEwma => Box::new(PeakEwma::new(options.ewma_default_rtt, weights.to_vec())),
         Algorithm::Random => Box::new(WeightedRandom::new(weights)),
-        Algorithm::Maglev => Box::new(Maglev::new(backends, options.maglev_table_size)),
-        Algorithm::RingHash => Box::new(RingHash::new(backends)),
+        Algorithm::Maglev => Box::new(Maglev::new(backends, options.maglev_table_size, options.balance_factor)),
+        Algorithm::RingHash => Box::new(RingHash::new(backends, options.balance_factor)),
     }
+}
+
+/// Consistent hashing with bounded loads (Mirrokni, Thorup and Zadimoghaddam; HAProxy's
+/// `hash-balance-factor`, Envoy's `hash_balance_factor`): the first of `order` (the key's
+/// preference order on the ring or table) that `ctx` allows and whose in-flight requests are
+/// under its capacity, `factor` times its weighted share of all in-flight requests counting
+/// this one. Capacities add up to more than the load, so one is always under; a key moves
+/// only while its backend is over, and comes back when it is not.
+pub(super) fn bounded_pick(
+    backends: &[Arc<Backend>],
+    ctx: &PickContext,
+    factor: f64,
+    order: impl Iterator<Item = usize>,
+) -> Option<usize> {
+    let total_weight: f64 = backends.iter().map(|b| f64::from(b.weight().max(1))).sum();
+    let load: usize = backends.iter().map(|b| b.in_flight()).sum::<usize>() + 1;
+    let mut first = None;
+    for i in order {
+        if !ctx.allows(i) {
+            continue;
+        }
+        first.get_or_insert(i);
+        let share = f64::from(backends[i].weight().max(1)) / total_weight;
+        let capacity = (factor * load as f64 * share).ceil() as usize;
+        if backends[i].in_flight() < capacity {
+            return Some(i);
+        }
+    }
+    first
 }
 
 /// A uniformly random allowed index, trying random draws first and then a scan from a random
@@ -184,5 +213,95 @@ mod tests {
             assert_ne!(a, b);
         }
         assert_eq!(two_choices(1, &PickContext::default()), Some((0, 0)));
+    }
+}
+
+#[cfg(test)]
+mod bounded_tests {
+    use super::test_support::backends;
+    use super::*;
+    use crate::upstream::hash::hash64;
+
+    /// Key `k`'s hash.
+    fn key(k: usize) -> u64 {
+        hash64(format!("user-{k}").as_bytes())
+    }
+
+    /// Zipf-distributed key numbers (s = 1.1 over 1,000 keys), from a fixed seed.
+    fn zipf(n: usize) -> Vec<usize> {
+        let weights: Vec<f64> = (1..=1000).map(|r| 1.0 / f64::powf(r as f64, 1.1)).collect();
+        let total: f64 = weights.iter().sum();
+        let mut rng = fastrand::Rng::with_seed(7);
+        (0..n)
+            .map(|_| {
+                let mut x = rng.f64() * total;
+                weights
+                    .iter()
+                    .position(|w| {
+                        x -= w;
+                        x <= 0.0
+                    })
+                    .unwrap_or(999)
+            })
+            .collect()
+    }
+
+    /// Picks for every key of `keys` while all earlier requests are still in flight; returns
+    /// the most in flight on one backend.
+    fn hottest(s: &dyn Select, b: &[Arc<Backend>], keys: &[usize]) -> usize {
+        let mut held = Vec::new();
+        let mut max = 0;
+        for &k in keys {
+            let ctx = PickContext {
+                hash: Some(key(k)),
+                exclude: &[],
+            };
+            let i = s.pick(b, &ctx).expect("pick");
+            held.push(b[i].start_request(0));
+            max = max.max(b[i].in_flight());
+        }
+        max
+    }
+
+    #[test]
+    fn a_zipf_load_stays_within_the_factor_of_the_mean() {
+        let keys = zipf(1000);
+        for algorithm in [Algorithm::Maglev, Algorithm::RingHash] {
+            let b = backends(&[1, 1, 1, 1, 1]);
+            let unbounded = build(algorithm, &b, &SelectOptions::default());
+            let plain = hottest(&*unbounded, &b, &keys);
+            let bounded_options = SelectOptions {
+                balance_factor: Some(1.25),
+                ..SelectOptions::default()
+            };
+            let bounded = build(algorithm, &b, &bounded_options);
+            let max = hottest(&*bounded, &b, &keys);
+            // 1,000 in flight over 5 backends: a mean of 200, at most 250 each.
+            assert!(max <= 250, "{algorithm:?}: hottest backend held {max}");
+            assert!(plain > 250, "{algorithm:?}: without the bound the hottest held {plain}");
+        }
+    }
+
+    #[test]
+    fn keys_stay_put_when_nothing_is_overloaded() {
+        for algorithm in [Algorithm::Maglev, Algorithm::RingHash] {
+            let b = backends(&[1, 2, 1, 1]);
+            let plain = build(algorithm, &b, &SelectOptions::default());
+            let bounded = build(
+                algorithm,
+                &b,
+                &SelectOptions {
+                    balance_factor: Some(1.25),
+                    ..SelectOptions::default()
+                },
+            );
+            for k in 0..2000 {
+                let ctx = PickContext {
+                    hash: Some(key(k)),
+                    exclude: &[],
+                };
+                assert_eq!(plain.pick(&b, &ctx), bounded.pick(&b, &ctx), "{algorithm:?} key {k}");
+            }
+        }
     }
 }

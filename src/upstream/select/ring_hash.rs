@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use super::{random_allowed, PickContext, Select};
+use super::{bounded_pick, random_allowed, PickContext, Select};
 use crate::upstream::hash::hash64;
 use crate::upstream::Backend;
 
@@ -27,11 +27,13 @@ pub struct RingHash {
     /// binary-searches one small bucket instead of the whole ring (which misses cache).
     buckets: Vec<u32>,
     bucket_bits: u32,
+    /// Bounded loads: see [`bounded_pick`].
+    balance_factor: Option<f64>,
 }
 
 impl RingHash {
-    /// Builds the ring for `backends`.
-    pub fn new(backends: &[Arc<Backend>]) -> RingHash {
+    /// Builds the ring for `backends`, with loads bounded by `balance_factor` if given.
+    pub fn new(backends: &[Arc<Backend>], balance_factor: Option<f64>) -> RingHash {
         let total_weight: usize = backends.iter().map(|b| b.weight().max(1) as usize).sum();
         let scale = if total_weight * POINTS_PER_WEIGHT > MAX_POINTS {
             MAX_POINTS as f64 / (total_weight * POINTS_PER_WEIGHT) as f64
@@ -71,6 +73,7 @@ impl RingHash {
             owners,
             buckets,
             bucket_bits,
+            balance_factor,
         }
     }
 
@@ -91,6 +94,15 @@ impl Select for RingHash {
             return random_allowed(backends.len(), ctx);
         };
         let start = self.first_at_or_after(hash);
+        if let Some(factor) = self.balance_factor {
+            let len = self.points.len();
+            return bounded_pick(
+                backends,
+                ctx,
+                factor,
+                (0..len).map(|k| self.owners[(start + k) % len] as usize),
+            );
+        }
         // Walk clockwise past excluded backends (a retry's stable second choice).
         (0..self.points.len())
             .map(|k| self.owners[(start + k) % self.points.len()] as usize)
@@ -104,7 +116,7 @@ mod tests {
     use super::*;
 
     fn owners(backends: &[Arc<Backend>], keys: u64) -> Vec<std::net::SocketAddr> {
-        let ring = RingHash::new(backends);
+        let ring = RingHash::new(backends, None);
         (0..keys)
             .map(|k| {
                 let ctx = PickContext {
@@ -128,7 +140,7 @@ mod tests {
     #[test]
     fn picks_are_pinned() {
         let backends = backends(&[1, 1, 2]);
-        let ring = RingHash::new(&backends);
+        let ring = RingHash::new(&backends, None);
         let picks: Vec<usize> = (0..16)
             .map(|k| {
                 let ctx = PickContext {
@@ -157,7 +169,7 @@ mod tests {
 
     #[test]
     fn bucketed_lookup_matches_a_full_binary_search() {
-        let ring = RingHash::new(&backends(&[1, 2, 3, 1]));
+        let ring = RingHash::new(&backends(&[1, 2, 3, 1]), None);
         for k in 0..50_000u64 {
             let h = crate::upstream::hash::mix(k);
             assert_eq!(ring.first_at_or_after(h), ring.points.partition_point(|&p| p < h));
