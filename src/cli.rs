@@ -18,7 +18,7 @@ use steelyard::upstream::HashKey;
 /// With no arguments it runs the classic demo setup: it listens on 127.0.0.1:8080 and forwards
 /// to 127.0.0.1:8081 and 127.0.0.1:8082 in turn. Give --config for a config file, or --listen and
 /// --backend for quick mode.
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(name = "steelyard", version, about, long_about)]
 pub struct Cli {
     /// Config file (TOML); see steelyard.example.toml.
@@ -101,7 +101,7 @@ pub struct Cli {
 }
 
 /// Subcommands; none means "run".
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Validate a config file without starting: exit 0 with a summary, or 1 with every problem.
     Check,
@@ -211,14 +211,21 @@ impl Cli {
                 config
             }
         };
+        self.overrides(&mut config)?;
+        Ok(config)
+    }
+
+    /// Applies the flags that override a config, whatever its source (`--drain-timeout`,
+    /// `--admin`, `--workers`).
+    pub fn overrides(&self, config: &mut Config) -> Result<(), String> {
         if let Some(d) = self.drain_timeout {
             config.drain_timeout = d;
         }
-        self.apply_admin(&mut config)?;
+        self.apply_admin(config)?;
         if let Some(w) = self.workers {
             config.workers = Some(usize::from(w));
         }
-        Ok(config)
+        Ok(())
     }
 }
 

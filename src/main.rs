@@ -9,6 +9,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use cli::{Cli, Command, LogFormat};
+use steelyard::server::etcd::EtcdSource;
 use steelyard::{Config, ReloadHandle, Server};
 
 fn main() -> ExitCode {
@@ -85,7 +86,24 @@ fn check(cli: &Cli) -> ExitCode {
 }
 
 fn run(cli: &Cli) -> ExitCode {
-    let mut config = match cli.run_config() {
+    let etcd = match cli
+        .config
+        .as_deref()
+        .and_then(|p| p.to_str())
+        .and_then(EtcdSource::parse)
+    {
+        None => None,
+        Some(Ok(source)) => Some(source),
+        Some(Err(e)) => {
+            eprintln!("steelyard: --config {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let loaded = match &etcd {
+        None => cli.run_config().map(|c| (c, 0)),
+        Some(source) => load_from_etcd(cli, source),
+    };
+    let (mut config, revision) = match loaded {
         Ok(c) => c,
         Err(e) => {
             eprintln!("steelyard: {e}");
@@ -113,6 +131,15 @@ fn run(cli: &Cli) -> ExitCode {
         if let Some((baseline, path)) = watch {
             tokio::spawn(reload_on_change(server.reload_handle(), path, baseline));
         }
+        if let Some(source) = etcd {
+            let cli = cli.clone();
+            let adjust = move |c: &mut steelyard::Config| {
+                if let Err(e) = cli.overrides(c) {
+                    tracing::error!("{e}");
+                }
+            };
+            tokio::spawn(source.watch(revision, server.reload_handle(), adjust));
+        }
         server.run(shutdown_signal()).await
     });
     match result {
@@ -122,6 +149,22 @@ fn run(cli: &Cli) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The config under an etcd key (`--config etcd://HOST:PORT/KEY`) with the command line's
+/// overrides, and its revision.
+fn load_from_etcd(cli: &Cli, source: &EtcdSource) -> Result<(steelyard::Config, i64), String> {
+    if cli.has_quick_flags() {
+        return Err("--config cannot be combined with --listen, --backend, --tls-cert or the timeout flags".into());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let (mut config, revision) = runtime.block_on(source.load()).map_err(|e| e.to_string())?;
+    cli.overrides(&mut config)?;
+    tracing::info!(source = %source.url(), revision, "config loaded from etcd");
+    Ok((config, revision))
 }
 
 /// The main thread's runtime: the control plane (the server starts one runtime per worker).

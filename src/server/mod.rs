@@ -6,6 +6,7 @@
 //! by the worker threads it starts ([`workers`]), which read what the control plane publishes.
 
 pub mod dns;
+pub mod etcd;
 pub mod listener;
 mod reload;
 pub mod workers;

@@ -24,12 +24,15 @@ use tokio::task::JoinHandle;
 use steelyard::{Config, Server};
 
 mod dnsmasq;
+mod etcd;
 mod pki;
 mod process;
 mod raw_origin;
 mod redis;
 #[allow(unused_imports)] // only the discovery tests run a DNS server
 pub use dnsmasq::Dnsmasq;
+#[allow(unused_imports)] // only the etcd tests run etcd
+pub use etcd::EtcdServer;
 #[allow(unused_imports)] // only the TLS tests make certificates
 pub use pki::Pki;
 #[allow(unused_imports)] // not every test binary runs the compiled binary
