@@ -166,6 +166,8 @@ pub struct RedisLimit {
     lease: Duration,
     on_error: OnRedisError,
     leases: LeaseTable,
+    /// Woken whenever an answer from Redis was stored (for requests waiting on one).
+    answered: tokio::sync::Notify,
     errors: AtomicU64,
     /// False from the first failure until Redis answers again.
     reachable: AtomicBool,
@@ -185,6 +187,7 @@ impl RedisLimit {
             lease: (config.interval() * batch * 2).clamp(Duration::from_millis(10), Duration::from_secs(1)),
             on_error: config.on_redis_error,
             leases: LeaseTable::new(),
+            answered: tokio::sync::Notify::new(),
             errors: AtomicU64::new(0),
             reachable: AtomicBool::new(true),
         }
@@ -193,13 +196,43 @@ impl RedisLimit {
     /// A verdict without asking Redis: a token of this instance's lease for `key`, or the
     /// refusal Redis gave and that still holds. `None`: Redis must be asked.
     pub fn take_leased(&self, key: u64, now: Instant) -> Option<Verdict> {
-        self.leases.take(key, self.leases.ms(now))
+        match self.leases.take(key, self.leases.ms(now)) {
+            Leased::Verdict(v) => Some(v),
+            Leased::Ask | Leased::Wait => None,
+        }
     }
 
-    /// Asks Redis for `key`'s next token (a batch when the key is busy here).
+    /// Asks Redis for `key`'s next token (a batch when the key is busy here). One request per
+    /// key asks at a time: the others wait for its answer (within `redis.timeout`) and take
+    /// from the lease it brings, so a key busy on many connections costs one round trip per
+    /// batch, not one per connection.
     pub async fn ask(&self, key: u64) -> Verdict {
-        let started = Instant::now();
-        let busy = self.leases.recently_used(key, self.leases.ms(started), self.lease);
+        let timeout = self.client.config.timeout;
+        let busy = loop {
+            // Registered before looking, so that an answer stored meanwhile still wakes us.
+            let answered = self.answered.notified();
+            tokio::pin!(answered);
+            answered.as_mut().enable();
+            let now = self.leases.ms(Instant::now());
+            match self.leases.take(key, now) {
+                Leased::Verdict(v) => return v,
+                Leased::Wait => {
+                    let _ = tokio::time::timeout(timeout, answered).await;
+                }
+                Leased::Ask => {
+                    let busy = self.leases.recently_used(key, now, self.lease);
+                    if self.leases.claim(key, now, now + timeout.as_millis() as u64 + 1) {
+                        break busy;
+                    }
+                }
+            }
+        };
+        let verdict = self.ask_redis(key, busy).await;
+        self.answered.notify_waiters();
+        verdict
+    }
+
+    async fn ask_redis(&self, key: u64, busy: bool) -> Verdict {
         let want = if busy { self.batch } else { 1 };
         let mut name = String::with_capacity(self.prefix.len() + 16);
         name.push_str(&self.prefix);
@@ -227,6 +260,7 @@ impl RedisLimit {
                 }
             }
             Err(e) => {
+                self.leases.touch(key, self.leases.ms(Instant::now()));
                 self.errors.fetch_add(1, Ordering::Relaxed);
                 if self.reachable.swap(false, Ordering::AcqRel) {
                     tracing::warn!(url = %self.client.config.url, error = %e, on_redis_error = ?self.on_error, "Redis cannot be asked; global rate limits fall back to on_redis_error");
@@ -261,6 +295,20 @@ impl RedisLimit {
         self.reachable.load(Ordering::Relaxed)
     }
 }
+
+/// What the lease table says of a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leased {
+    /// Decided here: a leased token, or a refusal that still holds.
+    Verdict(Verdict),
+    /// Nothing held: Redis must be asked.
+    Ask,
+    /// Another request is asking Redis for this key now.
+    Wait,
+}
+
+/// The tokens value marking a slot whose key is being asked about.
+const ASKING: u64 = 0xfff;
 
 /// Per-key leases of this instance, in the same fixed, lock-free shape as
 /// [`super::gcra_table::GcraTable`]: each slot the key's hash and a word of a 12-bit check,
@@ -312,15 +360,20 @@ impl LeaseTable {
         })
     }
 
-    fn take(&self, key: u64, now: u64) -> Option<Verdict> {
+    fn take(&self, key: u64, now: u64) -> Leased {
         let (keys, ways, h, tag) = self.place(key);
-        let (slot, word) = self.find(keys, ways, h, tag)?;
+        let Some((slot, word)) = self.find(keys, ways, h, tag) else {
+            return Leased::Ask;
+        };
         let (tokens, expiry) = ((word >> 40) & 0xfff, word & EXPIRY_MASK);
         if expiry <= now {
-            return None;
+            return Leased::Ask;
+        }
+        if tokens == ASKING {
+            return Leased::Wait;
         }
         if tokens == 0 {
-            return Some(Verdict {
+            return Leased::Verdict(Verdict {
                 allowed: false,
                 remaining: 0,
                 retry_after: Duration::from_millis(expiry - now),
@@ -334,14 +387,32 @@ impl LeaseTable {
             word - (1 << 40)
         };
         // Losing the race sends this request to Redis: always safe.
-        slot.compare_exchange(word, new, Ordering::AcqRel, Ordering::Relaxed)
-            .ok()
-            .map(|_| Verdict {
+        match slot.compare_exchange(word, new, Ordering::AcqRel, Ordering::Relaxed) {
+            Ok(_) => Leased::Verdict(Verdict {
                 allowed: true,
                 remaining: (tokens - 1) as u32,
                 retry_after: Duration::ZERO,
                 reset_after: Duration::ZERO,
-            })
+            }),
+            Err(_) => Leased::Ask,
+        }
+    }
+
+    /// Marks `key` as being asked about until `until` (when a lost answer stops holding the
+    /// others back); false when another request marked it first.
+    fn claim(&self, key: u64, now: u64, until: u64) -> bool {
+        let (keys, ways, h, tag) = self.place(key);
+        let word = (tag << 52) | (ASKING << 40) | (until & EXPIRY_MASK);
+        match self.find(keys, ways, h, tag) {
+            Some((slot, old)) if (old >> 40) & 0xfff != ASKING || old & EXPIRY_MASK <= now => slot
+                .compare_exchange(old, word, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok(),
+            Some(_) => false,
+            None => {
+                self.store(key, ASKING, until);
+                true
+            }
+        }
     }
 
     /// Whether `key` asked within the last `window` (it is busy: worth a batch).
@@ -392,17 +463,31 @@ mod tests {
     fn leases_are_spent_then_refusals_held_until_they_end() {
         let table = LeaseTable::new();
         let now = table.ms(Instant::now());
-        assert_eq!(table.take(5, now), None, "nothing leased: ask Redis");
+        let verdict = |l: Leased| match l {
+            Leased::Verdict(v) => v,
+            other => panic!("expected a verdict, got {other:?}"),
+        };
+        assert_eq!(table.take(5, now), Leased::Ask, "nothing leased: ask Redis");
+        assert!(table.claim(5, now, now + 50));
+        assert!(!table.claim(5, now + 1, now + 51), "one request asks at a time");
+        assert_eq!(table.take(5, now + 1), Leased::Wait);
         table.lease(5, 2, now + 100);
-        assert!(table.take(5, now).expect("leased").allowed);
-        assert!(table.take(5, now + 1).expect("leased").allowed);
-        assert_eq!(table.take(5, now + 2), None, "lease spent");
+        assert!(verdict(table.take(5, now)).allowed);
+        assert!(verdict(table.take(5, now + 1)).allowed);
+        assert_eq!(table.take(5, now + 2), Leased::Ask, "lease spent");
         assert!(table.recently_used(5, now + 2, Duration::from_millis(10)));
         table.refuse(5, now + 50);
-        let refused = table.take(5, now + 10).expect("refusal held");
+        let refused = verdict(table.take(5, now + 10));
         assert!(!refused.allowed);
         assert_eq!(refused.retry_after, Duration::from_millis(40));
-        assert_eq!(table.take(5, now + 50), None, "refusal over: ask again");
+        assert_eq!(table.take(5, now + 50), Leased::Ask, "refusal over: ask again");
         assert!(!table.recently_used(6, now, Duration::from_secs(1)));
+        assert!(table.claim(6, now, now + 10));
+        assert_eq!(
+            table.take(6, now + 10),
+            Leased::Ask,
+            "a lost asker holds the others back only until its mark ends"
+        );
+        assert!(table.claim(6, now + 10, now + 20));
     }
 }
