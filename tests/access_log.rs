@@ -22,20 +22,6 @@ fn temp_log(name: &str, origin: &Origin) -> std::path::PathBuf {
     path
 }
 
-async fn lines(path: &std::path::Path, n: usize) -> Vec<String> {
-    eventually("the access log lines to be written", || async {
-        std::fs::read_to_string(path)
-            .map(|t| t.lines().count() >= n)
-            .unwrap_or(false)
-    })
-    .await;
-    std::fs::read_to_string(path)
-        .expect("log")
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
 #[tokio::test]
 async fn request_ids_are_kept_or_made_and_sent_upstream() {
     let origin = spawn_origin("a").await;
@@ -83,7 +69,7 @@ async fn json_access_log_has_one_line_per_request_with_its_fields() {
     assert_eq!(res.status(), 404);
     res.bytes().await.expect("body");
 
-    let lines = lines(&path, 2).await;
+    let lines = log_lines(&path, 2).await;
     let first: serde_json::Value = serde_json::from_str(&lines[0]).expect("json line");
     assert_eq!(first["method"], "GET");
     assert_eq!(first["path"], "/download?bytes=1000");
@@ -116,7 +102,7 @@ async fn combined_access_log_reads_like_nginx() {
         .send()
         .await
         .expect("request");
-    let line = lines(&path, 1).await.remove(0);
+    let line = log_lines(&path, 1).await.remove(0);
     assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
     assert!(
         line.contains("] \"GET /x?y=1 HTTP/1.1\" 200 1 \"-\" \"tester/1.0\" "),
@@ -153,12 +139,12 @@ async fn sigusr1_reopens_the_log_after_it_was_moved() {
         }
     };
     send(3).await;
-    assert_eq!(lines(&path, 3).await.len(), 3);
+    assert_eq!(log_lines(&path, 3).await.len(), 3);
     std::fs::rename(&path, &rotated).expect("rotate");
     p.signal("-USR1");
     p.wait_for_line("access log reopened");
     send(2).await;
-    assert_eq!(lines(&path, 2).await.len(), 2, "new lines go to the new file");
+    assert_eq!(log_lines(&path, 2).await.len(), 2, "new lines go to the new file");
     assert_eq!(
         std::fs::read_to_string(&rotated).expect("rotated").lines().count(),
         3,

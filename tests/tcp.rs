@@ -462,18 +462,6 @@ async fn tcp_connections_are_in_the_metrics() {
     proxy.shutdown().await;
 }
 
-/// Waits for `n` lines in the log at `path` and returns them.
-async fn log_lines(path: &std::path::Path, n: usize) -> Vec<String> {
-    eventually("the access log lines to be written", || async {
-        std::fs::read_to_string(path)
-            .map(|t| t.lines().count() >= n)
-            .unwrap_or(false)
-    })
-    .await;
-    let text = std::fs::read_to_string(path).expect("log");
-    text.lines().map(str::to_owned).collect()
-}
-
 fn temp_log(name: &str) -> std::path::PathBuf {
     let path = std::env::temp_dir().join(format!("steelyard-tcp-{name}-{}.log", std::process::id()));
     let _ = std::fs::remove_file(&path);

@@ -19,6 +19,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::upstream::hash::mix;
+
 /// Slots per set.
 pub const WAYS: usize = 4;
 /// Sets in a table: 16,384 sets of 4 slots, 65,536 keys in 1 MiB.
@@ -136,13 +138,6 @@ impl GcraTable {
     pub fn memory(&self) -> usize {
         (self.keys.len() + self.slots.len()) * std::mem::size_of::<AtomicU64>()
     }
-}
-
-/// A 64-bit finaliser (splitmix64's): every input bit moves every output bit.
-fn mix(mut x: u64) -> u64 {
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
 }
 
 #[cfg(test)]

@@ -621,3 +621,17 @@ pub fn h2_client() -> reqwest::Client {
         .build()
         .expect("client")
 }
+
+/// Waits until the file at `path` has at least `n` lines (an access log being written by
+/// another thread), then returns all of them.
+#[allow(dead_code)] // only the access-log tests read logs
+pub async fn log_lines(path: &std::path::Path, n: usize) -> Vec<String> {
+    eventually("the access log lines to be written", || async {
+        std::fs::read_to_string(path)
+            .map(|t| t.lines().count() >= n)
+            .unwrap_or(false)
+    })
+    .await;
+    let text = std::fs::read_to_string(path).expect("log");
+    text.lines().map(str::to_owned).collect()
+}
