@@ -9,6 +9,7 @@ pub mod dns;
 pub mod etcd;
 pub mod listener;
 mod reload;
+pub mod systemd;
 pub mod workers;
 
 use std::collections::HashMap;
@@ -196,6 +197,7 @@ impl Server {
         };
         let staged = running.prepare(self.config.clone(), sockets, true)?;
         running.commit(staged);
+        systemd::notify("READY=1");
         tokio::pin!(shutdown);
         let mut dns_tick = dns_ticker(&running.config);
         loop {
@@ -216,6 +218,7 @@ impl Server {
         }
         let drain = running.config.drain_timeout;
         tracing::info!("shutting down: no longer accepting; draining in-flight requests for up to {drain:?}");
+        systemd::notify("STOPPING=1");
         for l in &running.listeners {
             l.stop();
         }

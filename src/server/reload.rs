@@ -155,6 +155,9 @@ pub(super) struct Staged {
 
 impl Running {
     pub(super) fn handle(&mut self, command: Command) {
+        if !matches!(command, Command::ReopenLogs(_)) {
+            super::systemd::reloading();
+        }
         let (result, reply) = match command {
             Command::FromFile(reply) => {
                 let result = match self.config.source.clone() {
@@ -174,6 +177,8 @@ impl Running {
         };
         self.admin_state.reloads.record(result.is_ok());
         self.publish();
+        // Ready again either way: a refused reload leaves the old config serving.
+        super::systemd::notify("READY=1");
         match &result {
             Ok(summary) => {
                 tracing::info!("config reloaded: {}", summary.config);
