@@ -15,7 +15,7 @@
 #   6. TCP (nginx stream, HAProxy mode tcp, Steelyard mode = "tcp"), pinned: HTTP/1.1
 #      through each as bytes, keep-alive; a new connection per request; 1 MiB responses.
 #
-#   SCENARIOS="tcp" bash bench/compare.sh   # only some: pinned idle allcores https tcp
+#   SCENARIOS="tcp" bash bench/compare.sh   # only some: pinned idle allcores https tcp (idle needs pinned)
 #
 # Everything listens on 127.0.0.1 only, on ports chosen free at run time. Every
 # process started is recorded and killed by PID on exit, including Ctrl-C.
@@ -543,6 +543,9 @@ main() {
     read -r ORIGIN_A ORIGIN_B <<<"$(free_ports 2)"
     start_origins
     local scenario
+    if [[ " $SCENARIOS " == *" idle "* && " $SCENARIOS " != *" pinned "* ]]; then
+        die "scenario idle measures the balancers that pinned starts: use SCENARIOS=\"pinned idle\""
+    fi
     for scenario in $SCENARIOS; do
         case "$scenario" in
             pinned) run_pinned ;;
