@@ -117,6 +117,13 @@ pub enum Command {
         #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
         https: Option<SocketAddr>,
     },
+    /// Print the man page (roff), for packages: steelyard man > steelyard.1
+    Man,
+    /// Print a shell completion script: steelyard completions bash > /etc/bash_completion.d/steelyard
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Log output format.

@@ -17,6 +17,21 @@ fn main() -> ExitCode {
     init_logging(&cli);
     match &cli.command {
         Some(Command::Check) => check(&cli),
+        Some(Command::Man) => {
+            let page = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
+            match page.render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("steelyard man: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some(Command::Completions { shell }) => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "steelyard", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
         Some(Command::Demo { listen, origins, https }) => {
             let runtime = match build_runtime() {
                 Ok(rt) => rt,
