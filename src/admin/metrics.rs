@@ -295,55 +295,39 @@ pub fn render(view: &AdminView, reloads: &ReloadStats, started: Instant) -> Stri
             let _ = writeln!(out, "{name}{{pool=\"{}\"}} {}", esc(pool.name()), value(pool));
         }
     }
-    // Only pools with a rate limit have these series.
-    let limited: Vec<_> = view
-        .pools
-        .iter()
-        .filter_map(|p| p.rate_limiter().map(|l| (p.name(), l)))
-        .collect();
-    header(
-        &mut out,
-        "steelyard_rate_limited_total",
-        "counter",
-        "Requests refused with 429 by the pool's rate limit.",
+    // Only pools with a rate limit have these series; the Redis ones only global limits.
+    type LimitFigure = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&crate::fleet::rate_limit::RateLimiter) -> Option<u64>,
     );
-    for (pool, limiter) in &limited {
-        let _ = writeln!(
-            out,
-            "steelyard_rate_limited_total{{pool=\"{}\"}} {}",
-            esc(pool),
-            limiter.refused()
-        );
-    }
-    header(
-        &mut out,
-        "steelyard_rate_limit_redis_errors_total",
-        "counter",
-        "Global rate-limit checks Redis did not answer in time (on_redis_error applied).",
-    );
-    for (pool, limiter) in &limited {
-        if let Some((errors, _)) = limiter.redis_state() {
-            let _ = writeln!(
-                out,
-                "steelyard_rate_limit_redis_errors_total{{pool=\"{}\"}} {errors}",
-                esc(pool)
-            );
-        }
-    }
-    header(
-        &mut out,
-        "steelyard_rate_limit_redis_up",
-        "gauge",
-        "1 while Redis answers a pool's global rate-limit checks in time.",
-    );
-    for (pool, limiter) in &limited {
-        if let Some((_, up)) = limiter.redis_state() {
-            let _ = writeln!(
-                out,
-                "steelyard_rate_limit_redis_up{{pool=\"{}\"}} {}",
-                esc(pool),
-                u8::from(up)
-            );
+    let limit_figures: [LimitFigure; 3] = [
+        (
+            "steelyard_rate_limited_total",
+            "counter",
+            "Requests refused with 429 by the pool's rate limit.",
+            |l| Some(l.refused()),
+        ),
+        (
+            "steelyard_rate_limit_redis_errors_total",
+            "counter",
+            "Global rate-limit checks Redis did not answer in time (on_redis_error applied).",
+            |l| l.redis_state().map(|(errors, _)| errors),
+        ),
+        (
+            "steelyard_rate_limit_redis_up",
+            "gauge",
+            "1 while Redis answers a pool's global rate-limit checks in time.",
+            |l| l.redis_state().map(|(_, up)| u64::from(up)),
+        ),
+    ];
+    for (name, kind, help, value) in limit_figures {
+        header(&mut out, name, kind, help);
+        for pool in &view.pools {
+            if let Some(v) = pool.rate_limiter().and_then(value) {
+                let _ = writeln!(out, "{name}{{pool=\"{}\"}} {v}", esc(pool.name()));
+            }
         }
     }
     header(

@@ -32,6 +32,18 @@ pub enum Next {
     Close,
 }
 
+impl Next {
+    /// What follows a response Steelyard wrote itself: the next request (its wait counted
+    /// from now) when the connection is kept alive, else the close.
+    fn after_local(keep_alive: bool) -> Next {
+        if keep_alive {
+            Next::KeepAlive(Instant::now())
+        } else {
+            Next::Close
+        }
+    }
+}
+
 /// Header tables and the head-writing vector, back to their pools when the request ends.
 struct Scratch {
     fields: Vec<Field>,
@@ -246,11 +258,7 @@ async fn route(
         };
         shared.limit.local_responses().record(200);
         local(conn, &mut scratch.out, 200, extra, keep_alive).await;
-        return if keep_alive {
-            Next::KeepAlive(Instant::now())
-        } else {
-            Next::Close
-        };
+        return Next::after_local(keep_alive);
     }
     if let (Some(max), Framing::Length(n)) = (settings.max_request_body, req.framing) {
         if n > max {
@@ -285,15 +293,7 @@ async fn route(
         None => {
             shared.limit.local_responses().record(404);
             let bytes = local(conn, &mut scratch.out, 404, b"", keep_alive).await;
-            (
-                404,
-                if keep_alive {
-                    Next::KeepAlive(Instant::now())
-                } else {
-                    Next::Close
-                },
-                bytes,
-            )
+            (404, Next::after_local(keep_alive), bytes)
         }
         Some(pool) => {
             if let Some(r) = record.as_mut() {
@@ -323,12 +323,7 @@ async fn route(
             };
             if let Some(bytes) = refused {
                 pool.stats().local_responses.record(429);
-                let next = if keep_alive {
-                    Next::KeepAlive(Instant::now())
-                } else {
-                    Next::Close
-                };
-                (429, next, bytes)
+                (429, Next::after_local(keep_alive), bytes)
             } else if pool.config().protocol.is_h2() {
                 Box::pin(to_h2::proxy(
                     conn,
@@ -401,11 +396,7 @@ async fn redirect_https(
     extra.extend_from_slice(b"\r\n");
     shared.limit.local_responses().record(308);
     local(conn, &mut scratch.out, 308, &extra, keep_alive).await;
-    if keep_alive {
-        Next::KeepAlive(Instant::now())
-    } else {
-        Next::Close
-    }
+    Next::after_local(keep_alive)
 }
 
 fn record_of(conn: &Client, req: &RequestHead, head: &[u8], fields: &[Field], id: &[u8]) -> AccessRecord {
