@@ -140,8 +140,15 @@ fn run(cli: &Cli) -> ExitCode {
         .then(|| config.source.clone())
         .flatten()
         .map(|path| (watched_files(&path), path));
+    let inherited = match steelyard::server::Inherited::from_env() {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("steelyard: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = runtime.block_on(async {
-        let server = Server::bind(config)?;
+        let server = Server::bind_inherited(config, inherited)?;
         spawn_signal_handlers(&server.reload_handle());
         if let Some((baseline, path)) = watch {
             tokio::spawn(reload_on_change(server.reload_handle(), path, baseline));
@@ -212,11 +219,11 @@ fn init_logging(cli: &Cli) {
 }
 
 /// The operator's signals (nginx's): SIGHUP reloads the config file, SIGUSR1 reopens the
-/// access logs (for logrotate). Outcomes are logged by the server.
+/// access logs (for logrotate), SIGUSR2 upgrades the binary. Outcomes are logged by the server.
 #[cfg(unix)]
 fn spawn_signal_handlers(handle: &ReloadHandle) {
     use tokio::signal::unix::{signal, SignalKind};
-    let handlers: [(SignalKind, Signalled, &str, &str); 2] = [
+    let handlers: [(SignalKind, Signalled, &str, &str); 3] = [
         (
             SignalKind::hangup(),
             Signalled::Reload,
@@ -228,6 +235,12 @@ fn spawn_signal_handlers(handle: &ReloadHandle) {
             Signalled::ReopenLogs,
             "SIGUSR1",
             "access logs reopen on reload only",
+        ),
+        (
+            SignalKind::user_defined2(),
+            Signalled::Upgrade,
+            "SIGUSR2",
+            "binary upgrades are not available",
         ),
     ];
     for (kind, command, name, fallback) in handlers {
@@ -247,6 +260,10 @@ fn spawn_signal_handlers(handle: &ReloadHandle) {
                         tracing::info!("received {name}: reopening access logs");
                         let _ = handle.reopen_logs().await;
                     }
+                    Signalled::Upgrade => {
+                        tracing::info!("received {name}: starting the binary again to hand it the listeners");
+                        let _ = handle.upgrade().await;
+                    }
                 }
             }
         });
@@ -262,6 +279,7 @@ fn spawn_signal_handlers(_handle: &ReloadHandle) {}
 enum Signalled {
     Reload,
     ReopenLogs,
+    Upgrade,
 }
 
 /// `--watch`: reloads when the config file, or a certificate or key it names, changes its

@@ -67,6 +67,12 @@ impl Shared {
     pub fn stopping_flag(&self) -> &AtomicBool {
         &self.registry.stopping
     }
+
+    /// True once a shutdown that closes idle connections started (not a hand-over to a
+    /// successor, which lets each connection carry one more request).
+    fn closing_idle(&self) -> bool {
+        self.registry.closing_idle.load(Ordering::SeqCst)
+    }
 }
 
 /// What the request path knows about the client connection; shared with the shutdown
@@ -89,6 +95,12 @@ pub struct ConnInfo {
     pub worker: u32,
     registry: Arc<Registry>,
 }
+
+/// How long a connection may stay idle once its process handed its listeners to a successor:
+/// clients that keep sending get one more answer (with `Connection: close`); one idle this
+/// long is closed, as at its keep-alive timeout. Closing idle connections at once would fail
+/// the requests clients are sending on them at that moment.
+pub const HANDOVER_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Removes the connection from its registry when dropped: before the socket closes, since
 /// [`Client`] declares it first.
@@ -138,6 +150,7 @@ pub struct Client {
 #[derive(Debug)]
 pub struct Registry {
     stopping: AtomicBool,
+    closing_idle: AtomicBool,
     open: Mutex<Vec<Option<Entry>>>,
     limit: Arc<ConnectionLimit>,
 }
@@ -150,6 +163,7 @@ impl Registry {
     pub fn new(limit: Arc<ConnectionLimit>) -> Registry {
         Registry {
             stopping: AtomicBool::new(false),
+            closing_idle: AtomicBool::new(false),
             open: Mutex::new(Vec::new()),
             limit,
         }
@@ -210,9 +224,23 @@ impl Registry {
         }
     }
 
+    /// Starts a gentle shutdown: every connection closes after its next response (answered
+    /// with `Connection: close`), or once it has been idle for [`HANDOVER_IDLE`].
+    pub fn stop_after_next_request(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let deadline = clock_nanos().saturating_add(HANDOVER_IDLE.as_nanos() as u64);
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, info) in open.iter().flatten() {
+            if info.idle.load(Ordering::SeqCst) {
+                info.deadline.fetch_min(deadline, Ordering::SeqCst);
+            }
+        }
+    }
+
     /// Starts shutdown: connections finish the request in hand; idle ones are closed now.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
+        self.closing_idle.store(true, Ordering::SeqCst);
         let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         for (fd, info) in open.iter().flatten() {
             if info.idle.load(Ordering::SeqCst) {
@@ -269,8 +297,11 @@ pub fn serve(
                 // Idle: no buffer held, no timer state in this task.
                 conn.buf.release_if_empty();
                 conn.info.idle.store(true, Ordering::SeqCst);
-                if shared.stopping() {
+                if shared.closing_idle() {
                     break;
+                }
+                if shared.stopping() {
+                    conn.info.timer().require(Instant::now() + HANDOVER_IDLE);
                 }
                 // Polled by hand: a `readable()` future or `select!` would add their state to
                 // every idle connection's task. The buffer is taken only once the socket is

@@ -7,9 +7,11 @@
 
 pub mod dns;
 pub mod etcd;
+pub mod inherit;
 pub mod listener;
 mod reload;
 pub mod systemd;
+pub mod upgrade;
 pub mod workers;
 
 use std::collections::HashMap;
@@ -27,7 +29,9 @@ use crate::proxy::access_log::{AccessLog, AccessLogConfig};
 use crate::proxy::Router;
 use crate::upstream::registry::BackendRegistry;
 use crate::upstream::Pool;
+pub use inherit::Inherited;
 pub use reload::{ReloadError, ReloadHandle, ReloadSummary};
+pub use upgrade::UpgradeError;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -63,10 +67,15 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct Server {
     config: Config,
-    listeners: Vec<(ListenerConfig, std::net::TcpListener)>,
+    /// Each listener's sockets, in config order.
+    listeners: Vec<Vec<std::net::TcpListener>>,
     admin: Option<std::net::TcpListener>,
     reloads: mpsc::Receiver<reload::Command>,
     reload_handle: ReloadHandle,
+    /// Told once the server serves, when this process replaces another.
+    inherited: Inherited,
+    /// The binary an upgrade starts: the path this one was started from.
+    binary: Option<std::path::PathBuf>,
 }
 
 /// A listener that is accepting.
@@ -80,6 +89,8 @@ struct RunningListener {
     registry: Arc<Registry>,
     /// Set to stop accepting and drain this listener's connections.
     stop: watch::Sender<bool>,
+    /// Duplicates of the sockets the workers accept on, to hand to a new process.
+    sockets: Vec<std::net::TcpListener>,
 }
 
 impl RunningListener {
@@ -87,6 +98,14 @@ impl RunningListener {
     fn stop(&self) {
         let _ = self.stop.send(true);
         self.registry.stop();
+    }
+
+    /// Stops accepting for a successor that now accepts on the same sockets: connections
+    /// close after their next response (with `Connection: close`) or after
+    /// [`crate::http1::connection::HANDOVER_IDLE`] idle.
+    fn hand_over(&self) {
+        let _ = self.stop.send(true);
+        self.registry.stop_after_next_request();
     }
 }
 
@@ -96,6 +115,8 @@ struct RunningAdmin {
     listen: SocketAddr,
     /// Set to stop it.
     stop: watch::Sender<bool>,
+    /// A duplicate of its socket, to hand to a new process.
+    socket: Option<std::net::TcpListener>,
 }
 
 /// Everything a serving server holds; replaced as a whole by each reload's commit.
@@ -120,22 +141,41 @@ struct Running {
 impl Server {
     /// Binds every listener of `config`. Port 0 picks a free port; see [`Server::local_addrs`].
     pub fn bind(config: Config) -> Result<Server, StartError> {
+        Server::bind_inherited(config, Inherited::none())
+    }
+
+    /// Like [`Server::bind`], but listeners first take the sockets `inherited` holds for them
+    /// (systemd socket activation, or a binary upgrade's predecessor); the rest bind.
+    pub fn bind_inherited(config: Config, mut inherited: Inherited) -> Result<Server, StartError> {
+        let shared = config.workers.unwrap_or(1) > 1;
         let listeners = config
             .listeners
             .iter()
-            .map(|l| Ok((l.clone(), listener::bind(l.listen, config.workers.unwrap_or(1) > 1)?)))
+            .map(|l| match inherited.take(&l.name, l.listen) {
+                given if given.is_empty() => Ok(vec![listener::bind(l.listen, shared)?]),
+                given => {
+                    tracing::info!(listener = %l.name, sockets = given.len(), "listening on sockets handed to this process");
+                    Ok(given)
+                }
+            })
             .collect::<Result<Vec<_>, StartError>>()?;
         let admin = match &config.admin {
             None => None,
-            Some(a) => match listener::bind(a.listen, false) {
-                Ok(socket) => Some(socket),
-                Err(e) if !a.explicit => {
-                    tracing::warn!("admin API not started: {e}; set [admin] listen (or --admin) to another address");
-                    None
-                }
-                Err(e) => return Err(e),
+            Some(a) => match inherited.take_admin(a.listen) {
+                Some(socket) => Some(socket),
+                None => match listener::bind(a.listen, false) {
+                    Ok(socket) => Some(socket),
+                    Err(e) if !a.explicit => {
+                        tracing::warn!(
+                            "admin API not started: {e}; set [admin] listen (or --admin) to another address"
+                        );
+                        None
+                    }
+                    Err(e) => return Err(e),
+                },
             },
         };
+        inherited.close_unused();
         let (tx, reloads) = mpsc::channel(8);
         Ok(Server {
             config,
@@ -143,14 +183,18 @@ impl Server {
             admin,
             reloads,
             reload_handle: ReloadHandle::new(tx),
+            inherited,
+            binary: std::env::current_exe().ok(),
         })
     }
 
     /// The bound address of each listener, in config order.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners
+        self.config
+            .listeners
             .iter()
-            .map(|(l, sock)| sock.local_addr().unwrap_or(l.listen))
+            .zip(&self.listeners)
+            .map(|(l, sockets)| sockets.first().and_then(|s| s.local_addr().ok()).unwrap_or(l.listen))
             .collect()
     }
 
@@ -197,13 +241,31 @@ impl Server {
         };
         let staged = running.prepare(self.config.clone(), sockets, true)?;
         running.commit(staged);
-        systemd::notify("READY=1");
+        if self.inherited.has_predecessor() {
+            // The predecessor tells systemd which process is the service's now.
+            self.inherited.ready();
+        } else {
+            systemd::notify("READY=1");
+        }
         tokio::pin!(shutdown);
         let mut dns_tick = dns_ticker(&running.config);
+        let mut successor = None;
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
                 Some(command) = self.reloads.recv() => {
+                    if let reload::Command::Upgrade(reply) = command {
+                        let started = running.start_successor(self.binary.as_deref()).await;
+                        if let Err(e) = &started {
+                            tracing::error!("upgrade failed: {e}");
+                        }
+                        successor = started.as_ref().ok().copied();
+                        let _ = reply.send(started);
+                        if successor.is_some() {
+                            break;
+                        }
+                        continue;
+                    }
                     running.handle(command);
                     dns_tick = dns_ticker(&running.config);
                     running.discovery.follow(&running.config);
@@ -217,10 +279,24 @@ impl Server {
             let _ = admin.stop.send(true);
         }
         let drain = running.config.drain_timeout;
-        tracing::info!("shutting down: no longer accepting; draining in-flight requests for up to {drain:?}");
-        systemd::notify("STOPPING=1");
-        for l in &running.listeners {
-            l.stop();
+        match successor {
+            Some(pid) => {
+                tracing::info!(
+                    "upgrade: PID {pid} serves now; this process (PID {}) no longer accepts and drains for up to {drain:?}",
+                    std::process::id()
+                );
+                systemd::notify(&format!("MAINPID={pid}\nREADY=1"));
+                for l in &running.listeners {
+                    l.hand_over();
+                }
+            }
+            None => {
+                tracing::info!("shutting down: no longer accepting; draining in-flight requests for up to {drain:?}");
+                systemd::notify("STOPPING=1");
+                for l in &running.listeners {
+                    l.stop();
+                }
+            }
         }
         let Running {
             active,
@@ -300,6 +376,28 @@ impl Running {
         self.publish();
     }
 
+    /// Starts `binary` as this process's successor with every listening socket (see
+    /// [`upgrade`]); returns its PID once it serves.
+    async fn start_successor(&self, binary: Option<&std::path::Path>) -> Result<u32, UpgradeError> {
+        let binary = binary.ok_or_else(|| UpgradeError::NoBinary("the path of this binary is unknown".into()))?;
+        let mut handed = Vec::new();
+        for l in &self.listeners {
+            for socket in &l.sockets {
+                handed.push(upgrade::Handed {
+                    name: &l.config.name,
+                    socket,
+                });
+            }
+        }
+        if let Some(socket) = self.admin.as_ref().and_then(|a| a.socket.as_ref()) {
+            handed.push(upgrade::Handed {
+                name: inherit::ADMIN,
+                socket,
+            });
+        }
+        upgrade::start_successor(binary, &handed).await
+    }
+
     /// Shows the current state to the admin API.
     fn publish(&self) {
         self.admin_state.view.store(Arc::new(AdminView {
@@ -366,10 +464,26 @@ impl Running {
             stop: stopped.clone(),
             active: self.active.clone(),
         });
-        for (index, (worker, socket)) in self.workers.handles().iter().zip(sockets).enumerate() {
+        let handover = sockets.iter().filter_map(|s| s.try_clone().ok()).collect();
+        // Each worker accepts on a socket of its own; extra sockets (handed over by a process
+        // that ran more workers) go round the workers, and workers left without one accept on
+        // a duplicate.
+        let handles = self.workers.handles();
+        let mut assigned: Vec<(usize, std::net::TcpListener)> = Vec::with_capacity(handles.len().max(sockets.len()));
+        for (i, socket) in sockets.into_iter().enumerate() {
+            assigned.push((i % handles.len(), socket));
+        }
+        for index in assigned.len()..handles.len() {
+            match assigned.first().map(|(_, s)| s.try_clone()) {
+                Some(Ok(socket)) => assigned.push((index, socket)),
+                Some(Err(e)) => tracing::error!("worker {index} cannot accept on {addr}: {e}"),
+                None => {}
+            }
+        }
+        for (index, socket) in assigned {
             let shared = Arc::clone(&shared);
             let stopped = stopped.clone();
-            worker.spawn(async move {
+            handles[index].spawn(async move {
                 match tokio::net::TcpListener::from_std(socket) {
                     Ok(socket) => listener::accept_loop(socket, index, shared, stopped).await,
                     Err(e) => tracing::error!("cannot accept on {addr}: {e}"),
@@ -383,12 +497,14 @@ impl Running {
             limit,
             registry,
             stop,
+            sockets: handover,
         }
     }
 
     /// Starts the admin API on a bound socket.
     fn start_admin(&self, listen: SocketAddr, socket: std::net::TcpListener) -> Option<RunningAdmin> {
         let addr = socket.local_addr().unwrap_or(listen);
+        let handover = socket.try_clone().ok();
         let socket = match tokio::net::TcpListener::from_std(socket) {
             Ok(s) => s,
             Err(e) => {
@@ -399,6 +515,10 @@ impl Running {
         let (stop, stopped) = watch::channel(false);
         tracing::info!("admin API and dashboard on http://{addr}/");
         tokio::spawn(crate::admin::serve(socket, Arc::clone(&self.admin_state), stopped));
-        Some(RunningAdmin { listen, stop })
+        Some(RunningAdmin {
+            listen,
+            stop,
+            socket: handover,
+        })
     }
 }

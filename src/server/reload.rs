@@ -63,6 +63,8 @@ pub(super) enum Command {
     Apply(Box<Config>, oneshot::Sender<Result<ReloadSummary, ReloadError>>),
     /// Reopen every access log file (SIGUSR1, after logrotate).
     ReopenLogs(oneshot::Sender<()>),
+    /// Start the binary again and hand it the listeners (SIGUSR2); answers the new PID.
+    Upgrade(oneshot::Sender<Result<u32, super::upgrade::UpgradeError>>),
 }
 
 /// Asks a running server to reload. Cheap to clone.
@@ -96,6 +98,19 @@ impl ReloadHandle {
         answer.await.map_err(|_| ReloadError::Stopped)?
     }
 
+    /// Starts the binary at this process's path with the same arguments, hands it the
+    /// listening sockets and, once it serves, stops accepting and drains (what SIGUSR2 does).
+    /// Answers the new process's PID; on error this process keeps serving.
+    pub async fn upgrade(&self) -> Result<u32, super::upgrade::UpgradeError> {
+        use super::upgrade::UpgradeError;
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Command::Upgrade(reply))
+            .await
+            .map_err(|_| UpgradeError::Stopped)?;
+        answer.await.map_err(|_| UpgradeError::Stopped)?
+    }
+
     /// Reopens every access log file by its path (what SIGUSR1 does, for logrotate); returns
     /// once every writer has been asked.
     pub async fn reopen_logs(&self) -> Result<(), ReloadError> {
@@ -111,8 +126,9 @@ impl ReloadHandle {
 /// Sockets bound before the server ran (at start: by [`super::Server::bind`]).
 #[derive(Debug, Default)]
 pub(super) struct Sockets {
-    /// One socket per listener of the config, in order.
-    pub listeners: Vec<(ListenerConfig, std::net::TcpListener)>,
+    /// Sockets for each listener of the config, in order: bound by `bind` or handed to the
+    /// process; empty when the listener binds its own.
+    pub listeners: Vec<Vec<std::net::TcpListener>>,
     /// The admin listener's.
     pub admin: Option<std::net::TcpListener>,
 }
@@ -155,7 +171,7 @@ pub(super) struct Staged {
 
 impl Running {
     pub(super) fn handle(&mut self, command: Command) {
-        if !matches!(command, Command::ReopenLogs(_)) {
+        if matches!(command, Command::FromFile(_) | Command::Apply(..)) {
             super::systemd::reloading();
         }
         let (result, reply) = match command {
@@ -172,6 +188,11 @@ impl Running {
             Command::ReopenLogs(reply) => {
                 self.reopen_logs();
                 let _ = reply.send(());
+                return;
+            }
+            // The server's loop handles upgrades: a successful one ends it.
+            Command::Upgrade(reply) => {
+                let _ = reply.send(Err(super::upgrade::UpgradeError::Busy));
                 return;
             }
         };
@@ -234,8 +255,7 @@ impl Running {
         }
 
         // Listeners are matched by their configured address; new ones get all their sockets.
-        let mut given: Vec<Option<std::net::TcpListener>> =
-            sockets.listeners.into_iter().map(|(_, s)| Some(s)).collect();
+        let mut given = sockets.listeners;
         let mut kept = vec![false; self.listeners.len()];
         let mut plan: Vec<(ListenerConfig, Result<usize, Vec<std::net::TcpListener>>)> = Vec::new();
         for (i, l) in config.listeners.iter().enumerate() {
@@ -246,14 +266,18 @@ impl Running {
                     plan.push((l.clone(), Ok(k)));
                 }
                 None => {
-                    let first = match given.get_mut(i).and_then(Option::take) {
-                        Some(s) => s,
-                        None => listener::bind(l.listen, workers > 1)?,
-                    };
+                    let mut all = given.get_mut(i).map(std::mem::take).unwrap_or_default();
+                    if all.is_empty() {
+                        all.push(listener::bind(l.listen, workers > 1)?);
+                    }
+                    // One socket per worker where the address allows more (`SO_REUSEPORT`);
+                    // otherwise workers share (see `start_listener`).
+                    let first = &all[0];
                     let addr = first.local_addr().unwrap_or(l.listen);
-                    let mut all = vec![first];
-                    for _ in 1..workers {
-                        all.push(listener::bind(addr, true)?);
+                    if socket2::SockRef::from(first).reuse_port().unwrap_or(false) {
+                        while all.len() < workers {
+                            all.push(listener::bind(addr, true)?);
+                        }
                     }
                     plan.push((l.clone(), Err(all)));
                 }

@@ -69,6 +69,24 @@ impl Process {
         self.wait_for_any(&[needle], limit)
     }
 
+    /// Waits for the `n`th output line (counting from 1) containing `needle` and returns it.
+    pub fn wait_for_nth(&mut self, needle: &str, n: usize) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(l) = self.seen.iter().filter(|l| l.contains(needle)).nth(n - 1) {
+                return l.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!(
+                    "no line {n} containing {needle:?}; output so far:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
     /// Waits for an output line containing any of `needles` and returns it.
     pub fn wait_for_any(&mut self, needles: &[&str], limit: Duration) -> String {
         let matches = |l: &str| needles.iter().any(|n| l.contains(n));
@@ -101,6 +119,11 @@ impl Process {
             .next()
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("cannot parse address from {line:?}"))
+    }
+
+    /// The process's PID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn signal(&self, sig: &str) {
