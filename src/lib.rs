@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod config;
 pub mod demo;
+pub mod events;
 pub mod fleet;
 pub mod health;
 pub mod http1;

@@ -46,6 +46,10 @@ pub struct AdminView {
     pub config_file: Option<PathBuf>,
     /// Hash of the config file's text.
     pub config_hash: u64,
+    /// The config file's text, if it came from one (secrets are redacted when shown).
+    pub config_text: Option<Arc<str>>,
+    /// The config's one-line summary.
+    pub config_summary: String,
     /// Listeners being served.
     pub listeners: Vec<ListenerView>,
     /// Pools being served.
@@ -345,7 +349,7 @@ async fn handle(req: Request<Incoming>, state: &AdminState) -> AdminResponse {
         ),
         (&Method::GET, ["api", "status"]) => json(
             StatusCode::OK,
-            &status::render(&state.view.load(), &state.sampler, state.started),
+            &status::render(&state.view.load(), &state.sampler, &state.reloads, state.started),
         ),
         (&Method::POST, ["api", "reload"]) => match state.reload.reload().await {
             Ok(summary) => json(
@@ -413,6 +417,17 @@ fn set_drained(state: &AdminState, pool: &str, address: &str, drained: bool) -> 
             backend = address,
             "backend {} by the admin API",
             if drained { "drained" } else { "enabled" }
+        );
+        crate::events::record_backend(
+            crate::events::Kind::Drain,
+            crate::events::Level::Info,
+            pool.name(),
+            member.backend.address(),
+            format!(
+                "{address} in {} {} by the admin API",
+                pool.name(),
+                if drained { "drained" } else { "enabled again" }
+            ),
         );
         pool.rebuild();
     }

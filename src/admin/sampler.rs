@@ -1,5 +1,7 @@
 //! Recent figures for the status API: every second, a snapshot of each backend's counters;
-//! rates and percentiles come from the difference over the last ten seconds.
+//! rates and percentiles come from the difference over the last ten seconds, and every
+//! [`STEP`] a point of request and error rate joins a history of [`HISTORY_POINTS`] points
+//! (15 minutes) for the dashboard's charts.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -22,10 +24,26 @@ pub struct Sample {
 
 type Snapshot = (Instant, HashMap<(String, SocketAddr), Sample>);
 
-/// The last ten seconds of snapshots.
+/// Seconds between two points of history.
+pub const STEP: u64 = 5;
+/// Points of history kept: 15 minutes.
+pub const HISTORY_POINTS: usize = 180;
+
+/// A backend's request and error rates, one point per [`STEP`], oldest first.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct History {
+    /// Responses per second.
+    pub rate: VecDeque<f64>,
+    /// Share of responses that were 5xx, 0 to 1.
+    pub error_rate: VecDeque<f64>,
+}
+
+/// The last ten seconds of snapshots, and fifteen minutes of history.
 #[derive(Debug, Default)]
 pub struct Sampler {
     snapshots: Mutex<VecDeque<Snapshot>>,
+    history: Mutex<HashMap<(String, SocketAddr), History>>,
+    ticks: std::sync::atomic::AtomicU64,
 }
 
 /// What a backend did recently.
@@ -35,19 +53,60 @@ pub struct Recent {
     pub rate: f64,
     /// Share of responses that were 5xx, 0 to 1.
     pub error_rate: f64,
-    /// Median response-header latency, seconds (bucket upper bound).
+    /// Median response-header latency, seconds (interpolated within its bucket).
     pub p50: Option<f64>,
-    /// 99th percentile, seconds (bucket upper bound).
+    /// 90th percentile, seconds.
+    pub p90: Option<f64>,
+    /// 99th percentile, seconds.
     pub p99: Option<f64>,
 }
 
 impl Sampler {
     fn record(&self, at: Instant, samples: HashMap<(String, SocketAddr), Sample>) {
         let mut snapshots = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
+        let tick = self.ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        // Every STEP seconds, one point per backend from the snapshot STEP seconds back.
+        if tick % STEP == 0 {
+            // STEP seconds back, or the oldest there is just after start.
+            let back = snapshots.get(snapshots.len().saturating_sub(STEP as usize));
+            let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+            history.retain(|key, _| samples.contains_key(key));
+            for (key, now) in &samples {
+                let (rate, error_rate) = match back.and_then(|(then, old)| Some((then, old.get(key)?))) {
+                    Some((then, old)) => {
+                        let elapsed = at.duration_since(*then).as_secs_f64();
+                        let responses = now.responses.saturating_sub(old.responses);
+                        let errors = now.errors.saturating_sub(old.errors);
+                        (
+                            if elapsed > 0.0 { responses as f64 / elapsed } else { 0.0 },
+                            if responses > 0 {
+                                errors as f64 / responses as f64
+                            } else {
+                                0.0
+                            },
+                        )
+                    }
+                    None => (0.0, 0.0),
+                };
+                let series = history.entry(key.clone()).or_default();
+                series.rate.push_back(rate);
+                series.error_rate.push_back(error_rate);
+                while series.rate.len() > HISTORY_POINTS {
+                    series.rate.pop_front();
+                    series.error_rate.pop_front();
+                }
+            }
+        }
         snapshots.push_back((at, samples));
         while snapshots.len() > 11 {
             snapshots.pop_front();
         }
+    }
+
+    /// The history of `pool`/`address` (empty before the first point).
+    pub fn history(&self, pool: &str, address: SocketAddr) -> History {
+        let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        history.get(&(pool.to_owned(), address)).cloned().unwrap_or_default()
     }
 
     /// Recent figures of `pool`/`address`, given its counters now.
@@ -74,26 +133,35 @@ impl Sampler {
                 0.0
             },
             p50: quantile(&delta, 0.5),
+            p90: quantile(&delta, 0.9),
             p99: quantile(&delta, 0.99),
         }
     }
 }
 
-/// The upper bound of the bucket holding quantile `q`; `None` without observations.
+/// Quantile `q` of a latency histogram (counts per [`LATENCY_BUCKETS`] bound, then +Inf),
+/// interpolated linearly within the bucket that holds it, as Prometheus'
+/// `histogram_quantile` does; in the +Inf bucket, the largest finite bound. `None` without
+/// observations.
 pub fn quantile(counts: &[u64], q: f64) -> Option<f64> {
     let total: u64 = counts.iter().sum();
     if total == 0 {
         return None;
     }
-    let target = (q * total as f64).ceil().max(1.0) as u64;
-    let mut seen = 0;
+    let rank = q.clamp(0.0, 1.0) * total as f64;
+    let mut seen = 0u64;
     for (i, &c) in counts.iter().enumerate() {
-        seen += c;
-        if seen >= target {
-            return Some(LATENCY_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY));
+        if c > 0 && (seen + c) as f64 >= rank {
+            let Some(&upper) = LATENCY_BUCKETS.get(i) else {
+                return LATENCY_BUCKETS.last().copied();
+            };
+            let lower = if i == 0 { 0.0 } else { LATENCY_BUCKETS[i - 1] };
+            let within = ((rank - seen as f64) / c as f64).clamp(0.0, 1.0);
+            return Some(lower + (upper - lower) * within);
         }
+        seen += c;
     }
-    None
+    LATENCY_BUCKETS.last().copied()
 }
 
 /// Takes a snapshot every second until the admin state is gone.
@@ -127,13 +195,52 @@ pub fn sample(backend: &crate::upstream::Backend) -> Sample {
 mod tests {
     use super::*;
 
+    fn close(a: Option<f64>, b: f64) -> bool {
+        a.is_some_and(|a| (a - b).abs() < 1e-12)
+    }
+
     #[test]
-    fn quantiles_come_from_bucket_bounds() {
+    fn quantiles_are_interpolated_within_their_bucket() {
+        let bucket = |bound: f64| LATENCY_BUCKETS.iter().position(|&b| b == bound).expect("a bound");
         let mut counts = vec![0u64; LATENCY_BUCKETS.len() + 1];
-        counts[2] = 90; // <= 5ms
-        counts[6] = 10; // <= 100ms
-        assert_eq!(quantile(&counts, 0.5), Some(0.005));
-        assert_eq!(quantile(&counts, 0.99), Some(0.1));
-        assert_eq!(quantile(&[0; 13], 0.5), None);
+        counts[bucket(0.005)] = 90; // (2.5ms, 5ms]
+        counts[bucket(0.1)] = 10; // (50ms, 100ms]
+                                  // The median is the 50th of 90 in (2.5, 5]: 2.5 + 2.5 * 50/90 ms.
+        assert!(close(quantile(&counts, 0.5), 0.0025 + 0.0025 * 50.0 / 90.0));
+        // The 99th is the 9th of 10 in (50, 100]: 50 + 50 * 9/10 ms.
+        assert!(close(quantile(&counts, 0.99), 0.05 + 0.05 * 0.9));
+        assert!(close(quantile(&counts, 0.9), 0.005));
+        assert_eq!(quantile(&[0; LATENCY_BUCKETS.len() + 1], 0.5), None);
+        // In the first bucket, from zero; past the last bound, the last bound.
+        let mut first = vec![0u64; LATENCY_BUCKETS.len() + 1];
+        first[0] = 4;
+        assert!(close(quantile(&first, 0.5), LATENCY_BUCKETS[0] / 2.0));
+        let mut overflow = vec![0u64; LATENCY_BUCKETS.len() + 1];
+        overflow[LATENCY_BUCKETS.len()] = 3;
+        assert!(close(quantile(&overflow, 0.99), 10.0));
+    }
+
+    #[test]
+    fn history_gets_a_point_every_step_and_keeps_fifteen_minutes() {
+        let sampler = Sampler::default();
+        let key = ("web".to_owned(), "127.0.0.1:1".parse().expect("addr"));
+        let start = Instant::now();
+        // 10 responses a second, every 10th a 5xx.
+        for second in 0..(HISTORY_POINTS as u64 * STEP + 20) {
+            let sample = Sample {
+                responses: second * 10,
+                errors: second,
+                buckets: vec![0; LATENCY_BUCKETS.len() + 1],
+            };
+            sampler.record(
+                start + Duration::from_secs(second),
+                HashMap::from([(key.clone(), sample)]),
+            );
+        }
+        let h = sampler.history(&key.0, key.1);
+        assert_eq!(h.rate.len(), HISTORY_POINTS);
+        assert_eq!(h.error_rate.len(), HISTORY_POINTS);
+        assert!(h.rate.iter().all(|r| (r - 10.0).abs() < 1e-9), "{:?}", h.rate);
+        assert!(h.error_rate.iter().all(|e| (e - 0.1).abs() < 1e-9));
     }
 }

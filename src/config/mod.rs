@@ -59,6 +59,8 @@ pub struct Config {
     pub source: Option<PathBuf>,
     /// A hash of the file's text (0 for quick mode), to tell versions apart.
     pub hash: u64,
+    /// The file's text (`None` in quick mode), for the dashboard's view of the config in force.
+    pub text: Option<std::sync::Arc<str>>,
     /// The admin listener, unless turned off.
     pub admin: Option<AdminConfig>,
     /// Addresses to accept on, with their routes.
@@ -212,6 +214,7 @@ impl Config {
         };
         let mut config = Self::validate(raw, &mut check);
         config.hash = crate::upstream::hash::hash64(text.as_bytes());
+        config.text = Some(text.into());
         check.errors.sort_by_key(|e| (e.line, e.column));
         if check.errors.is_empty() {
             Ok(config)
@@ -257,6 +260,7 @@ impl Config {
         Config {
             source: None,
             hash: 0,
+            text: None,
             admin,
             listeners,
             pools,
@@ -272,6 +276,7 @@ impl Config {
         Config {
             source: None,
             hash: 0,
+            text: None,
             admin: Some(AdminConfig::default()),
             listeners: vec![ListenerConfig {
                 name: "default".into(),

@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::config::{CheckKind, HealthCheckConfig};
+use crate::events::{self, Kind, Level};
 use crate::upstream::connect::Connector;
 use crate::upstream::hash::hash64;
 use crate::upstream::Pool;
@@ -130,6 +131,7 @@ pub fn spawn(pool: Weak<Pool>, index: usize, config: HealthCheckConfig) {
     let offset = jitter(address, config.interval);
     let config = Arc::new(config);
     let sync_pool = pool.clone();
+    let probe_pool = pool.clone();
     tokio::spawn(run_checks(
         config.interval,
         offset,
@@ -137,7 +139,16 @@ pub fn spawn(pool: Weak<Pool>, index: usize, config: HealthCheckConfig) {
         move || {
             let config = Arc::clone(&config);
             let connector = Arc::clone(&connector);
-            async move { probe(&connector, &config).await }
+            let pool = probe_pool.clone();
+            async move {
+                let result = probe(&connector, &config).await;
+                if let (Err(why), Some(pool)) = (&result, pool.upgrade()) {
+                    if let Some(m) = pool.members().get(index) {
+                        m.backend.record_probe_failure(why);
+                    }
+                }
+                result
+            }
         },
         move || {
             let pool = sync_pool.upgrade()?;
@@ -151,8 +162,22 @@ pub fn spawn(pool: Weak<Pool>, index: usize, config: HealthCheckConfig) {
                 // Passing active checks also ends a passive ejection (Envoy's default).
                 backend.clear_ejection();
                 tracing::info!(pool = %name, backend = %address, reason, "backend healthy (was unhealthy)");
+                events::record_backend(
+                    Kind::Health,
+                    Level::Info,
+                    &name,
+                    address,
+                    format!("{address} in {name} is up: {reason}"),
+                );
             } else {
                 tracing::warn!(pool = %name, backend = %address, reason, "backend unhealthy (was healthy)");
+                events::record_backend(
+                    Kind::Health,
+                    Level::Warn,
+                    &name,
+                    address,
+                    format!("{address} in {name} is down: {reason}"),
+                );
             }
             pool.rebuild();
             Some(())

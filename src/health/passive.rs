@@ -41,5 +41,16 @@ pub fn record_failure(pool: &Pool, index: usize) {
         failures,
         "backend ejected for {length:?} after {failures} failures in a row"
     );
+    crate::events::record_backend(
+        crate::events::Kind::Ejection,
+        crate::events::Level::Warn,
+        pool.name(),
+        member.backend.address(),
+        format!(
+            "{} in {} ejected for {length:?} after {failures} failures in a row",
+            member.backend.address(),
+            pool.name()
+        ),
+    );
     pool.request_rebuild();
 }

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::admin::{Access, AdminState, AdminView};
 use crate::config::{Config, ListenerConfig};
+use crate::events::{self, Kind, Level};
 use crate::http1::connection::{Registry, Shared};
 use crate::proxy::access_log::{AccessLog, AccessLogConfig};
 use crate::proxy::Router;
@@ -241,6 +242,11 @@ impl Server {
         };
         let staged = running.prepare(self.config.clone(), sockets, true)?;
         running.commit(staged);
+        events::record(
+            Kind::Start,
+            Level::Info,
+            format!("serving (PID {}): {}", std::process::id(), running.config.summary()),
+        );
         if self.inherited.has_predecessor() {
             // The predecessor tells systemd which process is the service's now.
             self.inherited.ready();
@@ -255,9 +261,14 @@ impl Server {
                 () = &mut shutdown => break,
                 Some(command) = self.reloads.recv() => {
                     if let reload::Command::Upgrade(reply) = command {
+                        events::record(Kind::Upgrade, Level::Info, "upgrade asked: starting the binary again");
                         let started = running.start_successor(self.binary.as_deref()).await;
-                        if let Err(e) = &started {
-                            tracing::error!("upgrade failed: {e}");
+                        match &started {
+                            Ok(pid) => events::record(Kind::Upgrade, Level::Info, format!("upgrade: PID {pid} serves; this process drains")),
+                            Err(e) => {
+                                tracing::error!("upgrade failed: {e}");
+                                events::record(Kind::Upgrade, Level::Error, format!("upgrade failed: {e}"));
+                            }
                         }
                         successor = started.as_ref().ok().copied();
                         let _ = reply.send(started);
@@ -292,6 +303,11 @@ impl Server {
             }
             None => {
                 tracing::info!("shutting down: no longer accepting; draining in-flight requests for up to {drain:?}");
+                events::record(
+                    Kind::Shutdown,
+                    Level::Warn,
+                    format!("shutting down: draining for up to {drain:?}"),
+                );
                 systemd::notify("STOPPING=1");
                 for l in &running.listeners {
                     l.stop();
@@ -403,6 +419,8 @@ impl Running {
         self.admin_state.view.store(Arc::new(AdminView {
             config_file: self.config.source.clone(),
             config_hash: self.config.hash,
+            config_text: self.config.text.clone(),
+            config_summary: self.config.summary(),
             listeners: self
                 .listeners
                 .iter()

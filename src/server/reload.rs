@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{listener, Running, StartError};
 use crate::admin::Access;
 use crate::config::{Config, ListenerConfig, LoadError};
+use crate::events::{self, Kind, Level};
 use crate::proxy::access_log::{AccessLog, AccessLogConfig};
 use crate::proxy::Router;
 use crate::upstream::Pool;
@@ -200,6 +201,14 @@ impl Running {
         self.publish();
         // Ready again either way: a refused reload leaves the old config serving.
         super::systemd::notify("READY=1");
+        match &result {
+            Ok(summary) => events::record(
+                Kind::Reload,
+                Level::Info,
+                format!("config reloaded: {}", summary.config),
+            ),
+            Err(e) => events::record(Kind::Reload, Level::Error, format!("config reload refused: {e}")),
+        }
         match &result {
             Ok(summary) => {
                 tracing::info!("config reloaded: {}", summary.config);

@@ -41,6 +41,9 @@ pub struct Backend {
     ready_since: AtomicU64,
     /// An operator drained it: no new requests.
     drained: AtomicBool,
+    /// When its last failed health probe ran (Unix milliseconds) and why it failed. Written
+    /// by the health checker, read by the admin API; never on the request path.
+    last_probe_failure: std::sync::Mutex<Option<(u64, String)>>,
     /// Per-worker request figures.
     shards: Box<[Shard]>,
 }
@@ -74,7 +77,11 @@ struct Shard {
 }
 
 /// Upper bounds (seconds) of the latency histogram buckets.
-pub const LATENCY_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+/// Starts at 100 µs: a proxied request to a nearby backend usually answers within a
+/// millisecond, and percentiles are interpolated within these buckets.
+pub const LATENCY_BUCKETS: [f64; 15] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
 
 /// Nanoseconds since the first call in this process: a cheap monotonic clock for atomics.
 pub fn clock_nanos() -> u64 {
@@ -112,6 +119,7 @@ impl Backend {
             health_transitions: AtomicU64::new(0),
             ready_since: AtomicU64::new(0),
             drained: AtomicBool::new(false),
+            last_probe_failure: std::sync::Mutex::new(None),
             shards: (0..workers.max(1)).map(|_| Shard::default()).collect(),
         }
     }
@@ -188,6 +196,20 @@ impl Backend {
             self.health_transitions.fetch_add(1, Ordering::Relaxed);
         }
         was
+    }
+
+    /// Remembers a failed health probe and why it failed.
+    pub fn record_probe_failure(&self, reason: &str) {
+        let mut last = self.last_probe_failure.lock().unwrap_or_else(|e| e.into_inner());
+        *last = Some((crate::events::unix_ms(), reason.to_owned()));
+    }
+
+    /// The last failed health probe: when (Unix milliseconds) and why.
+    pub fn last_probe_failure(&self) -> Option<(u64, String)> {
+        self.last_probe_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Times its health state changed.
@@ -433,7 +455,16 @@ mod tests {
         b.record_bytes_sent(0, 7);
         assert_eq!(b.responses(), [0, 1, 0, 0, 1]);
         let (buckets, sum) = b.latency_histogram();
-        assert_eq!((buckets[0], buckets[5], buckets.iter().sum::<u64>()), (1, 1, 2));
+        // 500 µs is at most the 0.5 ms bound; 30 ms falls in (25 ms, 50 ms].
+        let bucket = |bound: f64| LATENCY_BUCKETS.iter().position(|&b| b == bound).expect("a bound");
+        assert_eq!(
+            (
+                buckets[bucket(0.0005)],
+                buckets[bucket(0.05)],
+                buckets.iter().sum::<u64>()
+            ),
+            (1, 1, 2)
+        );
         assert!((sum - 0.0305).abs() < 1e-9);
         assert_eq!((b.bytes_received(), b.bytes_sent()), (15, 7));
     }

@@ -51,6 +51,9 @@ pub struct Connector {
     protocol: UpstreamProtocol,
     /// Set when the pool is committed; a reload may change it (new CA, server name).
     tls: ArcSwapOption<TlsTarget>,
+    /// Connections opened for traffic (not for health probes): with the requests sent, how
+    /// well connections are reused.
+    opened: std::sync::atomic::AtomicU64,
 }
 
 impl Connector {
@@ -60,7 +63,13 @@ impl Connector {
             address,
             protocol,
             tls: ArcSwapOption::empty(),
+            opened: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Connections opened for traffic so far (health probes not counted).
+    pub fn opened(&self) -> u64 {
+        self.opened.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Where it connects.
@@ -85,15 +94,21 @@ impl Connector {
         }
     }
 
-    /// Opens a TCP connection and, for a TLS backend, completes the handshake. The caller
-    /// bounds the whole with the connect timeout.
+    /// Opens a TCP connection and, for a TLS backend, completes the handshake, for a health
+    /// probe (not counted in [`Connector::opened`]). The caller bounds the whole with the
+    /// connect timeout.
     pub async fn connect(&self) -> Result<UpstreamIo, ConnectError> {
-        self.connect_with(None).await
+        self.open(None).await
     }
 
-    /// [`Connector::connect`], writing `preamble` (a PROXY protocol header) first, before any
-    /// TLS.
+    /// Opens a connection for traffic, writing `preamble` (a PROXY protocol header) first,
+    /// before any TLS.
     pub async fn connect_with(&self, preamble: Option<&[u8]>) -> Result<UpstreamIo, ConnectError> {
+        self.opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.open(preamble).await
+    }
+
+    async fn open(&self, preamble: Option<&[u8]>) -> Result<UpstreamIo, ConnectError> {
         let stream = self.connect_tcp(preamble).await?;
         let Some(tls) = self.tls.load_full() else {
             return Ok(UpstreamIo::Plain(stream));
@@ -124,6 +139,7 @@ impl Connector {
         timeout: Duration,
         preamble: Option<&[u8]>,
     ) -> Result<UpstreamIo, ConnectError> {
+        self.opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         within(timeout, async {
             self.connect_tcp(preamble).await.map(UpstreamIo::Plain)
         })
