@@ -159,7 +159,7 @@ fn add_history(pool: &mut History, backend: &History) {
 fn history_json(history: &History) -> Value {
     json!({
         "rate": history.rate.iter().map(|r| round(*r)).collect::<Vec<_>>(),
-        "error_rate": history.error_rate.iter().map(|e| round(*e)).collect::<Vec<_>>(),
+        "error_rate": history.error_rate.iter().map(|e| (e * 1e6).round() / 1e6).collect::<Vec<_>>(),
     })
 }
 
