@@ -66,7 +66,7 @@ impl Sampler {
         let mut snapshots = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
         let tick = self.ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         // Every STEP seconds, one point per backend from the snapshot STEP seconds back.
-        if tick % STEP == 0 {
+        if tick.is_multiple_of(STEP) {
             // STEP seconds back, or the oldest there is just after start.
             let back = snapshots.get(snapshots.len().saturating_sub(STEP as usize));
             let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
