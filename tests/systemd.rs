@@ -8,15 +8,6 @@ use std::process::Command;
 use support::*;
 use tokio::net::UnixDatagram;
 
-async fn next(socket: &UnixDatagram) -> String {
-    let mut buf = [0u8; 256];
-    let n = tokio::time::timeout(DEADLINE, socket.recv(&mut buf))
-        .await
-        .expect("a notification in time")
-        .expect("recv");
-    String::from_utf8_lossy(&buf[..n]).into_owned()
-}
-
 #[tokio::test]
 async fn ready_reloading_and_stopping_reach_systemd() {
     let origin = spawn_origin("a").await;
@@ -33,29 +24,29 @@ async fn ready_reloading_and_stopping_reach_systemd() {
             .args(["--config", file.to_str().expect("utf-8"), "--admin", "off"])
             .env("NOTIFY_SOCKET", &path),
     );
-    assert_eq!(next(&socket).await, "READY=1");
+    assert_eq!(notification(&socket).await, "READY=1");
     let addr = p.listening_addr();
     assert_eq!(get(&client(), &format!("http://{addr}/")).await.1, "a");
 
     // A reload: RELOADING=1 (with the monotonic time systemd 253+ wants), then READY=1.
     p.signal("-HUP");
-    let reloading = next(&socket).await;
+    let reloading = notification(&socket).await;
     assert!(reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="), "{reloading:?}");
     assert!(
         reloading["RELOADING=1\nMONOTONIC_USEC=".len()..].parse::<u64>().is_ok(),
         "{reloading:?}"
     );
-    assert_eq!(next(&socket).await, "READY=1");
+    assert_eq!(notification(&socket).await, "READY=1");
 
     // A refused reload is a reload too, and the old config is ready again.
     std::fs::write(&file, "[[listeners]]\nlisten = 7\n").expect("bad config");
     p.signal("-HUP");
-    assert!(next(&socket).await.starts_with("RELOADING=1"));
-    assert_eq!(next(&socket).await, "READY=1");
+    assert!(notification(&socket).await.starts_with("RELOADING=1"));
+    assert_eq!(notification(&socket).await, "READY=1");
     assert_eq!(get(&client(), &format!("http://{addr}/")).await.1, "a");
 
     p.signal("-TERM");
-    assert_eq!(next(&socket).await, "STOPPING=1");
+    assert_eq!(notification(&socket).await, "STOPPING=1");
     assert_eq!(p.wait(), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }

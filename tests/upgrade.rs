@@ -112,15 +112,6 @@ async fn exchange(stream: &mut TcpStream, request: &[u8], buf: &mut Vec<u8>) -> 
     Ok(!head.contains("\r\nconnection: close"))
 }
 
-async fn notification(socket: &UnixDatagram) -> String {
-    let mut buf = [0u8; 256];
-    let n = tokio::time::timeout(DEADLINE, socket.recv(&mut buf))
-        .await
-        .expect("a notification in time")
-        .expect("recv");
-    String::from_utf8_lossy(&buf[..n]).into_owned()
-}
-
 /// Waits until the load generator has `n` more successful requests than `from`.
 async fn progress(tally: &Tally, from: u64, n: u64) {
     eventually("the load generator to make progress", || async move {
@@ -193,12 +184,7 @@ async fn three_upgrades_under_load_refuse_nothing_and_fail_nothing() {
     );
     assert_eq!(notification(&notify).await, "READY=1");
     let fast_addr = first.listening_addr();
-    let slow_line = first.wait_for_line("listener=slow");
-    let slow_addr: SocketAddr = slow_line[slow_line.find("http://").expect("url") + 7..]
-        .split(',')
-        .next()
-        .and_then(|a| a.parse().ok())
-        .expect("slow listener address");
+    let slow_addr = first.listening_addr_of("slow");
 
     let tally = Arc::new(Tally::default());
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -353,12 +339,7 @@ async fn socket_activation_serves_on_the_handed_socket() {
     assert_eq!(p.listening_addr(), handed_addr);
     drop(handed);
     assert_eq!(get(&client(), &format!("http://{handed_addr}/")).await.1, "a");
-    let bound = p.wait_for_line("listener=bound");
-    let bound_addr: SocketAddr = bound[bound.find("http://").expect("url") + 7..]
-        .split(',')
-        .next()
-        .and_then(|a| a.parse().ok())
-        .expect("address");
+    let bound_addr = p.listening_addr_of("bound");
     assert_ne!(bound_addr, handed_addr);
     assert_eq!(get(&client(), &format!("http://{bound_addr}/")).await.1, "a");
     p.signal("-TERM");

@@ -229,24 +229,26 @@ impl Registry {
     pub fn stop_after_next_request(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         let deadline = clock_nanos().saturating_add(HANDOVER_IDLE.as_nanos() as u64);
-        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        for (_, info) in open.iter().flatten() {
-            if info.idle.load(Ordering::SeqCst) {
-                info.deadline.fetch_min(deadline, Ordering::SeqCst);
-            }
-        }
+        self.each_idle(|_, info| {
+            info.deadline.fetch_min(deadline, Ordering::SeqCst);
+        });
     }
 
     /// Starts shutdown: connections finish the request in hand; idle ones are closed now.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         self.closing_idle.store(true, Ordering::SeqCst);
+        // Entries are removed under the registry's lock before their socket closes, so `fd`
+        // is still this connection's. Its read wakes with EOF and it closes.
+        self.each_idle(|fd, _| shutdown_read(fd));
+    }
+
+    /// Calls `f` with the descriptor and record of each connection idle now, under the lock.
+    fn each_idle(&self, mut f: impl FnMut(i32, &ConnInfo)) {
         let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         for (fd, info) in open.iter().flatten() {
             if info.idle.load(Ordering::SeqCst) {
-                // Entries are removed under this lock before their socket closes, so `fd`
-                // is still this connection's. Its read wakes with EOF and it closes.
-                shutdown_read(*fd);
+                f(*fd, info);
             }
         }
     }

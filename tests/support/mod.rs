@@ -635,3 +635,13 @@ pub async fn log_lines(path: &std::path::Path, n: usize) -> Vec<String> {
     let text = std::fs::read_to_string(path).expect("log");
     text.lines().map(str::to_owned).collect()
 }
+
+/// The next datagram on a `$NOTIFY_SOCKET` socket (systemd's notify protocol), as text.
+pub async fn notification(socket: &tokio::net::UnixDatagram) -> String {
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(DEADLINE, socket.recv(&mut buf))
+        .await
+        .expect("a notification in time")
+        .expect("recv");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}

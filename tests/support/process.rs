@@ -10,6 +10,15 @@ use super::DEADLINE;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_steelyard");
 
+/// The address after the first `://` of a "listening on" log line.
+fn address_in(line: &str) -> SocketAddr {
+    let rest = &line[line.find("://").expect("url") + 3..];
+    rest.split(|c: char| c == ',' || c == '/' || c.is_whitespace())
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("cannot parse address from {line:?}"))
+}
+
 /// A running `steelyard` process whose output lines are collected as they arrive.
 pub struct Process {
     child: Child,
@@ -114,11 +123,13 @@ impl Process {
     /// The address from the "listening on http://ADDR" (or https://, tcp://) log line.
     pub fn listening_addr(&mut self) -> SocketAddr {
         let line = self.wait_for_any(&["listening on http", "listening on tcp"], super::DEADLINE);
-        let rest = &line[line.find("://").expect("url") + 3..];
-        rest.split(|c: char| c == ',' || c == '/' || c.is_whitespace())
-            .next()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("cannot parse address from {line:?}"))
+        address_in(&line)
+    }
+
+    /// The address of the listener named `name`, from its "listening on" log line.
+    pub fn listening_addr_of(&mut self, name: &str) -> SocketAddr {
+        let line = self.wait_for_line(&format!("listener={name}"));
+        address_in(&line)
     }
 
     /// The process's PID.
