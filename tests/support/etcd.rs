@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
-use super::DEADLINE;
+/// How long etcd may take to report healthy.
+const ETCD_START: Duration = Duration::from_secs(30);
 
 /// A running etcd; killed when dropped (its data directory removed).
 pub struct EtcdServer {
@@ -20,24 +21,43 @@ pub struct EtcdServer {
 
 impl EtcdServer {
     /// Starts one with an empty store. Fails loudly when `etcd` is missing.
+    ///
+    /// The ports come from [`super::free_port`], so another process can take one between
+    /// the probe and etcd's bind; a start that fails on a taken port tries fresh ports.
     pub async fn start() -> EtcdServer {
-        let addr = super::free_port();
-        let peer = super::free_port();
-        let dir = std::env::temp_dir().join(format!("steelyard-etcd-{}-{}", std::process::id(), addr.port()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut server = EtcdServer {
-            addr,
-            peer,
-            dir,
-            child: None,
-        };
-        server.restart().await;
-        server
+        for attempt in 1..=3 {
+            let addr = super::free_port();
+            let peer = super::free_port();
+            let dir = std::env::temp_dir().join(format!("steelyard-etcd-{}-{}", std::process::id(), addr.port()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let mut server = EtcdServer {
+                addr,
+                peer,
+                dir,
+                child: None,
+            };
+            match server.try_start().await {
+                Ok(()) => return server,
+                Err(log) if attempt < 3 && log.contains("address already in use") => continue,
+                Err(log) => panic!("etcd on {} did not become healthy; its log ends:\n{log}", server.addr),
+            }
+        }
+        unreachable!("the last attempt panics")
     }
 
     /// Starts it (again) on the same ports and data.
     pub async fn restart(&mut self) {
+        if let Err(log) = self.try_start().await {
+            panic!("etcd on {} did not become healthy; its log ends:\n{log}", self.addr);
+        }
+    }
+
+    /// Starts etcd and waits until it reports healthy. On failure returns the tail of its log.
+    async fn try_start(&mut self) -> Result<(), String> {
         self.kill();
+        std::fs::create_dir_all(&self.dir).expect("etcd directory");
+        let log_path = self.dir.join("etcd.log");
+        let log = std::fs::File::create(&log_path).expect("etcd log");
         let (client, peer) = (format!("http://{}", self.addr), format!("http://{}", self.peer));
         let child = Command::new("etcd")
             .args(["--name", "t", "--data-dir"])
@@ -52,7 +72,7 @@ impl EtcdServer {
             ])
             .args(["--logger", "zap", "--log-outputs", "stderr"])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap_or_else(|e| {
                 panic!(
@@ -61,7 +81,14 @@ impl EtcdServer {
                 )
             });
         self.child = Some(child);
-        let deadline = Instant::now() + DEADLINE;
+        let tail = || {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(15)..].join("\n")
+        };
+        // etcd on a loaded two-core machine (other tests running beside it) can take a
+        // while to elect itself; its own exit ends the wait early.
+        let deadline = Instant::now() + ETCD_START;
         let client = super::client();
         loop {
             let health = client
@@ -71,14 +98,18 @@ impl EtcdServer {
                 .await;
             if let Ok(r) = health {
                 if r.text().await.unwrap_or_default().contains("\"health\":\"true\"") {
-                    return;
+                    return Ok(());
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "etcd on {} did not become healthy",
-                self.addr
-            );
+            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                self.child = None;
+                return Err(format!("(exited: {status})\n{}", tail()));
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                return Err(tail());
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
