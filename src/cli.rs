@@ -1,4 +1,4 @@
-//! Command-line interface: quick-mode flags and the `check` and `demo` subcommands.
+//! Command-line interface: quick-mode flags and the subcommands.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -116,6 +116,25 @@ pub enum Command {
         /// Also serve HTTPS here, with a certificate made at start (e.g. 127.0.0.1:8443).
         #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
         https: Option<SocketAddr>,
+    },
+    /// Compare every load-balancing algorithm on a workload in simulated time: p50, p99 and
+    /// p99.9 latency, errors and each backend's share, per algorithm.
+    Simulate {
+        /// A built-in profile (uniform, one-slow, bimodal, outage) or a profile file (TOML).
+        /// Without it, every built-in profile runs.
+        #[arg(long, value_name = "NAME|FILE")]
+        profile: Option<String>,
+        /// With --config: the pool whose backends (number and weights), algorithm settings,
+        /// passive health and retries are simulated (default: the first pool).
+        #[arg(long, value_name = "NAME")]
+        pool: Option<String>,
+        /// Simulated time, instead of the profile's (e.g. "10s").
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// Also draw the latencies as SVG: this file for one profile, or this directory
+        /// (one NAME.svg each) when every built-in profile runs.
+        #[arg(long, value_name = "PATH")]
+        svg: Option<PathBuf>,
     },
     /// Print the man page (roff), for packages: steelyard man > steelyard.1
     Man,

@@ -14,6 +14,7 @@ pub mod health;
 pub mod http1;
 pub mod proxy;
 pub mod server;
+pub mod simulate;
 pub mod stats;
 pub mod stream;
 pub mod tls;

@@ -17,6 +17,12 @@ fn main() -> ExitCode {
     init_logging(&cli);
     match &cli.command {
         Some(Command::Check) => check(&cli),
+        Some(Command::Simulate {
+            profile,
+            pool,
+            duration,
+            svg,
+        }) => simulate(&cli, profile.as_deref(), pool.as_deref(), *duration, svg.as_deref()),
         Some(Command::Man) => {
             let page = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
             match page.render(&mut std::io::stdout()) {
@@ -54,6 +60,95 @@ fn main() -> ExitCode {
         }
         None => run(&cli),
     }
+}
+
+/// `steelyard simulate`: runs the profile (or every built-in one) through every algorithm
+/// and prints a table per profile.
+fn simulate(
+    cli: &Cli,
+    profile: Option<&str>,
+    pool: Option<&str>,
+    duration: Option<std::time::Duration>,
+    svg: Option<&std::path::Path>,
+) -> ExitCode {
+    use steelyard::simulate::{self, Profile, Setup};
+    let profiles: Result<Vec<Profile>, _> = match profile {
+        Some(name) => Profile::find(name).map(|p| vec![p]),
+        None => simulate::BUILT_IN.iter().map(|(name, _)| Profile::find(name)).collect(),
+    };
+    let mut profiles = match profiles {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("steelyard simulate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let setup = match &cli.config {
+        None if pool.is_some() => {
+            eprintln!("steelyard simulate: --pool picks a pool of --config FILE; give the file too");
+            return ExitCode::from(2);
+        }
+        None => None,
+        Some(path) => {
+            let config = match Config::load(path, &steelyard::server::dns::System) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let found = match pool {
+                Some(name) => config.pools.iter().find(|p| p.name == name),
+                None => config.pools.first(),
+            };
+            match found {
+                Some(p) => Some(Setup::from_pool(p)),
+                None => {
+                    let names: Vec<&str> = config.pools.iter().map(|p| p.name.as_str()).collect();
+                    eprintln!(
+                        "steelyard simulate: {} has no pool {:?} (pools: {})",
+                        path.display(),
+                        pool.unwrap_or(""),
+                        names.join(", ")
+                    );
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
+    let single = profile.is_some();
+    for (i, profile) in profiles.iter_mut().enumerate() {
+        if let Some(d) = duration {
+            profile.duration = d;
+        }
+        let mut setup = setup.clone().unwrap_or_else(|| Setup::defaults(profile.backends.len()));
+        if setup.weights.is_empty() {
+            // A pool that finds its backends in DNS names none: use the profile's.
+            setup.weights = vec![1; profile.backends.len()];
+        }
+        let outcomes = simulate::simulate_all(profile, &setup);
+        if i > 0 {
+            println!();
+        }
+        print!("{}", simulate::table(profile, &outcomes));
+        if let Some(svg) = svg {
+            let file = if single {
+                svg.to_path_buf()
+            } else {
+                svg.join(format!("{}.svg", profile.name))
+            };
+            let written = match file.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => std::fs::create_dir_all(dir),
+                _ => Ok(()),
+            }
+            .and_then(|()| std::fs::write(&file, simulate::svg(profile, &outcomes)));
+            if let Err(e) = written {
+                eprintln!("steelyard simulate: cannot write {}: {e}", file.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn check(cli: &Cli) -> ExitCode {
