@@ -12,7 +12,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub const CAPACITY: usize = 200;
 
 /// What kind of thing happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Kind {
     /// The server started serving.
     Start,
@@ -46,7 +47,8 @@ impl Kind {
 }
 
 /// How much it matters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Level {
     /// Routine.
     Info,
@@ -68,7 +70,7 @@ impl Level {
 }
 
 /// One event.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Event {
     /// When, in milliseconds since the Unix epoch.
     pub unix_ms: u64,
@@ -123,6 +125,18 @@ fn push(event: Event) {
         log.pop_front();
     }
     log.push_back(event);
+}
+
+/// Puts a predecessor process's `events` (oldest first) before this process's own, keeping
+/// the newest [`CAPACITY`].
+pub fn restore(events: Vec<Event>) {
+    let mut log = LOG.lock().unwrap_or_else(|e| e.into_inner());
+    let own = std::mem::take(&mut *log);
+    log.extend(events);
+    log.extend(own);
+    while log.len() > CAPACITY {
+        log.pop_front();
+    }
 }
 
 /// The events kept, oldest first.

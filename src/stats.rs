@@ -14,6 +14,13 @@ impl StatusCounts {
         self.0[class].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Adds `counts` (1xx first), e.g. a predecessor process's.
+    pub fn add(&self, counts: [u64; 5]) {
+        for (c, n) in self.0.iter().zip(counts) {
+            c.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
     /// The counts, 1xx first.
     pub fn get(&self) -> [u64; 5] {
         std::array::from_fn(|i| self.0[i].load(Ordering::Relaxed))

@@ -346,3 +346,103 @@ async fn socket_activation_serves_on_the_handed_socket() {
     assert_eq!(p.wait(), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The status API's JSON from the admin API at `admin`.
+async fn status(admin: SocketAddr) -> serde_json::Value {
+    let body = client()
+        .get(format!("http://{admin}/api/status"))
+        .send()
+        .await
+        .expect("status")
+        .text()
+        .await
+        .expect("status body");
+    serde_json::from_str(&body).expect("status JSON")
+}
+
+/// The status API's entry for the backend at `addr`.
+fn backend_entry(status: &serde_json::Value, addr: SocketAddr) -> serde_json::Value {
+    status["pools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|p| p["backends"].as_array().into_iter().flatten())
+        .find(|b| b["address"] == addr.to_string())
+        .cloned()
+        .unwrap_or_else(|| panic!("no backend {addr} in {status}"))
+}
+
+#[tokio::test]
+async fn backend_state_counters_and_events_carry_over_an_upgrade() {
+    let a = spawn_origin("a").await;
+    let b = spawn_origin("b").await;
+    let mut p = Process::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        &a.addr.to_string(),
+        "--backend",
+        &b.addr.to_string(),
+        "--admin",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+    ]);
+    let addr = p.listening_addr();
+    let line = p.wait_for_line("admin API and dashboard on http://");
+    let admin: SocketAddr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| c == '/' || c.is_whitespace()).next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("admin address in {line:?}"));
+    let http = client();
+    for _ in 0..20 {
+        let (code, _) = get(&http, &format!("http://{addr}/")).await;
+        assert_eq!(code, 200);
+    }
+    let drained = http
+        .post(format!("http://{admin}/api/pools/default/backends/{}/drain", b.addr))
+        .header("x-steelyard-admin", "1")
+        .send()
+        .await
+        .expect("drain");
+    assert!(drained.status().is_success(), "{:?}", drained.status());
+    let before = status(admin).await;
+    let old_pid = before["pid"].as_u64().expect("pid");
+    assert_eq!(backend_entry(&before, a.addr)["requests"], 10);
+    assert_eq!(backend_entry(&before, b.addr)["requests"], 10);
+
+    send_signal(p.pid(), "-USR2");
+    let (new_pid, _) = pids(&p.wait_for_line("upgrade: PID"));
+    // The old process answers one more request on each open connection; wait until it is
+    // gone so that every request below is the new one's.
+    p.wait_for_line("drained; exiting");
+    let http = client();
+    // The admin socket was handed over too: the same address now answers from the new PID.
+    let after = status(admin).await;
+    assert_eq!(after["pid"].as_u64(), Some(u64::from(new_pid)), "old PID was {old_pid}");
+    let (ea, eb) = (backend_entry(&after, a.addr), backend_entry(&after, b.addr));
+    assert_eq!(eb["state"], "drained", "{eb}");
+    assert_eq!(ea["requests"], 10, "{ea}");
+    assert_eq!(eb["requests"], 10, "{eb}");
+    let events = after["events"].as_array().expect("events");
+    let drain_at = events
+        .iter()
+        .position(|e| e["kind"] == "drain")
+        .unwrap_or_else(|| panic!("the drain event carried over: {events:?}"));
+    let start_at = events
+        .iter()
+        .rposition(|e| e["kind"] == "start")
+        .expect("the new process's start");
+    assert!(drain_at < start_at, "{events:?}");
+    // Drained in the new process too: everything goes to a.
+    for _ in 0..10 {
+        let (code, body) = get(&http, &format!("http://{addr}/")).await;
+        assert_eq!((code.as_u16(), body.as_str()), (200, "a"));
+    }
+    assert_eq!(b.requests(), 10);
+    assert_eq!(backend_entry(&status(admin).await, a.addr)["requests"], 20);
+    send_signal(new_pid, "-TERM");
+    p.wait_for_nth("drained; exiting", 2);
+}

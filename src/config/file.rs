@@ -98,6 +98,10 @@ pub struct ServerSection {
     pub drain_timeout: Option<Spanned<String>>,
     /// Worker threads; default is one per core.
     pub workers: Option<Spanned<i64>>,
+    /// The user to run as once the listeners are bound (when started as root).
+    pub user: Option<Spanned<String>>,
+    /// The group to run as; default: the user's primary group.
+    pub group: Option<Spanned<String>>,
 }
 
 /// One `[[listeners]]` table.

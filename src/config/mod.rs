@@ -71,8 +71,20 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Worker threads; `None` means one per core.
     pub workers: Option<usize>,
+    /// Who to run as once the listeners are bound; `None`: stay who started it.
+    pub run_as: Option<RunAs>,
     /// The Redis that `scope = "global"` rate limits share.
     pub redis: Option<RedisConfig>,
+}
+
+/// `[server] user` and `group`: the unprivileged identity a process started as root takes
+/// once it has bound its listeners (nginx's and HAProxy's `user`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    /// A user name.
+    pub user: String,
+    /// A group name; `None`: the user's primary group.
+    pub group: Option<String>,
 }
 
 /// One problem in a config file, located.
@@ -237,6 +249,25 @@ impl Config {
                 }
             });
 
+        let name = |key: &str, v: &Option<Spanned<String>>, check: &mut Checker| {
+            let v = v.as_ref()?;
+            let text = v.get_ref().trim();
+            if text.is_empty() || text.contains('\0') || text.contains(':') {
+                check.error(v.span(), format!("server.{key}: give a {key} name, e.g. \"steelyard\""));
+                return None;
+            }
+            Some(text.to_owned())
+        };
+        let user = name("user", &raw.server.user, check);
+        let group = name("group", &raw.server.group, check);
+        if let (None, Some(g)) = (&raw.server.user, &raw.server.group) {
+            check.error(
+                g.span(),
+                "server.group: set server.user too (group alone changes nothing)",
+            );
+        }
+        let run_as = user.map(|user| RunAs { user, group });
+
         let redis = rate_limit::redis(&raw.redis, check);
         let pool_names: Vec<&String> = raw.pools.keys().collect();
         let pools: Vec<PoolConfig> = raw
@@ -266,6 +297,7 @@ impl Config {
             pools,
             drain_timeout,
             workers,
+            run_as,
             redis,
         }
     }
@@ -318,6 +350,7 @@ impl Config {
             }],
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             workers: None,
+            run_as: None,
             redis: None,
         }
     }
@@ -394,6 +427,29 @@ timeouts = { connect = "2s", response_header = "500ms", idle = "1m" }
         let web = &c.pools[c.listeners[0].routes[1].pool];
         assert_eq!(web.backends[1].weight, 3);
         assert_eq!(web.backends[1].address, "127.0.0.1:8082".parse().expect("addr"));
+    }
+
+    #[test]
+    fn server_user_and_group() {
+        let with = |server: &str| format!("[server]\n{server}\n{GOOD}");
+        let c = Config::from_toml(&with("user = \"steelyard\""), "t.toml", &LiteralsOnly).expect("valid");
+        assert_eq!(
+            c.run_as,
+            Some(RunAs {
+                user: "steelyard".into(),
+                group: None
+            })
+        );
+        let c = Config::from_toml(&with("user = \"www\"\ngroup = \"web\""), "t.toml", &LiteralsOnly).expect("valid");
+        assert_eq!(c.run_as.and_then(|r| r.group).as_deref(), Some("web"));
+        assert_eq!(
+            errors(&with("group = \"web\"")),
+            ["t.toml:2:9: server.group: set server.user too (group alone changes nothing)"]
+        );
+        assert_eq!(
+            errors(&with("user = \"\"")),
+            ["t.toml:2:8: server.user: give a user name, e.g. \"steelyard\""]
+        );
     }
 
     #[test]

@@ -18,6 +18,10 @@ pub const UPGRADE_NAMES: &str = "STEELYARD_UPGRADE_NAMES";
 /// The variable holding the write end of the pipe on which the new process says it serves.
 pub const UPGRADE_READY_FD: &str = "STEELYARD_UPGRADE_READY_FD";
 
+/// The variable holding the descriptor of the state the predecessor carries over (see
+/// [`super::carry`]).
+pub const UPGRADE_STATE_FD: &str = "STEELYARD_UPGRADE_STATE_FD";
+
 /// The name a handed-over admin listener carries.
 pub const ADMIN: &str = "admin";
 
@@ -34,6 +38,7 @@ struct Given {
 pub struct Inherited {
     sockets: Vec<Option<Given>>,
     ready: Option<std::fs::File>,
+    carried: Option<super::carry::Carried>,
 }
 
 impl Inherited {
@@ -84,6 +89,19 @@ impl Inherited {
                 set_cloexec(&pipe);
                 inherited.ready = Some(pipe.into());
             }
+            if let Some(fd) = var(UPGRADE_STATE_FD) {
+                let read = fd
+                    .parse::<RawFd>()
+                    .map_err(|_| format!("not a descriptor: {fd:?}"))
+                    // SAFETY: the predecessor passed this descriptor, open, for us alone.
+                    .and_then(|fd| unsafe { super::carry::Carried::from_fd(fd) });
+                match read {
+                    Ok(carried) => inherited.carried = Some(carried),
+                    Err(e) => tracing::warn!(
+                        "{UPGRADE_STATE_FD}: cannot read the previous process's state ({e}); starting fresh"
+                    ),
+                }
+            }
         }
         Ok(inherited)
     }
@@ -120,6 +138,11 @@ impl Inherited {
             socket: socket.into(),
         }));
         Ok(())
+    }
+
+    /// The state the predecessor carried over, once.
+    pub fn take_carried(&mut self) -> Option<super::carry::Carried> {
+        self.carried.take()
     }
 
     /// True when this process replaces a predecessor that waits for it to be ready.

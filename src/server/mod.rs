@@ -5,10 +5,12 @@
 //! DNS refreshes, health probes, selection rebuilds and the admin API. Traffic is served only
 //! by the worker threads it starts ([`workers`]), which read what the control plane publishes.
 
+pub mod carry;
 pub mod dns;
 pub mod etcd;
 pub mod inherit;
 pub mod listener;
+pub mod privilege;
 mod reload;
 pub mod systemd;
 pub mod upgrade;
@@ -62,6 +64,9 @@ pub enum StartError {
     /// The `[redis]` settings do not make a client.
     #[error("{0}")]
     Redis(String),
+    /// `[server] user` could not be taken on.
+    #[error("{0}")]
+    Privilege(#[from] privilege::PrivilegeError),
 }
 
 /// A server whose listeners are bound (so their ports are known) but not yet serving.
@@ -240,7 +245,14 @@ impl Server {
             listeners: self.listeners,
             admin: self.admin,
         };
-        let staged = running.prepare(self.config.clone(), sockets, true)?;
+        let mut staged = running.prepare(self.config.clone(), sockets, true)?;
+        // Listeners are bound, logs open and certificates read: root is no longer needed,
+        // and no request has been served yet.
+        if let Some(run_as) = &self.config.run_as {
+            let ids = privilege::become_user(&run_as.user, run_as.group.as_deref())?;
+            tracing::info!(uid = ids.uid, gid = ids.gid, "running as user {}", run_as.user);
+        }
+        staged.carried = self.inherited.take_carried();
         running.commit(staged);
         events::record(
             Kind::Start,
@@ -411,7 +423,16 @@ impl Running {
                 socket,
             });
         }
-        upgrade::start_successor(binary, &handed).await
+        // Health, ejections, slow start and counters go on in the new process; without them
+        // (a failure here) it starts fresh, which is no reason to refuse the upgrade.
+        let state = match carry::Carried::snapshot(&self.pools).to_memfd() {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                tracing::warn!("upgrade: cannot hand over backend state ({e}); the new process starts fresh");
+                None
+            }
+        };
+        upgrade::start_successor(binary, &handed, state.as_ref()).await
     }
 
     /// Shows the current state to the admin API.

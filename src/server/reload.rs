@@ -168,6 +168,9 @@ pub(super) struct Staged {
     admin: StagedAdmin,
     access_logs: HashMap<AccessLogConfig, AccessLog>,
     restart_needed: Vec<String>,
+    /// A predecessor's backend state, applied once the pools are built and before any
+    /// listener accepts (the first commit after a binary upgrade only).
+    pub(super) carried: Option<super::carry::Carried>,
 }
 
 impl Running {
@@ -261,6 +264,18 @@ impl Running {
                 config.workers = Some(workers);
             }
             _ => config.workers = Some(workers),
+        }
+        if !starting && config.run_as != self.config.run_as {
+            let shown = |r: &Option<crate::config::RunAs>| match r {
+                Some(r) => format!("{:?}", r.user),
+                None => "none".to_owned(),
+            };
+            restart_needed.push(format!(
+                "server.user/group ({} running, {} in the file)",
+                shown(&self.config.run_as),
+                shown(&config.run_as)
+            ));
+            config.run_as = self.config.run_as.clone();
         }
 
         // Listeners are matched by their configured address; new ones get all their sockets.
@@ -372,6 +387,7 @@ impl Running {
             admin,
             access_logs,
             restart_needed,
+            carried: None,
         })
     }
 
@@ -384,9 +400,17 @@ impl Running {
             admin,
             access_logs,
             restart_needed,
+            carried,
         } = staged;
         for pool in &pools {
             pool.start();
+        }
+        if let Some(carried) = carried {
+            let restored = carried.apply(&pools);
+            tracing::info!(
+                backends = restored,
+                "took on the previous process's backend state and counters"
+            );
         }
         let mut old: Vec<Option<super::RunningListener>> =
             std::mem::take(&mut self.listeners).into_iter().map(Some).collect();

@@ -6,13 +6,13 @@
 //! bind, no word within [`READY_WITHIN`]) changes nothing: this process keeps serving.
 
 use std::io::Read;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use super::inherit::{UPGRADE_FDS, UPGRADE_NAMES, UPGRADE_READY_FD};
+use super::inherit::{UPGRADE_FDS, UPGRADE_NAMES, UPGRADE_READY_FD, UPGRADE_STATE_FD};
 
 /// How long a new process has to start serving before it is killed and the upgrade abandoned.
 pub const READY_WITHIN: Duration = Duration::from_secs(30);
@@ -63,9 +63,13 @@ pub struct Handed<'a> {
     pub socket: &'a std::net::TcpListener,
 }
 
-/// Starts `binary` with this process's arguments and `sockets`, and waits until it says it
-/// serves. Returns its PID.
-pub async fn start_successor(binary: &Path, sockets: &[Handed<'_>]) -> Result<u32, UpgradeError> {
+/// Starts `binary` with this process's arguments, `sockets` and the descriptor of the
+/// carried `state` (see [`super::carry`]), and waits until it says it serves. Returns its PID.
+pub async fn start_successor(
+    binary: &Path,
+    sockets: &[Handed<'_>],
+    state: Option<&OwnedFd>,
+) -> Result<u32, UpgradeError> {
     let shown = binary.display().to_string();
     let spawn_error = |source| UpgradeError::Spawn {
         binary: shown.clone(),
@@ -87,6 +91,10 @@ pub async fn start_successor(binary: &Path, sockets: &[Handed<'_>]) -> Result<u3
         .env_remove("LISTEN_FDNAMES");
     let mut inherit = fds.clone();
     inherit.push(writer_fd);
+    if let Some(state) = state {
+        command.env(UPGRADE_STATE_FD, state.as_raw_fd().to_string());
+        inherit.push(state.as_raw_fd());
+    }
     // SAFETY: the closure runs in the child between fork and exec and only calls fcntl, which
     // is async-signal-safe, on descriptors that are open in the parent (and so in the child).
     unsafe {

@@ -83,15 +83,23 @@ pub const LATENCY_BUCKETS: [f64; 15] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
 
-/// Nanoseconds since the first call in this process: a cheap monotonic clock for atomics.
+/// Nanoseconds since a day before the first call in this process: a cheap monotonic clock
+/// for atomics.
 pub fn clock_nanos() -> u64 {
     nanos_at(Instant::now())
 }
 
+/// How far before the first reading [`clock_nanos`] counts from: a day, so that times a
+/// predecessor process hands over ("eligible for the last 20 s") are still after the epoch.
+const EPOCH_LEAD: Duration = Duration::from_secs(24 * 3600);
+
 /// [`clock_nanos`] at `t`, for callers that already read the clock.
 pub fn nanos_at(t: Instant) -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let epoch = *EPOCH.get_or_init(Instant::now);
+    let epoch = *EPOCH.get_or_init(|| {
+        let now = Instant::now();
+        now.checked_sub(EPOCH_LEAD).unwrap_or(now)
+    });
     u64::try_from(t.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
 }
 
@@ -384,6 +392,107 @@ impl Backend {
     }
 }
 
+/// A backend's state and figures in a form another process can read: what a binary upgrade
+/// carries to the new process so that health, ejections, slow start and counters go on
+/// where they were. Times are relative ("for so long"), since clocks differ by process.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct BackendSnapshot {
+    /// Active health checks had it down.
+    pub probed_down: bool,
+    /// An operator had drained it.
+    pub drained: bool,
+    /// What was left of its ejection, in milliseconds (0: not ejected).
+    pub ejected_for_ms: u64,
+    /// Times it was ejected.
+    pub ejections: u32,
+    /// How long it had been eligible, in milliseconds, if it became so recently enough to
+    /// be in a slow-start ramp.
+    pub ready_for_ms: Option<u64>,
+    /// Peak-EWMA latency in nanoseconds, if measured.
+    pub ewma_nanos: Option<f64>,
+    /// Counters.
+    pub requests: u64,
+    /// Failed requests.
+    pub failures: u64,
+    /// Times active checks changed its state.
+    pub health_transitions: u64,
+    /// Responses by status class, 1xx first.
+    pub responses: [u64; 5],
+    /// Latency histogram counts per [`LATENCY_BUCKETS`] bound, then +Inf.
+    pub latency_buckets: Vec<u64>,
+    /// Sum of latencies, in microseconds.
+    pub latency_sum_micros: u64,
+    /// Request body bytes sent.
+    pub bytes_sent: u64,
+    /// Response body bytes received.
+    pub bytes_received: u64,
+}
+
+impl Backend {
+    /// Its state and figures at [`clock_nanos`] time `now`, for a successor process.
+    pub fn snapshot(&self, now: u64) -> BackendSnapshot {
+        let ms = |nanos: u64| nanos / 1_000_000;
+        BackendSnapshot {
+            probed_down: self.is_probed_down(),
+            drained: self.is_drained(),
+            ejected_for_ms: self.ejected_until(now).map_or(0, |until| ms(until - now).max(1)),
+            ejections: self.ejections.load(Ordering::Relaxed),
+            ready_for_ms: self
+                .ready_for(now)
+                .map(|d| ms(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))),
+            ewma_nanos: self.latency_ewma_nanos(),
+            requests: self.requests(),
+            failures: self.failures(),
+            health_transitions: self.health_transitions(),
+            responses: self.responses(),
+            latency_buckets: self.latency_histogram().0,
+            latency_sum_micros: self.sum(|s| s.latency_sum_micros.load(Ordering::Relaxed)),
+            bytes_sent: self.bytes_sent(),
+            bytes_received: self.bytes_received(),
+        }
+    }
+
+    /// Takes on a predecessor's `snapshot` at [`clock_nanos`] time `now`: its state replaces
+    /// this one's, its counters are added to this one's.
+    pub fn restore(&self, snapshot: &BackendSnapshot, now: u64) {
+        let nanos = |ms: u64| ms.saturating_mul(1_000_000);
+        self.probed_down.store(snapshot.probed_down, Ordering::Relaxed);
+        self.drained.store(snapshot.drained, Ordering::Relaxed);
+        let until = if snapshot.ejected_for_ms == 0 {
+            0
+        } else {
+            now.saturating_add(nanos(snapshot.ejected_for_ms))
+        };
+        self.ejected_until.store(until, Ordering::Relaxed);
+        self.ejections.store(snapshot.ejections, Ordering::Relaxed);
+        if let Some(ready) = snapshot.ready_for_ms {
+            self.ready_since
+                .store(now.saturating_sub(nanos(ready)).max(1), Ordering::Relaxed);
+        }
+        if let Some(ewma) = snapshot.ewma_nanos.filter(|v| v.is_finite() && *v > 0.0) {
+            self.ewma.value.store(ewma.to_bits(), Ordering::Relaxed);
+            self.ewma.updated.store(now, Ordering::Relaxed);
+        }
+        self.failures.fetch_add(snapshot.failures, Ordering::Relaxed);
+        self.health_transitions
+            .fetch_add(snapshot.health_transitions, Ordering::Relaxed);
+        let shard = self.shard(0);
+        shard.requests.fetch_add(snapshot.requests, Ordering::Relaxed);
+        shard.responses.add(snapshot.responses);
+        for (bucket, n) in shard.latency_buckets.iter().zip(&snapshot.latency_buckets) {
+            bucket.fetch_add(*n, Ordering::Relaxed);
+        }
+        shard
+            .latency_sum_micros
+            .fetch_add(snapshot.latency_sum_micros, Ordering::Relaxed);
+        shard.bytes_sent.fetch_add(snapshot.bytes_sent, Ordering::Relaxed);
+        shard
+            .bytes_received
+            .fetch_add(snapshot.bytes_received, Ordering::Relaxed);
+    }
+}
+
 /// Keeps one request counted in its backend's in-flight figure until dropped.
 ///
 /// `B` is how the guard holds the backend: a borrow on the HTTP/1 path (no reference count
@@ -425,6 +534,45 @@ impl<B: Deref<Target = Backend>> Drop for InFlight<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_snapshot_carries_state_and_counters_to_another_clock() {
+        let old = Backend::for_workers(([127, 0, 0, 1], 1).into(), 1, 2);
+        let t0 = 50_000_000_000; // 50 s on the old process's clock
+        old.eject(t0, Duration::from_secs(30), 10);
+        old.mark_ready(t0 - 4_000_000_000);
+        old.set_probed_down(true);
+        old.set_drained(true);
+        old.observe_latency_at(Duration::from_millis(7), Duration::from_secs(10), t0);
+        for worker in 0..2 {
+            drop(old.start_request(worker));
+            old.record_response(worker, 200, Duration::from_millis(3));
+            old.record_bytes(worker, 100);
+            old.record_bytes_sent(worker, 10);
+        }
+        old.record_response(1, 503, Duration::from_secs(20));
+        old.record_failure();
+        // 10 s later the snapshot is taken: 20 s of ejection left, ready for 14 s.
+        let snapshot = old.snapshot(t0 + 10_000_000_000);
+        assert_eq!(snapshot.ejected_for_ms, 20_000);
+        assert_eq!(snapshot.ready_for_ms, Some(14_000));
+
+        let new = Backend::for_workers(([127, 0, 0, 1], 1).into(), 1, 4);
+        drop(new.start_request(3));
+        let t1 = 100_000_000_000; // the new process's clock reads differently
+        new.restore(&snapshot, t1);
+        assert!(new.is_probed_down() && new.is_drained());
+        assert_eq!(new.ejected_until(t1), Some(t1 + 20_000_000_000));
+        assert_eq!(new.ejection_count(), 1);
+        assert_eq!(new.ready_for(t1), Some(Duration::from_secs(14)));
+        assert_eq!(new.latency_ewma_nanos(), Some(7_000_000.0));
+        assert_eq!(new.requests(), 3, "two carried, one of its own");
+        assert_eq!(new.responses(), [0, 2, 0, 0, 1]);
+        assert_eq!(new.latency_histogram(), old.latency_histogram());
+        assert_eq!((new.bytes_received(), new.bytes_sent(), new.failures()), (200, 20, 1));
+        assert_eq!(new.health_transitions(), 1);
+        assert_eq!(new.in_flight(), 0);
+    }
 
     #[test]
     fn ejections_grow_with_each_one_up_to_the_cap() {
