@@ -348,7 +348,11 @@ run_idle() {
             sleep 0.1
         done
         grep -q '^ready' "$WORK/idle-$name.log" || die "idle client for $name never got ready"
-        sleep 1   # let the balancer settle (freed request buffers, pooled upstream conns)
+        # Let the balancer settle: the connections' first requests came in a burst, and
+        # what a balancer keeps for a burst (Steelyard: pooled buffers, given back after a
+        # second unused) is not what an idle connection costs. nginx and HAProxy keep the
+        # same memory however long this is.
+        sleep 3
         after="$(status_kb VmRSS "$pid")"
         stop_pid "$client"   # SIGTERM: the client exits and its connections close
         echo "$name $IDLE_CONNS $before $after" >>"$WORK/idle.tsv"

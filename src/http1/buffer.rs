@@ -28,20 +28,33 @@ const MAX_FREE: usize = 128;
 /// Header fields a pooled table holds before it has to grow.
 const FIELDS: usize = 32;
 
+/// Free vectors of one kind, and the fewest there were since the last [`release_unused`]
+/// pass: that many sat unused the whole time, and a burst that filled the list gives them
+/// back at the next pass.
+struct Free<T> {
+    items: Vec<Vec<T>>,
+    low: usize,
+}
+
 /// A worker's free list of one kind of vector.
-type FreeList<T> = LocalKey<RefCell<Vec<Vec<T>>>>;
+type FreeList<T> = LocalKey<RefCell<Free<T>>>;
 
 thread_local! {
-    static BUFFERS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
-    static SMALL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
-    static TABLES: RefCell<Vec<Vec<Field>>> = const { RefCell::new(Vec::new()) };
-    static SCRATCH: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static BUFFERS: RefCell<Free<u8>> = const { RefCell::new(Free { items: Vec::new(), low: 0 }) };
+    static SMALL: RefCell<Free<u8>> = const { RefCell::new(Free { items: Vec::new(), low: 0 }) };
+    static TABLES: RefCell<Free<Field>> = const { RefCell::new(Free { items: Vec::new(), low: 0 }) };
+    static SCRATCH: RefCell<Free<u8>> = const { RefCell::new(Free { items: Vec::new(), low: 0 }) };
 }
 
 /// A vector from `list`, or a new one with room for `capacity` items.
 fn pop<T: 'static>(list: &'static FreeList<T>, capacity: usize) -> Vec<T> {
-    list.with(|l| l.borrow_mut().pop())
-        .unwrap_or_else(|| Vec::with_capacity(capacity))
+    list.with(|l| {
+        let mut l = l.borrow_mut();
+        let v = l.items.pop();
+        l.low = l.low.min(l.items.len());
+        v
+    })
+    .unwrap_or_else(|| Vec::with_capacity(capacity))
 }
 
 /// Clears `v` and keeps it in `list`, unless the list already holds [`MAX_FREE`].
@@ -49,10 +62,50 @@ fn push<T: 'static>(list: &'static FreeList<T>, mut v: Vec<T>) {
     v.clear();
     list.with(|l| {
         let mut l = l.borrow_mut();
-        if l.len() < MAX_FREE {
-            l.push(v);
+        if l.items.len() < MAX_FREE {
+            l.items.push(v);
         }
     });
+}
+
+/// Frees the vectors of `list` that were not needed since the last pass; returns the bytes.
+fn trim<T: 'static>(list: &'static FreeList<T>) -> usize {
+    list.with(|l| {
+        let mut l = l.borrow_mut();
+        let unused = l.low.min(l.items.len());
+        let bytes = l.items.drain(..unused).map(|v| v.capacity() * size_of::<T>()).sum();
+        l.low = l.items.len();
+        bytes
+    })
+}
+
+/// Below this many bytes freed, a pass does not ask the allocator to return memory.
+const RETURN_AT: usize = 256 * 1024;
+
+/// Runs on each worker: every `period`, frees the pooled buffers, header tables and request
+/// blocks that sat unused through the whole previous period, and, when that was a lot (the
+/// tail of a burst), asks the allocator to hand free pages back to the system. A steady load
+/// keeps what it uses; the memory a burst took is returned within two periods.
+pub async fn release_unused(period: std::time::Duration) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let freed = trim(&BUFFERS) + trim(&SMALL) + trim(&TABLES) + trim(&SCRATCH) + super::recycle::trim();
+        if freed >= RETURN_AT {
+            return_free_memory();
+        }
+    }
+}
+
+/// Asks glibc's allocator to give free pages back to the system (other allocators do so by
+/// themselves).
+fn return_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// An empty vector with room for [`BUF_SIZE`] bytes, from this worker's pool.
@@ -280,5 +333,37 @@ pub fn take_scratch() -> Vec<u8> {
 pub fn give_scratch(v: Vec<u8>) {
     if v.capacity() <= 8 * 1024 {
         push(&SCRATCH, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Free small buffers in this thread's pool.
+    fn free_small() -> usize {
+        SMALL.with(|l| l.borrow().items.len())
+    }
+
+    #[test]
+    fn a_burst_is_given_back_and_a_steady_load_keeps_its_buffers() {
+        trim(&SMALL);
+        trim(&SMALL);
+        assert_eq!(free_small(), 0);
+        // A burst: 100 buffers at once, then all back in the pool.
+        let burst: Vec<Vec<u8>> = (0..100).map(|_| take_small()).collect();
+        burst.into_iter().for_each(give);
+        assert_eq!(free_small(), 100);
+        // The pass right after the burst frees nothing (the burst used them all) ...
+        assert_eq!(trim(&SMALL), 0);
+        // ... then a steady load of 10 at a time keeps 10; the other 90 go at the next pass.
+        let steady: Vec<Vec<u8>> = (0..10).map(|_| take_small()).collect();
+        steady.into_iter().for_each(give);
+        assert_eq!(trim(&SMALL), 90 * SMALL_SIZE);
+        assert_eq!(free_small(), 10);
+        let steady: Vec<Vec<u8>> = (0..10).map(|_| take_small()).collect();
+        steady.into_iter().for_each(give);
+        assert_eq!(trim(&SMALL), 0, "what a steady load uses stays");
+        assert_eq!(trim(&SMALL), 10 * SMALL_SIZE, "and goes once unused for a whole pass");
     }
 }

@@ -18,15 +18,25 @@ use std::task::{Context, Poll};
 /// Free blocks kept per size, at most.
 const MAX_FREE: usize = 64;
 
+/// The free blocks of one layout, and the fewest there were since the last [`trim`].
+struct Blocks {
+    layout: Layout,
+    free: Vec<NonNull<u8>>,
+    low: usize,
+}
+
 thread_local! {
     /// Free blocks, by layout. A worker runs few distinct future types, so a short list.
-    static FREE: RefCell<Vec<(Layout, Vec<NonNull<u8>>)>> = const { RefCell::new(Vec::new()) };
+    static FREE: RefCell<Vec<Blocks>> = const { RefCell::new(Vec::new()) };
 }
 
 fn take_block(layout: Layout) -> NonNull<u8> {
     let reused = FREE.with(|f| {
         let mut f = f.borrow_mut();
-        f.iter_mut().find(|(l, _)| *l == layout).and_then(|(_, v)| v.pop())
+        let blocks = f.iter_mut().find(|b| b.layout == layout)?;
+        let block = blocks.free.pop();
+        blocks.low = blocks.low.min(blocks.free.len());
+        block
     });
     reused.unwrap_or_else(|| {
         // SAFETY: `layout` has a non-zero size (checked by the caller).
@@ -38,14 +48,18 @@ fn take_block(layout: Layout) -> NonNull<u8> {
 fn give_block(layout: Layout, block: NonNull<u8>) {
     let kept = FREE.with(|f| {
         let mut f = f.borrow_mut();
-        let index = match f.iter().position(|(l, _)| *l == layout) {
+        let index = match f.iter().position(|b| b.layout == layout) {
             Some(i) => i,
             None => {
-                f.push((layout, Vec::new()));
+                f.push(Blocks {
+                    layout,
+                    free: Vec::new(),
+                    low: 0,
+                });
                 f.len() - 1
             }
         };
-        let list = &mut f[index].1;
+        let list = &mut f[index].free;
         if list.len() < MAX_FREE {
             list.push(block);
             true
@@ -57,6 +71,23 @@ fn give_block(layout: Layout, block: NonNull<u8>) {
         // SAFETY: `block` came from `alloc` with this layout and is no longer used.
         unsafe { std::alloc::dealloc(block.as_ptr(), layout) };
     }
+}
+
+/// Frees this worker's blocks that were not needed since the last call; returns the bytes.
+pub(super) fn trim() -> usize {
+    FREE.with(|f| {
+        let mut freed = 0;
+        for blocks in f.borrow_mut().iter_mut() {
+            let unused = blocks.low.min(blocks.free.len());
+            for block in blocks.free.drain(..unused) {
+                // SAFETY: every free block came from `alloc` with this layout and is unused.
+                unsafe { std::alloc::dealloc(block.as_ptr(), blocks.layout) };
+                freed += blocks.layout.size();
+            }
+            blocks.low = blocks.free.len();
+        }
+        freed
+    })
 }
 
 /// A future stored in a recycled heap block (see the module docs).
@@ -127,5 +158,28 @@ mod tests {
         });
         drop(pending);
         assert_eq!(std::sync::Arc::strong_count(&flag), 1);
+    }
+
+    async fn value(i: u64) -> u64 {
+        i
+    }
+
+    #[tokio::test]
+    async fn blocks_unused_for_a_whole_pass_are_freed() {
+        fn size_of_future<F>(_: &F) -> usize {
+            Layout::new::<F>().size()
+        }
+        let block = size_of_future(&value(0));
+        let burst: Vec<_> = (0..5).map(|i| Recycled::new(value(i))).collect();
+        for f in burst {
+            f.await;
+        }
+        // The pass right after the burst keeps all five (the burst used them) ...
+        trim();
+        // ... and the next frees the four not used since.
+        assert_eq!(Recycled::new(value(1)).await, 1);
+        assert_eq!(trim(), 4 * block);
+        assert_eq!(trim(), block);
+        assert_eq!(trim(), 0);
     }
 }

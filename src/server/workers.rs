@@ -12,6 +12,10 @@
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
+/// How often each worker frees the pooled buffers it did not use (see
+/// [`crate::http1::buffer::release_unused`]).
+const POOL_RELEASE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The worker runtimes, one thread each.
 #[derive(Debug)]
 pub struct Workers {
@@ -33,6 +37,7 @@ impl Workers {
                 .name(format!("steelyard-worker-{i}"))
                 .spawn(move || {
                     runtime.block_on(async move {
+                        tokio::spawn(crate::http1::buffer::release_unused(POOL_RELEASE));
                         let _ = stopped.wait_for(|s| *s).await;
                     });
                 })?;
