@@ -72,6 +72,10 @@ impl Level {
 /// One event.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Event {
+    /// Its number: events are numbered 1, 2, 3... in the order they happened, across a
+    /// binary upgrade too, so a client can ask for those after the last it saw.
+    #[serde(default)]
+    pub seq: u64,
     /// When, in milliseconds since the Unix epoch.
     pub unix_ms: u64,
     /// What kind.
@@ -86,7 +90,16 @@ pub struct Event {
     pub message: String,
 }
 
-static LOG: Mutex<VecDeque<Event>> = Mutex::new(VecDeque::new());
+static LOG: Mutex<Log> = Mutex::new(Log {
+    events: VecDeque::new(),
+    last_seq: 0,
+});
+
+/// The kept events and the number of the newest ever recorded.
+struct Log {
+    events: VecDeque<Event>,
+    last_seq: u64,
+}
 
 /// Milliseconds since the Unix epoch now.
 pub fn unix_ms() -> u64 {
@@ -98,6 +111,7 @@ pub fn unix_ms() -> u64 {
 /// Records an event about the server as a whole.
 pub fn record(kind: Kind, level: Level, message: impl Into<String>) {
     push(Event {
+        seq: 0,
         unix_ms: unix_ms(),
         kind,
         level,
@@ -110,6 +124,7 @@ pub fn record(kind: Kind, level: Level, message: impl Into<String>) {
 /// Records an event about `backend` of `pool`.
 pub fn record_backend(kind: Kind, level: Level, pool: &str, backend: SocketAddr, message: impl Into<String>) {
     push(Event {
+        seq: 0,
         unix_ms: unix_ms(),
         kind,
         level,
@@ -119,29 +134,48 @@ pub fn record_backend(kind: Kind, level: Level, pool: &str, backend: SocketAddr,
     });
 }
 
-fn push(event: Event) {
+fn push(mut event: Event) {
     let mut log = LOG.lock().unwrap_or_else(|e| e.into_inner());
-    if log.len() == CAPACITY {
-        log.pop_front();
+    log.last_seq += 1;
+    event.seq = log.last_seq;
+    if log.events.len() == CAPACITY {
+        log.events.pop_front();
     }
-    log.push_back(event);
+    log.events.push_back(event);
 }
 
 /// Puts a predecessor process's `events` (oldest first) before this process's own, keeping
-/// the newest [`CAPACITY`].
+/// the newest [`CAPACITY`]; this process's events are numbered on from the predecessor's.
 pub fn restore(events: Vec<Event>) {
     let mut log = LOG.lock().unwrap_or_else(|e| e.into_inner());
-    let own = std::mem::take(&mut *log);
-    log.extend(events);
-    log.extend(own);
-    while log.len() > CAPACITY {
-        log.pop_front();
+    let mut seq = events.iter().map(|e| e.seq).max().unwrap_or(0);
+    let own = std::mem::take(&mut log.events);
+    log.events.extend(events);
+    for mut e in own {
+        seq += 1;
+        e.seq = seq;
+        log.events.push_back(e);
+    }
+    log.last_seq = log.last_seq.max(seq);
+    while log.events.len() > CAPACITY {
+        log.events.pop_front();
     }
 }
 
 /// The events kept, oldest first.
 pub fn recent() -> Vec<Event> {
-    LOG.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+    since(0)
+}
+
+/// The number of the newest event recorded (0: none yet).
+pub fn last_seq() -> u64 {
+    LOG.lock().unwrap_or_else(|e| e.into_inner()).last_seq
+}
+
+/// The events kept whose number is above `seq`, oldest first.
+pub fn since(seq: u64) -> Vec<Event> {
+    let log = LOG.lock().unwrap_or_else(|e| e.into_inner());
+    log.events.iter().filter(|e| e.seq > seq).cloned().collect()
 }
 
 #[cfg(test)]
@@ -164,5 +198,23 @@ mod tests {
         let numbers: Vec<usize> = ours.iter().filter_map(|m| m[11..].parse().ok()).collect();
         assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1));
         assert!(!ours.iter().any(|m| m == "event-test 0"));
+    }
+
+    #[test]
+    fn events_are_numbered_in_order_and_can_be_asked_for_after_a_number() {
+        record(Kind::Reload, Level::Info, "seq-test a");
+        record(Kind::Reload, Level::Info, "seq-test b");
+        let ours: Vec<Event> = recent()
+            .into_iter()
+            .filter(|e| e.message.starts_with("seq-test "))
+            .collect();
+        assert_eq!(ours.len(), 2);
+        assert!(ours[0].seq < ours[1].seq);
+        let after: Vec<String> = since(ours[0].seq)
+            .into_iter()
+            .filter(|e| e.message.starts_with("seq-test "))
+            .map(|e| e.message)
+            .collect();
+        assert_eq!(after, ["seq-test b"]);
     }
 }

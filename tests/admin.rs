@@ -152,6 +152,43 @@ async fn status_shows_pools_backends_and_their_state() {
         listener["routes"].as_str().expect("routes").contains("pool main"),
         "{listener}"
     );
+    // Unnamed, the listener shows the address it is bound to, not the configured port 0.
+    assert_eq!(listener["name"], sy.addr.to_string());
+    assert_eq!(
+        listener["route_table"],
+        serde_json::json!([{ "host": null, "path_prefix": "/", "pool": "main" }])
+    );
+}
+
+#[tokio::test]
+async fn status_events_can_be_asked_for_after_a_number() {
+    let (a, b) = (spawn_origin("a").await, spawn_origin("b").await);
+    let sy = spawn_steelyard(config(&admin_toml(&[a.addr, b.addr], "", ""))).await;
+    let doc = |body: String| serde_json::from_str::<serde_json::Value>(&body).expect("json");
+    let first = doc(admin_get(&sy, "/api/status", None).await.1);
+    let last = first["events_last_seq"].as_u64().expect("events_last_seq");
+    let seqs: Vec<u64> = first["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["seq"].as_u64().expect("seq"))
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert_eq!(seqs.last(), Some(&last));
+    // Nothing new since the last one; a drain is one new event, and only it comes back.
+    let none = doc(admin_get(&sy, &format!("/api/status?events_since={last}"), None)
+        .await
+        .1);
+    assert_eq!(none["events"], serde_json::json!([]));
+    admin_post(&sy, &format!("/api/pools/main/backends/{}/drain", a.addr)).await;
+    let new = doc(admin_get(&sy, &format!("/api/status?events_since={last}"), None)
+        .await
+        .1);
+    let events = new["events"].as_array().expect("events");
+    assert!(events.iter().all(|e| e["seq"].as_u64() > Some(last)), "{events:?}");
+    assert!(events.iter().any(|e| e["kind"] == "drain"), "{events:?}");
+    let (status, _) = admin_get(&sy, "/api/status?events_since=soon", None).await;
+    assert_eq!(status, 400);
 }
 
 #[tokio::test]

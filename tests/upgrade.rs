@@ -436,6 +436,11 @@ async fn backend_state_counters_and_events_carry_over_an_upgrade() {
         .rposition(|e| e["kind"] == "start")
         .expect("the new process's start");
     assert!(drain_at < start_at, "{events:?}");
+    // Numbered on from the old process's events: a dashboard asking for those after the
+    // last it saw misses nothing across the upgrade.
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().expect("seq")).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert_eq!(after["events_last_seq"].as_u64(), seqs.last().copied());
     // Drained in the new process too: everything goes to a.
     for _ in 0..10 {
         let (code, body) = get(&http, &format!("http://{addr}/")).await;

@@ -61,6 +61,9 @@ pub struct AdminView {
 pub struct ListenerView {
     /// Its name (`listen` address unless named).
     pub name: String,
+    /// Whether the config named it (else `name` is the configured address, which on port 0
+    /// is not the bound one: the status API shows `address` instead).
+    pub named: bool,
     /// The address it is bound to.
     pub address: SocketAddr,
     /// `"http"`, `"tcp"` or `"tls-passthrough"`.
@@ -69,8 +72,21 @@ pub struct ListenerView {
     pub tls: bool,
     /// Its routes in a line, or a TCP listener's pool.
     pub routes: String,
+    /// Its routes one by one, in the order they are matched.
+    pub route_table: Vec<RouteView>,
     /// Its open-connection and request counters.
     pub limit: Arc<ConnectionLimit>,
+}
+
+/// One route of a listener, as the status API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteView {
+    /// The host it matches (`example.com`, `*.example.com`), `None` for any.
+    pub host: Option<String>,
+    /// The path prefix it matches.
+    pub path_prefix: String,
+    /// The pool it sends to.
+    pub pool: String,
 }
 
 /// Reload counters.
@@ -347,10 +363,30 @@ async fn handle(req: Request<Incoming>, state: &AdminState) -> AdminResponse {
             "text/plain; version=0.0.4; charset=utf-8",
             metrics::render(&state.view.load(), &state.reloads, state.started),
         ),
-        (&Method::GET, ["api", "status"]) => json(
-            StatusCode::OK,
-            &status::render(&state.view.load(), &state.sampler, &state.reloads, state.started),
-        ),
+        (&Method::GET, ["api", "status"]) => {
+            // `?events_since=N`: only the events numbered above N (a dashboard that has
+            // them already asks for the new ones).
+            let since = req
+                .uri()
+                .query()
+                .into_iter()
+                .flat_map(|q| q.split('&'))
+                .find_map(|pair| pair.strip_prefix("events_since="))
+                .map(str::parse::<u64>);
+            match since {
+                Some(Err(_)) => error(StatusCode::BAD_REQUEST, "events_since: give an event number"),
+                since => json(
+                    StatusCode::OK,
+                    &status::render(
+                        &state.view.load(),
+                        &state.sampler,
+                        &state.reloads,
+                        state.started,
+                        since.and_then(Result::ok).unwrap_or(0),
+                    ),
+                ),
+            }
+        }
         (&Method::POST, ["api", "reload"]) => match state.reload.reload().await {
             Ok(summary) => json(
                 StatusCode::OK,

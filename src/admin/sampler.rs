@@ -44,6 +44,8 @@ pub struct Sampler {
     snapshots: Mutex<VecDeque<Snapshot>>,
     history: Mutex<HashMap<(String, SocketAddr), History>>,
     ticks: std::sync::atomic::AtomicU64,
+    /// When the newest history point was taken, in Unix milliseconds (0: none yet).
+    last_point_unix_ms: std::sync::atomic::AtomicU64,
 }
 
 /// What a backend did recently.
@@ -67,6 +69,8 @@ impl Sampler {
         let tick = self.ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         // Every STEP seconds, one point per backend from the snapshot STEP seconds back.
         if tick.is_multiple_of(STEP) {
+            self.last_point_unix_ms
+                .store(crate::events::unix_ms(), std::sync::atomic::Ordering::Relaxed);
             // STEP seconds back, or the oldest there is just after start.
             let back = snapshots.get(snapshots.len().saturating_sub(STEP as usize));
             let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
@@ -101,6 +105,13 @@ impl Sampler {
         while snapshots.len() > 11 {
             snapshots.pop_front();
         }
+    }
+
+    /// When the newest history point was taken, in Unix milliseconds; `None` before the
+    /// first. Point `i` of a history of `n` points is `(n - 1 - i) * STEP` seconds older.
+    pub fn last_point_unix_ms(&self) -> Option<u64> {
+        let ms = self.last_point_unix_ms.load(std::sync::atomic::Ordering::Relaxed);
+        (ms != 0).then_some(ms)
     }
 
     /// The history of `pool`/`address` (empty before the first point).
@@ -225,6 +236,8 @@ mod tests {
         let sampler = Sampler::default();
         let key = ("web".to_owned(), "127.0.0.1:1".parse().expect("addr"));
         let start = Instant::now();
+        assert_eq!(sampler.last_point_unix_ms(), None);
+        let before = crate::events::unix_ms();
         // 10 responses a second, every 10th a 5xx.
         for second in 0..(HISTORY_POINTS as u64 * STEP + 20) {
             let sample = Sample {
@@ -242,5 +255,8 @@ mod tests {
         assert_eq!(h.error_rate.len(), HISTORY_POINTS);
         assert!(h.rate.iter().all(|r| (r - 10.0).abs() < 1e-9), "{:?}", h.rate);
         assert!(h.error_rate.iter().all(|e| (e - 0.1).abs() < 1e-9));
+        // The newest point is dated (by the wall clock when it was taken).
+        let end = sampler.last_point_unix_ms().expect("dated");
+        assert!(end >= before && end <= crate::events::unix_ms());
     }
 }

@@ -28,7 +28,14 @@ pub fn backend_state(member: &Member) -> &'static str {
 }
 
 /// The status document.
-pub fn render(view: &AdminView, sampler: &Sampler, reloads: &ReloadStats, started: Instant) -> Value {
+/// The status document; `events_since` leaves out events numbered up to it (0: all kept).
+pub fn render(
+    view: &AdminView,
+    sampler: &Sampler,
+    reloads: &ReloadStats,
+    started: Instant,
+    events_since: u64,
+) -> Value {
     let pools: Vec<Value> = view
         .pools
         .iter()
@@ -91,21 +98,27 @@ pub fn render(view: &AdminView, sampler: &Sampler, reloads: &ReloadStats, starte
         .iter()
         .map(|l| {
             json!({
-                "name": l.name,
+                "name": if l.named { l.name.clone() } else { l.address.to_string() },
                 "address": l.address.to_string(),
                 "mode": l.mode,
                 "tls": l.tls,
                 "routes": l.routes,
+                "route_table": l.route_table.iter().map(|r| json!({
+                    "host": r.host,
+                    "path_prefix": r.path_prefix,
+                    "pool": r.pool,
+                })).collect::<Vec<_>>(),
                 "connections": l.limit.open(),
                 "requests": l.limit.requests(),
                 "tunnels": l.limit.tunnels(),
             })
         })
         .collect();
-    let events: Vec<Value> = crate::events::recent()
+    let events: Vec<Value> = crate::events::since(events_since)
         .into_iter()
         .map(|e| {
             json!({
+                "seq": e.seq,
                 "unix_ms": e.unix_ms,
                 "kind": e.kind.name(),
                 "level": e.level.name(),
@@ -134,9 +147,11 @@ pub fn render(view: &AdminView, sampler: &Sampler, reloads: &ReloadStats, starte
             "failed": reloads.failed.load(std::sync::atomic::Ordering::Relaxed),
         },
         "history_step_seconds": STEP,
+        "history_end_unix_ms": sampler.last_point_unix_ms(),
         "listeners": listeners,
         "pools": pools,
         "events": events,
+        "events_last_seq": crate::events::last_seq(),
     })
 }
 

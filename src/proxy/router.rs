@@ -132,6 +132,19 @@ impl Router {
         self.routes.iter().find(|r| r.matches(host, path)).map(|r| &r.pool)
     }
 
+    /// Each route as (host it matches, or `None` for any; path prefix; pool name), in the
+    /// order they are tried.
+    pub fn table(&self) -> impl Iterator<Item = (Option<String>, &str, &str)> {
+        self.routes.iter().map(|r| {
+            let host = match &r.host {
+                HostMatch::Any => None,
+                HostMatch::Exact(h) => Some(h.clone()),
+                HostMatch::Suffix(s) => Some(format!("*{s}")),
+            };
+            (host, r.path_prefix.as_str(), r.pool.name())
+        })
+    }
+
     /// One line describing where traffic goes, for the startup log.
     pub fn describe(&self) -> String {
         let mut out = String::new();

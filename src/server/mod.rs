@@ -449,6 +449,7 @@ impl Running {
                     let router = l.router.load();
                     crate::admin::ListenerView {
                         name: l.config.name.clone(),
+                        named: l.config.name != l.config.listen.to_string(),
                         address: l.addr,
                         mode: router.mode().name(),
                         tls: l.config.tls.is_some(),
@@ -456,6 +457,14 @@ impl Running {
                             Some(pool) => pool.name().to_owned(),
                             None => router.describe(),
                         },
+                        route_table: router
+                            .table()
+                            .map(|(host, path_prefix, pool)| crate::admin::RouteView {
+                                host,
+                                path_prefix: path_prefix.to_owned(),
+                                pool: pool.to_owned(),
+                            })
+                            .collect(),
                         limit: Arc::clone(&l.limit),
                     }
                 })
