@@ -93,6 +93,7 @@ async fn started_as_root_it_serves_as_the_configured_user_in_every_thread() {
         .next()
         .and_then(|s| s.parse().ok())
         .expect("new PID");
+    let _successor = Successor(new);
     p.wait_for_line("drained; exiting");
     let (code, _) = get(&client(), &format!("http://{addr}/")).await;
     assert_eq!(code, 200);

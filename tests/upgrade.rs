@@ -203,6 +203,7 @@ async fn three_upgrades_under_load_refuse_nothing_and_fail_nothing() {
     }
 
     let mut pid = first.pid();
+    let mut successors = Vec::new();
     for round in 1..=3 {
         progress(&tally, tally.ok(), 1_500).await;
         if round == 2 {
@@ -222,6 +223,7 @@ async fn three_upgrades_under_load_refuse_nothing_and_fail_nothing() {
         send_signal(pid, "-USR2");
         let line = first.wait_for_nth("upgrade: PID", round);
         let (new, old) = pids(&line);
+        successors.push(Successor(new));
         assert_eq!(old, pid, "{line}");
         assert_eq!(notification(&notify).await, format!("MAINPID={new}\nREADY=1"));
         if round == 2 {
@@ -415,6 +417,7 @@ async fn backend_state_counters_and_events_carry_over_an_upgrade() {
 
     send_signal(p.pid(), "-USR2");
     let (new_pid, _) = pids(&p.wait_for_line("upgrade: PID"));
+    let _successor = Successor(new_pid);
     // The old process answers one more request on each open connection; wait until it is
     // gone so that every request below is the new one's.
     p.wait_for_line("drained; exiting");

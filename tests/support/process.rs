@@ -201,3 +201,16 @@ pub fn run_check(file: &std::path::Path) -> std::process::Output {
         .output()
         .expect("run check")
 }
+
+/// A process an upgrade started (not a child of the test): killed when dropped if it still
+/// runs the binary, so a failing test leaves no server behind.
+pub struct Successor(pub u32);
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", self.0)).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains("steelyard") {
+            let _ = Command::new("kill").args(["-KILL", &self.0.to_string()]).status();
+        }
+    }
+}
