@@ -170,8 +170,24 @@ struct Run<'a> {
     queue: BinaryHeap<Reverse<(u64, u64, Step)>>,
     seq: u64,
     rng: fastrand::Rng,
+    /// Cumulative weights of the keys when they are skewed (Zipf); empty when uniform.
+    key_cdf: Vec<f64>,
     exclude: Vec<usize>,
     outcome: Outcome,
+}
+
+/// Cumulative Zipf weights `1 / rank^skew` of `keys` keys; empty for `skew` 0 (uniform).
+fn zipf_cdf(keys: u32, skew: f64) -> Vec<f64> {
+    if skew <= 0.0 {
+        return Vec::new();
+    }
+    let mut total = 0.0;
+    (1..=keys)
+        .map(|rank| {
+            total += 1.0 / f64::from(rank).powf(skew);
+            total
+        })
+        .collect()
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -225,6 +241,7 @@ pub fn simulate(profile: &Profile, setup: &Setup, algorithm: Algorithm) -> Outco
         queue: BinaryHeap::new(),
         seq: 0,
         rng: fastrand::Rng::with_seed(profile.seed),
+        key_cdf: zipf_cdf(profile.keys, profile.key_skew),
         exclude: Vec::new(),
         outcome: Outcome {
             algorithm,
@@ -296,7 +313,12 @@ impl Run<'_> {
 
     fn arrive(&mut self, now: u64) {
         self.outcome.requests += 1;
-        let key = self.rng.u32(..self.profile.keys);
+        let key = if self.key_cdf.is_empty() {
+            self.rng.u32(..self.profile.keys)
+        } else {
+            let x = self.rng.f64() * self.key_cdf.last().copied().unwrap_or(1.0);
+            u32::try_from(self.key_cdf.partition_point(|&c| c < x)).unwrap_or(0)
+        };
         let request = Request {
             arrived: now,
             hash: hash64(&key.to_le_bytes()),
@@ -539,5 +561,30 @@ mod tests {
         assert!(share(&ewma) < 0.05, "{}", share(&ewma));
         assert!(share(&least) < 0.1, "{}", share(&least));
         assert!(ewma.quantile(0.99) * 3 < rr.quantile(0.99));
+    }
+
+    #[test]
+    fn skewed_keys_make_hot_spots_that_a_balance_factor_bounds() {
+        let text = |skew: f64| {
+            format!(
+                "duration = \"20s\"\nrate = 2000\nkeys = 1000\nkey_skew = {skew}\n[[backends]]\ncount = 5\n\
+                 concurrency = 32\nlatency = {{ median = \"5ms\", p99 = \"20ms\" }}\n"
+            )
+        };
+        let hottest = |o: &Outcome| *o.served.iter().max().expect("backends") as f64 / o.requests as f64;
+        let uniform = simulate(&profile(&text(0.0)), &Setup::defaults(5), Algorithm::Maglev);
+        let skewed = simulate(&profile(&text(1.1)), &Setup::defaults(5), Algorithm::Maglev);
+        // Zipf 1.1 over 1,000 keys: the top key alone is about a seventh of all requests.
+        assert!(hottest(&uniform) < 0.22, "{:?}", uniform.served);
+        assert!(hottest(&skewed) > 0.25, "{:?}", skewed.served);
+        let mut bounded = Setup::defaults(5);
+        bounded.select.balance_factor = Some(1.25);
+        let spread = simulate(&profile(&text(1.1)), &bounded, Algorithm::Maglev);
+        assert!(
+            hottest(&spread) < hottest(&skewed),
+            "{:?} vs {:?}",
+            spread.served,
+            skewed.served
+        );
     }
 }

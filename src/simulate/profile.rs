@@ -54,6 +54,8 @@ pub struct Profile {
     pub seed: u64,
     /// Distinct hash keys (clients) the requests are spread over, for maglev and ring_hash.
     pub keys: u32,
+    /// Zipf exponent of how often each key comes: 0 is uniform, 1.1 a few hot clients.
+    pub key_skew: f64,
     /// The backends, in order (`count` expanded).
     pub backends: Vec<BackendModel>,
     /// Changes during the run, sorted by time.
@@ -144,6 +146,8 @@ struct RawProfile {
     seed: u64,
     #[serde(default = "default_keys")]
     keys: u32,
+    #[serde(default)]
+    key_skew: f64,
     backends: Vec<RawBackend>,
     #[serde(default)]
     events: Vec<RawEvent>,
@@ -236,8 +240,11 @@ impl Profile {
                 "rate: must be above 0 and at most 1000000 requests per second".into(),
             ));
         }
-        if raw.keys == 0 {
-            return Err(invalid("keys: must be at least 1".into()));
+        if raw.keys == 0 || raw.keys > 1_000_000 {
+            return Err(invalid("keys: must be from 1 to 1000000".into()));
+        }
+        if !(0.0..=5.0).contains(&raw.key_skew) {
+            return Err(invalid("key_skew: must be from 0 (uniform) to 5".into()));
         }
         let mut backends = Vec::new();
         for (i, b) in raw.backends.iter().enumerate() {
@@ -325,6 +332,7 @@ impl Profile {
             rate: raw.rate,
             seed: raw.seed,
             keys: raw.keys,
+            key_skew: raw.key_skew,
             backends,
             events,
         })
