@@ -12,6 +12,7 @@ pub mod events;
 pub mod fleet;
 pub mod health;
 pub mod http1;
+pub mod memory;
 pub mod proxy;
 pub mod server;
 pub mod simulate;

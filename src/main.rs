@@ -12,6 +12,10 @@ use cli::{Cli, Command, LogFormat};
 use steelyard::server::etcd::EtcdSource;
 use steelyard::{Config, ReloadHandle, Server};
 
+/// jemalloc: see `steelyard::memory` for why.
+#[global_allocator]
+static ALLOC: steelyard::memory::Allocator = steelyard::memory::Allocator;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);

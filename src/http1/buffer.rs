@@ -79,13 +79,14 @@ fn trim<T: 'static>(list: &'static FreeList<T>) -> usize {
     })
 }
 
-/// Below this many bytes freed, a pass does not ask the allocator to return memory.
+/// Below this many bytes freed, a pass does not ask the allocator to return memory at once.
 const RETURN_AT: usize = 256 * 1024;
 
 /// Runs on each worker: every `period`, frees the pooled buffers, header tables and request
 /// blocks that sat unused through the whole previous period, and, when that was a lot (the
-/// tail of a burst), asks the allocator to hand free pages back to the system. A steady load
-/// keeps what it uses; the memory a burst took is returned within two periods.
+/// tail of a burst), has the allocator hand its free pages back to the system at once
+/// (otherwise only those that have been free for a while). A steady load keeps what it uses;
+/// the memory a burst took is returned within two periods.
 pub async fn release_unused(period: std::time::Duration) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -93,18 +94,10 @@ pub async fn release_unused(period: std::time::Duration) {
         tick.tick().await;
         let freed = trim(&BUFFERS) + trim(&SMALL) + trim(&TABLES) + trim(&SCRATCH) + super::recycle::trim();
         if freed >= RETURN_AT {
-            return_free_memory();
+            crate::memory::return_free_memory();
+        } else {
+            crate::memory::return_decayed_memory();
         }
-    }
-}
-
-/// Asks glibc's allocator to give free pages back to the system (other allocators do so by
-/// themselves).
-fn return_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks the allocator's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 
