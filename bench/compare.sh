@@ -283,7 +283,8 @@ stop_balancers() {
 # ------------------------------------------------------------ measurement ---
 
 # measure_rps SCENARIO NAME ROUND PORT WRK_PIN WRK_THREADS [SCHEME [WRK_ARGS...]]
-# Appends "name round requests rps p50 p99 errors cpu_us_per_req" to $WORK/SCENARIO.tsv.
+# Appends "name round requests rps p50 p99 errors cpu_us_per_req user_us_per_req
+# system_us_per_req" to $WORK/SCENARIO.tsv.
 # NAME "direct" means wrk straight at origin A; it has no balancer CPU figure.
 measure_rps() {
     local scenario=$1 name=$2 round=$3 port=$4 pin=$5 threads=$6 scheme=${7:-http}
@@ -291,21 +292,23 @@ measure_rps() {
     [[ -n "$pin" ]] && wrk=(taskset -c "$pin" wrk)
     wrk+=("${@:8}")
     local url="$scheme://127.0.0.1:$port$WRK_PATH" out="$WORK/$scenario-$name-$round.wrk"
-    local pid="${LB_PID[$name]:-}" before after requests rps p50 p99 errors cpu="-"
+    local pid="${LB_PID[$name]:-}" before=(0 0) after=(0 0) requests rps p50 p99 errors
+    local cpu="-" user="-" system="-"
 
     # Warm up: fills the upstream keep-alive pools and the caches.
     "${wrk[@]}" -t"$threads" -c"$CONNS" -d"${WARMUP}s" "$url" >/dev/null
-    [[ "$name" != direct ]] && before="$(cpu_ticks "$pid")"
+    [[ "$name" != direct ]] && read -r -a before < <(cpu_ticks "$pid")
     "${wrk[@]}" -t"$threads" -c"$CONNS" -d"${DURATION}s" --latency "$url" >"$out"
-    [[ "$name" != direct ]] && after="$(cpu_ticks "$pid")"
+    [[ "$name" != direct ]] && read -r -a after < <(cpu_ticks "$pid")
     read -r requests rps p50 p99 errors < <(python3 "$BENCH_DIR/report.py" parse-wrk "$out")
     if [[ "$name" != direct ]]; then
         # ticks -> µs: 1e6 / CLK_TCK per tick.
-        cpu="$(awk -v d=$((after - before)) -v hz="$CLK_TCK" -v n="$requests" \
-            'BEGIN { printf "%.3f", d * 1e6 / hz / n }')"
+        read -r cpu user system < <(awk -v u=$((after[0] - before[0])) -v s=$((after[1] - before[1])) \
+            -v hz="$CLK_TCK" -v n="$requests" \
+            'BEGIN { f = 1e6 / hz / n; printf "%.3f %.3f %.3f\n", (u + s) * f, u * f, s * f }')
     fi
-    printf '%s %s %s %s %s %s %s %s\n' "$name" "$round" "$requests" "$rps" "$p50" "$p99" \
-        "$errors" "$cpu" >>"$WORK/$scenario.tsv"
+    printf '%s %s %s %s %s %s %s %s %s %s\n' "$name" "$round" "$requests" "$rps" "$p50" "$p99" \
+        "$errors" "$cpu" "$user" "$system" >>"$WORK/$scenario.tsv"
     log "  $scenario round $round $name: $rps req/s, p99 ${p99} ms, cpu ${cpu} µs/req, errors $errors"
 }
 

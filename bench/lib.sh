@@ -114,19 +114,20 @@ wait_for_port() {
     die "$name did not listen on 127.0.0.1:$port within 10 s"
 }
 
-# CPU time (utime + stime, clock ticks) summed over a PID and its descendants.
-# Fields 14 and 15 of /proc/PID/stat; the comm field (2) may contain spaces, so
+# CPU time in clock ticks, summed over a PID and its descendants: "user system"
+# (fields 14 and 15 of /proc/PID/stat). The comm field (2) may contain spaces, so
 # split after the last ')'. After it, field 3 is the first word: utime is the 12th.
 cpu_ticks() {
-    local pid total=0 rest
+    local pid user=0 system=0 rest
     for pid in $(proc_tree "$1"); do
         [[ -r /proc/$pid/stat ]] || continue
         rest="$(sed 's/^.*) //' "/proc/$pid/stat")"
         # shellcheck disable=SC2086
         set -- $rest
-        total=$((total + ${12} + ${13}))
+        user=$((user + ${12}))
+        system=$((system + ${13}))
     done
-    echo "$total"
+    echo "$user $system"
 }
 
 # Sum of a /proc/PID/status field in kB (VmHWM = peak RSS, VmRSS = current RSS)

@@ -95,9 +95,9 @@ for ((round = 1; round <= ROUNDS; round++)); do
     for name in none local hot fresh; do
         url="http://127.0.0.1:${PORT[$name]}/"
         taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d2s -s "$WORK/fresh.lua" "$url" >/dev/null
-        before="$(cpu_ticks "${PID[$name]}")"
+        before="$(cpu_ticks "${PID[$name]}" | awk '{ print $1 + $2 }')"
         taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$WORK/fresh.lua" "$url" >"$WORK/$name-$round.wrk"
-        after="$(cpu_ticks "${PID[$name]}")"
+        after="$(cpu_ticks "${PID[$name]}" | awk '{ print $1 + $2 }')"
         requests="$(awk '/requests in/ { print $1 }' "$WORK/$name-$round.wrk")"
         non2xx="$(awk '/Non-2xx/ { print $NF }' "$WORK/$name-$round.wrk")"
         rps="$(awk '/Requests\/sec/ { print $2 }' "$WORK/$name-$round.wrk")"

@@ -5,6 +5,7 @@
       prints "requests rps p50_ms p99_ms errors" from a `wrk --latency` run
   report.py throughput TSV [RSS_TSV]
       TSV rows: name round requests rps p50_ms p99_ms errors cpu_us_per_req
+                user_us_per_req system_us_per_req
       RSS_TSV rows: name peak_rss_kb
       prints one markdown table, medians over rounds, ratios against nginx
   report.py idle TSV
@@ -44,6 +45,13 @@ def fmt(v, digits=1):
     return "–" if v is None else f"{v:,.{digits}f}"
 
 
+def with_spread(v, spread):
+    """A median with the range of the rounds behind it: "8.17 (8.01–8.40)"."""
+    if v is None or spread is None:
+        return fmt(v, 2)
+    return f"{v:,.2f} ({spread[0]:,.2f}–{spread[1]:,.2f})"
+
+
 def ratio(v, base):
     if v is None or not base:
         return "–"
@@ -63,9 +71,16 @@ def throughput(path: str, rss_path: str | None) -> None:
     if rss_path:
         rss = {r[0]: int(r[1]) for r in read_rows(rss_path)}
 
+    def vals(rows, col):
+        return [float(r[col]) for r in rows if len(r) > col and r[col] != "-"]
+
     def med(rows, col):
-        vals = [float(r[col]) for r in rows if r[col] != "-"]
-        return statistics.median(vals) if vals else None
+        v = vals(rows, col)
+        return statistics.median(v) if v else None
+
+    def spread(rows, col):
+        v = vals(rows, col)
+        return (min(v), max(v)) if len(v) > 1 else None
 
     summary = {}
     for name, rows in by_name.items():
@@ -76,10 +91,13 @@ def throughput(path: str, rss_path: str | None) -> None:
             "p99": med(rows, 5),
             "errors": sum(int(r[6]) for r in rows),
             "cpu": med(rows, 7),
+            "cpu_spread": spread(rows, 7),
+            "user": med(rows, 8),
+            "system": med(rows, 9),
         }
     base = summary.get("nginx", {})
-    cols = ["balancer", "req/s", "req/s vs nginx", "CPU µs/req", "CPU/req vs nginx",
-            "p50 ms", "p99 ms", "errors"]
+    cols = ["balancer", "req/s", "req/s vs nginx", "CPU µs/req (min–max)", "CPU/req vs nginx",
+            "user µs/req", "kernel µs/req", "p50 ms", "p99 ms", "errors"]
     if rss:
         cols.append("peak RSS MiB")
     print("| " + " | ".join(cols) + " |")
@@ -89,8 +107,10 @@ def throughput(path: str, rss_path: str | None) -> None:
             name,
             fmt(s["rps"], 0),
             ratio(s["rps"], base.get("rps")),
-            fmt(s["cpu"], 2),
+            with_spread(s["cpu"], s["cpu_spread"]),
             ratio(s["cpu"], base.get("cpu")),
+            fmt(s["user"], 2),
+            fmt(s["system"], 2),
             fmt(s["p50"], 3),
             fmt(s["p99"], 3),
             str(s["errors"]),
