@@ -16,6 +16,9 @@ pub struct Forwarding<'a> {
     pub request_id: &'a [u8],
 }
 
+/// `name: value`, CRLF-terminated. Inlined so that the constant names callers pass are
+/// copied as constants rather than through a `memcpy` call each.
+#[inline(always)]
 fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -23,13 +26,52 @@ fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// The field as received (`name: value`), CRLF-terminated.
-fn copy(out: &mut Vec<u8>, head: &[u8], f: &Field) {
-    let start = f.name.start as usize;
-    let end = (f.value.start + f.value.len) as usize;
-    let end = end.max(start + f.name.len as usize + 1);
-    out.extend_from_slice(head.get(start..end).unwrap_or(&[]));
-    out.extend_from_slice(b"\r\n");
+/// Where the line of `f` ends: just after its CRLF (every line of a parsed head ends in one),
+/// trailing whitespace of the value included.
+fn line_end(head: &[u8], f: &Field) -> usize {
+    let mut end = ((f.value.start + f.value.len) as usize).max((f.name.start + f.name.len) as usize + 1);
+    while matches!(head.get(end), Some(b' ' | b'\t')) {
+        end += 1;
+    }
+    (end + 2).min(head.len())
+}
+
+/// Fields forwarded as they arrived: adjacent ones leave in one copy of the received bytes
+/// (a browser's dozen fields are usually one or two runs), so the head costs a few copies
+/// rather than one per field.
+struct Verbatim {
+    start: usize,
+    end: usize,
+    /// The index of the field that would extend the current run.
+    next: usize,
+}
+
+impl Verbatim {
+    fn new() -> Verbatim {
+        Verbatim {
+            start: 0,
+            end: 0,
+            next: usize::MAX,
+        }
+    }
+
+    /// Field `i` of the head goes out unchanged.
+    fn add(&mut self, out: &mut Vec<u8>, head: &[u8], i: usize, f: &Field) {
+        if i != self.next {
+            self.flush(out, head);
+            self.start = f.name.start as usize;
+        }
+        self.end = line_end(head, f);
+        self.next = i + 1;
+    }
+
+    /// Writes the run so far; called before anything else is written.
+    fn flush(&mut self, out: &mut Vec<u8>, head: &[u8]) {
+        if self.end > self.start {
+            out.extend_from_slice(head.get(self.start..self.end).unwrap_or(&[]));
+        }
+        *self = Verbatim::new();
+    }
 }
 
 /// Writes the head to send upstream into `out` (cleared first): origin-form target, HTTP/1.1,
@@ -37,6 +79,9 @@ fn copy(out: &mut Vec<u8>, head: &[u8], f: &Field) {
 /// a request id, `Max-Forwards` decremented, framing regenerated.
 pub fn request_head(out: &mut Vec<u8>, head: &[u8], req: &RequestHead, fields: &[Field], fwd: &Forwarding) {
     out.clear();
+    // Room for the head and every field added below in one check (the scratch vector is
+    // pooled, so this allocates only when a head outgrows it).
+    out.reserve(req.len + fwd.client_ip.len() + fwd.backend_authority.len() + fwd.request_id.len() + 160);
     out.extend_from_slice(req.method_span.get(head));
     out.push(b' ');
     out.extend_from_slice(req.path(head));
@@ -44,19 +89,22 @@ pub fn request_head(out: &mut Vec<u8>, head: &[u8], req: &RequestHead, fields: &
     let mut host_written = false;
     let last_xff = fields.iter().rposition(|f| f.kind == Kind::XForwardedFor);
     let last_via = fields.iter().rposition(|f| f.kind == Kind::Via);
+    let mut run = Verbatim::new();
     for (i, f) in fields.iter().enumerate() {
         match f.kind {
             k if k.is_hop_by_hop() => {}
             Kind::Host => {
                 if !req.host_from_target {
-                    copy(out, head, f);
+                    run.add(out, head, i, f);
                     host_written = true;
                 }
             }
             Kind::XForwardedFor if Some(i) == last_xff => {
+                run.flush(out, head);
                 copy_appending(out, head, f, fwd.client_ip);
             }
             Kind::Via if Some(i) == last_via => {
+                run.flush(out, head);
                 let via: &[u8] = if req.minor == 0 {
                     b"1.0 steelyard"
                 } else {
@@ -68,12 +116,14 @@ pub fn request_head(out: &mut Vec<u8>, head: &[u8], req: &RequestHead, fields: &
             // An id we did not keep is replaced by ours below.
             Kind::XRequestId if req.request_id.is_none() => {}
             Kind::MaxForwards if req.max_forwards.is_some() => {
+                run.flush(out, head);
                 let n = req.max_forwards.unwrap_or(1).saturating_sub(1);
                 line(out, f.name.get(head), itoa::Buffer::new().format(n).as_bytes());
             }
-            _ => copy(out, head, f),
+            _ => run.add(out, head, i, f),
         }
     }
+    run.flush(out, head);
     if !host_written {
         let host = match req.host {
             Some(h) if req.host_from_target => h.get(head),
@@ -84,20 +134,20 @@ pub fn request_head(out: &mut Vec<u8>, head: &[u8], req: &RequestHead, fields: &
     if last_xff.is_none() {
         line(out, b"X-Forwarded-For", fwd.client_ip);
     }
-    line(out, b"X-Forwarded-Proto", fwd.proto);
+    match fwd.proto {
+        b"http" => out.extend_from_slice(b"X-Forwarded-Proto: http\r\n"),
+        b"https" => out.extend_from_slice(b"X-Forwarded-Proto: https\r\n"),
+        other => line(out, b"X-Forwarded-Proto", other),
+    }
     if let Some(h) = req.host {
         line(out, b"X-Forwarded-Host", h.get(head));
     }
     if last_via.is_none() {
-        line(
-            out,
-            b"Via",
-            if req.minor == 0 {
-                b"1.0 steelyard"
-            } else {
-                b"1.1 steelyard"
-            },
-        );
+        out.extend_from_slice(if req.minor == 0 {
+            b"Via: 1.0 steelyard\r\n"
+        } else {
+            b"Via: 1.1 steelyard\r\n"
+        });
     }
     if req.request_id.is_none() {
         line(out, b"X-Request-Id", fwd.request_id);
@@ -174,15 +224,17 @@ pub fn response_head(
     out.extend_from_slice(res.reason.get(head));
     out.extend_from_slice(b"\r\n");
     let upgrade = res.status == 101;
-    for f in fields {
+    let mut run = Verbatim::new();
+    for (i, f) in fields.iter().enumerate() {
         match f.kind {
-            Kind::Upgrade if upgrade => copy(out, head, f),
+            Kind::Upgrade if upgrade => run.add(out, head, i, f),
             k if k.is_hop_by_hop() => {}
             // Re-framed bodies carry no length; HEAD answers keep the backend's.
             Kind::ContentLength if framing == ClientFraming::Chunked || framing == ClientFraming::Close => {}
-            _ => copy(out, head, f),
+            _ => run.add(out, head, i, f),
         }
     }
+    run.flush(out, head);
     if framing == ClientFraming::Chunked {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     }
@@ -279,6 +331,36 @@ mod tests {
         assert_eq!(
             String::from_utf8_lossy(&out),
             "GET /x HTTP/1.1\r\nX-Forwarded-For: 10.0.0.9, 127.0.0.1\r\nVia: 1.1 edge, 1.1 steelyard\r\nUser-Agent: t\r\nHost: a.test\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: a.test\r\nX-Request-Id: 00ff\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn forwards_kept_fields_byte_for_byte_around_the_ones_it_edits_or_drops() {
+        let raw = b"OPTIONS /o HTTP/1.1\r\nHost: a\r\nA: 1 \r\nB:\r\nConnection: X-Hop\r\nX-Hop: 2\r\nC:  3\t\r\nMax-Forwards: 5\r\nD: 4\r\nX-Request-Id: r1\r\n\r\n";
+        let mut fields = Vec::new();
+        let mut req = parse_request(raw, &HeadLimits::default(), &mut fields)
+            .expect("ok")
+            .expect("complete");
+        req.request_id = None;
+        let mut out = Vec::new();
+        let fwd = Forwarding {
+            client_ip: b"::1",
+            proto: b"https",
+            backend_authority: b"b:1",
+            request_id: b"id",
+        };
+        request_head(&mut out, raw, &req, &fields, &fwd);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "OPTIONS /o HTTP/1.1\r\nHost: a\r\nA: 1 \r\nB:\r\nC:  3\t\r\nMax-Forwards: 4\r\nD: 4\r\nX-Forwarded-For: ::1\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: a\r\nVia: 1.1 steelyard\r\nX-Request-Id: id\r\n\r\n"
+        );
+
+        let raw = b"HTTP/1.1 200 OK\r\nE: 5 \r\nConnection: keep-alive\r\nF:\r\nG: 6\r\nKeep-Alive: timeout=5\r\n\r\n";
+        let res = parse_response(raw, 65536, &mut fields).expect("ok").expect("complete");
+        response_head(&mut out, raw, &res, &fields, ClientFraming::Length(0), true, 1, None);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "HTTP/1.1 200 OK\r\nE: 5 \r\nF:\r\nG: 6\r\n\r\n"
         );
     }
 
