@@ -277,7 +277,13 @@ async fn route(
     let path = if target == "*" {
         "/"
     } else {
-        target.split('?').next().unwrap_or(target)
+        // A byte search: the target is ASCII (the parser refuses anything else), so the
+        // position of `?` is a char boundary.
+        target
+            .as_bytes()
+            .iter()
+            .position(|&b| b == b'?')
+            .map_or(target, |q| &target[..q])
     };
     let pool = router.route(host, path).cloned();
     let log = router.access_log().cloned();
