@@ -313,23 +313,31 @@ mod tests {
     use super::*;
     use crate::http1::head::{parse_request, parse_response, HeadLimits};
 
+    /// The head a backend gets for `raw`, with the client's request id kept or not.
+    fn forwarded(raw: &[u8], fwd: &Forwarding, keep_client_id: bool) -> String {
+        let mut fields = Vec::new();
+        let mut req = parse_request(raw, &HeadLimits::default(), &mut fields)
+            .expect("ok")
+            .expect("complete");
+        if !keep_client_id {
+            req.request_id = None;
+        }
+        let mut out = Vec::new();
+        request_head(&mut out, raw, &req, &fields, fwd);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
     #[test]
     fn rewrites_a_request_head() {
         let raw = b"GET http://a.test/x HTTP/1.1\r\nHost: b.test\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\nX-Forwarded-For: 10.0.0.9\r\nVia: 1.1 edge\r\nX-Forwarded-Proto: https\r\nUser-Agent: t\r\n\r\n";
-        let mut fields = Vec::new();
-        let req = parse_request(raw, &HeadLimits::default(), &mut fields)
-            .expect("ok")
-            .expect("complete");
-        let mut out = Vec::new();
         let fwd = Forwarding {
             client_ip: b"127.0.0.1",
             proto: b"http",
             backend_authority: b"127.0.0.1:9000",
             request_id: b"00ff",
         };
-        request_head(&mut out, raw, &req, &fields, &fwd);
         assert_eq!(
-            String::from_utf8_lossy(&out),
+            forwarded(raw, &fwd, true),
             "GET /x HTTP/1.1\r\nX-Forwarded-For: 10.0.0.9, 127.0.0.1\r\nVia: 1.1 edge, 1.1 steelyard\r\nUser-Agent: t\r\nHost: a.test\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: a.test\r\nX-Request-Id: 00ff\r\n\r\n"
         );
     }
@@ -337,26 +345,22 @@ mod tests {
     #[test]
     fn forwards_kept_fields_byte_for_byte_around_the_ones_it_edits_or_drops() {
         let raw = b"OPTIONS /o HTTP/1.1\r\nHost: a\r\nA: 1 \r\nB:\r\nConnection: X-Hop\r\nX-Hop: 2\r\nC:  3\t\r\nMax-Forwards: 5\r\nD: 4\r\nX-Request-Id: r1\r\n\r\n";
-        let mut fields = Vec::new();
-        let mut req = parse_request(raw, &HeadLimits::default(), &mut fields)
-            .expect("ok")
-            .expect("complete");
-        req.request_id = None;
-        let mut out = Vec::new();
         let fwd = Forwarding {
             client_ip: b"::1",
             proto: b"https",
             backend_authority: b"b:1",
             request_id: b"id",
         };
-        request_head(&mut out, raw, &req, &fields, &fwd);
+        // The client's id is not trusted: it is dropped and ours added.
         assert_eq!(
-            String::from_utf8_lossy(&out),
+            forwarded(raw, &fwd, false),
             "OPTIONS /o HTTP/1.1\r\nHost: a\r\nA: 1 \r\nB:\r\nC:  3\t\r\nMax-Forwards: 4\r\nD: 4\r\nX-Forwarded-For: ::1\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: a\r\nVia: 1.1 steelyard\r\nX-Request-Id: id\r\n\r\n"
         );
 
         let raw = b"HTTP/1.1 200 OK\r\nE: 5 \r\nConnection: keep-alive\r\nF:\r\nG: 6\r\nKeep-Alive: timeout=5\r\n\r\n";
+        let mut fields = Vec::new();
         let res = parse_response(raw, 65536, &mut fields).expect("ok").expect("complete");
+        let mut out = Vec::new();
         response_head(&mut out, raw, &res, &fields, ClientFraming::Length(0), true, 1, None);
         assert_eq!(
             String::from_utf8_lossy(&out),
