@@ -15,7 +15,10 @@
 #   6. TCP (nginx stream, HAProxy mode tcp, Steelyard mode = "tcp"), pinned: HTTP/1.1
 #      through each as bytes, keep-alive; a new connection per request; 1 MiB responses.
 #
-#   SCENARIOS="tcp" bash bench/compare.sh   # only some: pinned idle allcores https tcp (idle needs pinned)
+#   7. (only when asked: SCENARIOS="instructions") user-space instructions per request under
+#      valgrind's callgrind, one balancer at a time: a count the VM's noise does not reach.
+#
+#   SCENARIOS="tcp" bash bench/compare.sh   # only some: pinned idle allcores https tcp instructions (idle needs pinned)
 #
 # Everything listens on 127.0.0.1 only, on ports chosen free at run time. Every
 # process started is recorded and killed by PID on exit, including Ctrl-C.
@@ -36,6 +39,7 @@ LB_CPU="${LB_CPU:-0}"          # core for the balancer under test
 LOAD_CPU="${LOAD_CPU:-1}"      # core for origins, wrk and the idle-connection client
 SCENARIOS="${SCENARIOS:-pinned idle allcores https tcp}"
 WRK_PATH="/"                   # the path wrk requests (scenario 6 also fetches /big)
+WRAP=()                        # a command start_balancer runs the balancer under (valgrind)
 RESULTS_DIR="$BENCH_DIR/results"
 
 BALANCERS=(nginx haproxy steelyard)
@@ -101,6 +105,7 @@ start_balancer() {
     fi
     local -a launch=()
     [[ -n "$pin" ]] && launch=(taskset -c "$pin")
+    launch+=("${WRAP[@]}")
     mkdir -p "$dir"
     if [[ "$tls" == tcp ]]; then
         tcp_balancer_launch "$name" "$port" "$workers" "$dir"
@@ -110,7 +115,7 @@ start_balancer() {
     start_bg "$name-$port" "${launch[@]}"
     LB_PID[$name]=$LAST_PID
     LB_PORT[$name]=$port
-    wait_for_port "$port" "$LAST_PID" "$name-$port"
+    wait_for_port "$port" "$LAST_PID" "$name-$port" "${PORT_WAIT:-10}"
     # One request through it proves the whole path works before measuring.
     curl -fsSk --max-time 5 "$scheme://127.0.0.1:$port/" >/dev/null ||
         die "$name on port $port does not proxy to the origins (see $WORK/$name-$port.log)"
@@ -157,7 +162,10 @@ http {
     }
 }
 EOF
-            launch+=(nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf")
+            # Under a wrapper (callgrind) nginx runs as one process, without a master.
+            local -a single=()
+            ((${#WRAP[@]})) && single=(-g "master_process off;")
+            launch+=(nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" "${single[@]}")
             ;;
         haproxy)
             [[ "$workers" == auto ]] && workers="$NPROC"
@@ -438,6 +446,40 @@ run_tcp() {
     WRK_PATH=/
 }
 
+# Scenario 7: user-space instructions per request, counted by callgrind (deterministic: the
+# VM's noise does not reach it). Each balancer in turn runs under valgrind, pinned as in 1;
+# after a warm-up the counters are zeroed, wrk sends load for INSTR_SECONDS, and the count
+# dumped then is divided by the requests wrk completed. nginx runs without a master process.
+run_instructions() {
+    local name port pid requests total dump i
+    log "scenario 7: user-space instructions per request under callgrind"
+    ensure_packages valgrind:valgrind
+    for name in "${BALANCERS[@]}"; do
+        read -r port <<<"$(free_ports 1)"
+        WRAP=(valgrind --tool=callgrind --dump-instr=no "--callgrind-out-file=$WORK/callgrind-$name.%p")
+        PORT_WAIT=60 start_balancer "$name" "$port" 1 "$LB_CPU"
+        WRAP=()
+        pid=${LB_PID[$name]}
+        taskset -c "$LOAD_CPU" wrk -t1 -c20 -d2s "http://127.0.0.1:$port/" >/dev/null
+        callgrind_control -z "$pid" >/dev/null
+        taskset -c "$LOAD_CPU" wrk -t1 -c20 -d"${INSTR_SECONDS:-4}s" --latency "http://127.0.0.1:$port/" \
+            >"$WORK/instructions-$name.wrk"
+        callgrind_control -d "$pid" >/dev/null
+        dump="$WORK/callgrind-$name.$pid.1"
+        for ((i = 0; i < 100; i++)); do
+            [[ -s "$dump" ]] && break
+            sleep 0.1
+        done
+        requests="$(python3 "$BENCH_DIR/report.py" parse-wrk "$WORK/instructions-$name.wrk" | cut -d' ' -f1)"
+        total="$(callgrind_annotate "$dump" | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')"
+        [[ -n "$total" ]] || die "no callgrind totals for $name in $dump"
+        echo "$name $requests $total" >>"$WORK/instructions.tsv"
+        log "  instructions $name: $total over $requests requests"
+        stop_pid "$pid"
+        unset "LB_PID[$name]"
+    done
+}
+
 # ----------------------------------------------------------------- report ---
 
 machine_description() {
@@ -518,6 +560,14 @@ write_report() {
             echo
             python3 "$BENCH_DIR/report.py" throughput "$WORK/tcpbig.tsv"
         fi
+        if [[ -f "$WORK/instructions.tsv" ]]; then
+            echo
+            echo "### 7. User-space instructions per request (callgrind), one balancer at a time"
+            echo
+            echo "wrk -t1 -c20 -d${INSTR_SECONDS:-4}s against each balancer running under valgrind's callgrind, pinned as in 1."
+            echo
+            python3 "$BENCH_DIR/report.py" instructions "$WORK/instructions.tsv"
+        fi
     } >"$report"
     # A run of some scenarios only leaves the full run's latest.md alone.
     local out=latest
@@ -560,6 +610,7 @@ main() {
             allcores) run_all_cores ;;
             https) run_https ;;
             tcp) run_tcp ;;
+            instructions) run_instructions ;;
             *) die "unknown scenario $scenario (pinned idle allcores https tcp)" ;;
         esac
     done

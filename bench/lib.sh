@@ -100,8 +100,8 @@ free_ports() {
 
 # Waits until 127.0.0.1:PORT accepts connections; fails if PID dies first.
 wait_for_port() {
-    local port=$1 pid=$2 name=$3 i
-    for ((i = 0; i < 100; i++)); do
+    local port=$1 pid=$2 name=$3 seconds=${4:-10} i
+    for ((i = 0; i < seconds * 10; i++)); do
         if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
             return 0
         fi
@@ -111,7 +111,7 @@ wait_for_port() {
         fi
         sleep 0.1
     done
-    die "$name did not listen on 127.0.0.1:$port within 10 s"
+    die "$name did not listen on 127.0.0.1:$port within $seconds s"
 }
 
 # CPU time in clock ticks, summed over a PID and its descendants: "user system"

@@ -10,6 +10,8 @@
       prints one markdown table, medians over rounds, ratios against nginx
   report.py idle TSV
       TSV rows: name conns rss_before_kb rss_after_kb
+  report.py instructions TSV
+      TSV rows: name requests instructions (callgrind's program total)
 """
 import re
 import statistics
@@ -129,6 +131,17 @@ def idle(path: str) -> None:
               f"| {per_conn:,.0f} |")
 
 
+def instructions(path: str) -> None:
+    rows = {name: (int(requests), int(total)) for name, requests, total in read_rows(path)}
+    base = rows.get("nginx")
+    base_per = base[1] / base[0] if base and base[0] else None
+    print("| balancer | requests | user-space instructions | per request | vs nginx |")
+    print("|---|---:|---:|---:|---:|")
+    for name, (requests, total) in rows.items():
+        per = total / requests if requests else None
+        print(f"| {name} | {requests:,} | {total:,} | {fmt(per, 0)} | {ratio(per, base_per)} |")
+
+
 def main() -> None:
     cmd, *args = sys.argv[1:]
     if cmd == "parse-wrk":
@@ -137,6 +150,8 @@ def main() -> None:
         throughput(args[0], args[1] if len(args) > 1 else None)
     elif cmd == "idle":
         idle(args[0])
+    elif cmd == "instructions":
+        instructions(args[0])
     else:
         sys.exit(f"unknown command {cmd}")
 
