@@ -2,7 +2,10 @@
 //! while, longer each time, without ever ejecting more than a set share of the pool. Active
 //! probes live beside it in [`super::active`].
 
-use crate::upstream::backend::clock_nanos;
+use std::time::Duration;
+
+use crate::config::PassiveConfig;
+use crate::upstream::backend::{clock_nanos, Backend};
 use crate::upstream::Pool;
 
 /// Records a failure of member `index` of `pool`; ejects it once it has failed
@@ -12,24 +15,10 @@ pub fn record_failure(pool: &Pool, index: usize) {
     let Some(member) = pool.members().get(index) else {
         return;
     };
-    let failures = member.backend.record_failure();
-    let passive = &pool.config().passive;
-    if passive.consecutive_failures == 0 || failures < passive.consecutive_failures {
+    let all = pool.members().iter().map(|m| &*m.backend);
+    let Some((failures, length)) = count_failure(&member.backend, all, &pool.config().passive, clock_nanos) else {
         return;
-    }
-    let now = clock_nanos();
-    if member.backend.is_ejected(now) {
-        return;
-    }
-    let ejected = pool.members().iter().filter(|m| m.backend.is_ejected(now)).count();
-    if (ejected + 1) * 100 > passive.max_ejection_percent as usize * pool.members().len() {
-        return;
-    }
-    let length = member.backend.eject(
-        now,
-        passive.base_ejection_time,
-        crate::config::resilience::MAX_EJECTION_MULTIPLIER,
-    );
+    };
     if pool.config().health_check.is_some() {
         // With active checks on, it comes back by passing them (possibly before the
         // ejection time is over), never merely because the time ran out.
@@ -53,4 +42,41 @@ pub fn record_failure(pool: &Pool, index: usize) {
         ),
     );
     pool.request_rebuild();
+}
+
+/// The decision behind [`record_failure`], shared with the simulator: counts a failure of
+/// `backend`, one of `all` (its pool's backends), and ejects it once it has failed
+/// `consecutive_failures` times in a row, unless it is ejected already or that would eject
+/// more than `max_ejection_percent` of `all`. `now` is read only when an ejection is
+/// considered. Returns the failures in a row and the ejection's length when it ejected.
+pub fn count_failure<'a, I>(
+    backend: &Backend,
+    all: I,
+    passive: &PassiveConfig,
+    now: impl FnOnce() -> u64,
+) -> Option<(u32, Duration)>
+where
+    I: IntoIterator<Item = &'a Backend>,
+    I::IntoIter: ExactSizeIterator,
+{
+    let failures = backend.record_failure();
+    if passive.consecutive_failures == 0 || failures < passive.consecutive_failures {
+        return None;
+    }
+    let now = now();
+    if backend.is_ejected(now) {
+        return None;
+    }
+    let all = all.into_iter();
+    let members = all.len();
+    let ejected = all.filter(|b| b.is_ejected(now)).count();
+    if (ejected + 1) * 100 > passive.max_ejection_percent as usize * members {
+        return None;
+    }
+    let length = backend.eject(
+        now,
+        passive.base_ejection_time,
+        crate::config::resilience::MAX_EJECTION_MULTIPLIER,
+    );
+    Some((failures, length))
 }

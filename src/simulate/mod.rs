@@ -20,8 +20,8 @@ use std::time::Duration;
 pub use profile::{BackendModel, Event, Latency, Profile, ProfileError, BUILT_IN};
 pub use report::{svg, table};
 
-use crate::config::resilience::MAX_EJECTION_MULTIPLIER;
 use crate::config::{Algorithm, PassiveConfig, PoolConfig, SelectOptions};
+use crate::health::passive;
 use crate::upstream::hash::hash64;
 use crate::upstream::select::{self, PickContext};
 use crate::upstream::{Backend, InFlight};
@@ -448,20 +448,12 @@ impl Run<'_> {
         }
     }
 
-    /// Passive health, as `health::passive` does it.
+    /// Passive health: the proxy's own decision ([`passive::count_failure`]).
     fn record_failure(&mut self, now: u64, index: usize) {
-        let b = &self.backends[index];
-        let failures = b.record_failure();
-        let passive = &self.setup.passive;
-        if passive.consecutive_failures == 0 || failures < passive.consecutive_failures || b.is_ejected(now) {
-            return;
+        let all = self.backends.iter().map(|b| &**b);
+        if passive::count_failure(&self.backends[index], all, &self.setup.passive, || now).is_some() {
+            self.outcome.ejections += 1;
         }
-        let ejected = self.backends.iter().filter(|b| b.is_ejected(now)).count();
-        if (ejected + 1) * 100 > passive.max_ejection_percent as usize * self.backends.len() {
-            return;
-        }
-        b.eject(now, passive.base_ejection_time, MAX_EJECTION_MULTIPLIER);
-        self.outcome.ejections += 1;
     }
 }
 
