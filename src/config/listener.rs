@@ -148,6 +148,17 @@ pub enum HostMatch {
     Suffix(String),
 }
 
+impl HostMatch {
+    /// The host as a route names it (`example.com`, `*.example.com`); `None` for any.
+    pub fn pattern(&self) -> Option<String> {
+        match self {
+            HostMatch::Any => None,
+            HostMatch::Exact(h) => Some(h.clone()),
+            HostMatch::Suffix(s) => Some(format!("*{s}")),
+        }
+    }
+}
+
 /// Parses a route host: `example.com`, `*.example.com`, or `*` (any).
 pub(super) fn parse_host(s: &str) -> Result<HostMatch, String> {
     let lower = s.trim().to_ascii_lowercase();

@@ -135,14 +135,9 @@ impl Router {
     /// Each route as (host it matches, or `None` for any; path prefix; pool name), in the
     /// order they are tried.
     pub fn table(&self) -> impl Iterator<Item = (Option<String>, &str, &str)> {
-        self.routes.iter().map(|r| {
-            let host = match &r.host {
-                HostMatch::Any => None,
-                HostMatch::Exact(h) => Some(h.clone()),
-                HostMatch::Suffix(s) => Some(format!("*{s}")),
-            };
-            (host, r.path_prefix.as_str(), r.pool.name())
-        })
+        self.routes
+            .iter()
+            .map(|r| (r.host.pattern(), r.path_prefix.as_str(), r.pool.name()))
     }
 
     /// One line describing where traffic goes, for the startup log.
@@ -152,12 +147,8 @@ impl Router {
             if i > 0 {
                 out.push_str("; ");
             }
-            match &r.host {
-                HostMatch::Any => {}
-                HostMatch::Exact(h) => out.push_str(h),
-                HostMatch::Suffix(s) => {
-                    let _ = write!(out, "*{s}");
-                }
+            if let Some(host) = r.host.pattern() {
+                out.push_str(&host);
             }
             let backends: Vec<String> = r.pool.backends().map(|b| b.address().to_string()).collect();
             let _ = write!(
