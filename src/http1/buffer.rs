@@ -28,55 +28,73 @@ const MAX_FREE: usize = 128;
 /// Header fields a pooled table holds before it has to grow.
 const FIELDS: usize = 32;
 
-/// Free vectors of one kind, and the fewest there were since the last [`release_unused`]
-/// pass: that many sat unused the whole time, and a burst that filled the list gives them
-/// back at the next pass.
-struct Free<T> {
-    items: Vec<Vec<T>>,
+/// A worker's free list of one kind of item, and the fewest it held since the last
+/// [`Free::unused`]: that many sat unused the whole time, and a burst that filled the list
+/// gives them back at the next pass. (Also the request blocks' lists in `recycle.rs`.)
+pub(super) struct Free<T> {
+    items: Vec<T>,
     low: usize,
 }
 
+impl<T> Free<T> {
+    /// An empty list.
+    pub(super) const fn new() -> Free<T> {
+        Free {
+            items: Vec::new(),
+            low: 0,
+        }
+    }
+
+    /// A free item, if there is one.
+    pub(super) fn pop(&mut self) -> Option<T> {
+        let item = self.items.pop();
+        self.low = self.low.min(self.items.len());
+        item
+    }
+
+    /// Keeps `item`, unless the list already holds `max`: then it is handed back.
+    pub(super) fn keep(&mut self, item: T, max: usize) -> Option<T> {
+        if self.items.len() < max {
+            self.items.push(item);
+            None
+        } else {
+            Some(item)
+        }
+    }
+
+    /// Takes out the items not needed since the last call, to be freed.
+    pub(super) fn unused(&mut self) -> std::vec::Drain<'_, T> {
+        let unused = self.low.min(self.items.len());
+        self.low = self.items.len() - unused;
+        self.items.drain(..unused)
+    }
+}
+
 /// A worker's free list of one kind of vector.
-type FreeList<T> = LocalKey<RefCell<Free<T>>>;
+type FreeList<T> = LocalKey<RefCell<Free<Vec<T>>>>;
 
 thread_local! {
-    static BUFFERS: RefCell<Free<u8>> = const { RefCell::new(Free { items: Vec::new(), low: 0 }) };
-    static SMALL: RefCell<Free<u8>> = const { RefCell::new(Free { items: Vec::new(), low: 0 }) };
-    static TABLES: RefCell<Free<Field>> = const { RefCell::new(Free { items: Vec::new(), low: 0 }) };
-    static SCRATCH: RefCell<Free<u8>> = const { RefCell::new(Free { items: Vec::new(), low: 0 }) };
+    static BUFFERS: RefCell<Free<Vec<u8>>> = const { RefCell::new(Free::new()) };
+    static SMALL: RefCell<Free<Vec<u8>>> = const { RefCell::new(Free::new()) };
+    static TABLES: RefCell<Free<Vec<Field>>> = const { RefCell::new(Free::new()) };
+    static SCRATCH: RefCell<Free<Vec<u8>>> = const { RefCell::new(Free::new()) };
 }
 
 /// A vector from `list`, or a new one with room for `capacity` items.
 fn pop<T: 'static>(list: &'static FreeList<T>, capacity: usize) -> Vec<T> {
-    list.with(|l| {
-        let mut l = l.borrow_mut();
-        let v = l.items.pop();
-        l.low = l.low.min(l.items.len());
-        v
-    })
-    .unwrap_or_else(|| Vec::with_capacity(capacity))
+    list.with(|l| l.borrow_mut().pop())
+        .unwrap_or_else(|| Vec::with_capacity(capacity))
 }
 
 /// Clears `v` and keeps it in `list`, unless the list already holds [`MAX_FREE`].
 fn push<T: 'static>(list: &'static FreeList<T>, mut v: Vec<T>) {
     v.clear();
-    list.with(|l| {
-        let mut l = l.borrow_mut();
-        if l.items.len() < MAX_FREE {
-            l.items.push(v);
-        }
-    });
+    list.with(|l| drop(l.borrow_mut().keep(v, MAX_FREE)));
 }
 
 /// Frees the vectors of `list` that were not needed since the last pass; returns the bytes.
 fn trim<T: 'static>(list: &'static FreeList<T>) -> usize {
-    list.with(|l| {
-        let mut l = l.borrow_mut();
-        let unused = l.low.min(l.items.len());
-        let bytes = l.items.drain(..unused).map(|v| v.capacity() * size_of::<T>()).sum();
-        l.low = l.items.len();
-        bytes
-    })
+    list.with(|l| l.borrow_mut().unused().map(|v| v.capacity() * size_of::<T>()).sum())
 }
 
 /// Below this many bytes freed, a pass does not ask the allocator to return memory at once.

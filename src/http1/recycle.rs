@@ -15,14 +15,15 @@ use std::pin::Pin;
 use std::ptr::NonNull;
 use std::task::{Context, Poll};
 
+use super::buffer::Free;
+
 /// Free blocks kept per size, at most.
 const MAX_FREE: usize = 64;
 
-/// The free blocks of one layout, and the fewest there were since the last [`trim`].
+/// The free blocks of one layout.
 struct Blocks {
     layout: Layout,
-    free: Vec<NonNull<u8>>,
-    low: usize,
+    free: Free<NonNull<u8>>,
 }
 
 thread_local! {
@@ -33,10 +34,7 @@ thread_local! {
 fn take_block(layout: Layout) -> NonNull<u8> {
     let reused = FREE.with(|f| {
         let mut f = f.borrow_mut();
-        let blocks = f.iter_mut().find(|b| b.layout == layout)?;
-        let block = blocks.free.pop();
-        blocks.low = blocks.low.min(blocks.free.len());
-        block
+        f.iter_mut().find(|b| b.layout == layout)?.free.pop()
     });
     reused.unwrap_or_else(|| {
         // SAFETY: `layout` has a non-zero size (checked by the caller).
@@ -46,28 +44,21 @@ fn take_block(layout: Layout) -> NonNull<u8> {
 }
 
 fn give_block(layout: Layout, block: NonNull<u8>) {
-    let kept = FREE.with(|f| {
+    let refused = FREE.with(|f| {
         let mut f = f.borrow_mut();
         let index = match f.iter().position(|b| b.layout == layout) {
             Some(i) => i,
             None => {
                 f.push(Blocks {
                     layout,
-                    free: Vec::new(),
-                    low: 0,
+                    free: Free::new(),
                 });
                 f.len() - 1
             }
         };
-        let list = &mut f[index].free;
-        if list.len() < MAX_FREE {
-            list.push(block);
-            true
-        } else {
-            false
-        }
+        f[index].free.keep(block, MAX_FREE)
     });
-    if !kept {
+    if let Some(block) = refused {
         // SAFETY: `block` came from `alloc` with this layout and is no longer used.
         unsafe { std::alloc::dealloc(block.as_ptr(), layout) };
     }
@@ -78,13 +69,12 @@ pub(super) fn trim() -> usize {
     FREE.with(|f| {
         let mut freed = 0;
         for blocks in f.borrow_mut().iter_mut() {
-            let unused = blocks.low.min(blocks.free.len());
-            for block in blocks.free.drain(..unused) {
+            let layout = blocks.layout;
+            for block in blocks.free.unused() {
                 // SAFETY: every free block came from `alloc` with this layout and is unused.
-                unsafe { std::alloc::dealloc(block.as_ptr(), blocks.layout) };
-                freed += blocks.layout.size();
+                unsafe { std::alloc::dealloc(block.as_ptr(), layout) };
+                freed += layout.size();
             }
-            blocks.low = blocks.free.len();
         }
         freed
     })
