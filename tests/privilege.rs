@@ -87,12 +87,7 @@ async fn started_as_root_it_serves_as_the_configured_user_in_every_thread() {
 
     // The successor of an upgrade starts as that user already, and stays it.
     p.signal("-USR2");
-    let line = p.wait_for_line("upgrade: PID");
-    let new: u32 = line[line.find("PID ").expect("PID") + 4..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .and_then(|s| s.parse().ok())
-        .expect("new PID");
+    let (new, _) = upgrade_pids(&p.wait_for_line("upgrade: PID"));
     let _successor = Successor(new);
     p.wait_for_line("drained; exiting");
     let (code, _) = get(&client(), &format!("http://{addr}/")).await;

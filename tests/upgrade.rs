@@ -128,22 +128,6 @@ fn send_signal(pid: u32, signal: &str) {
     assert!(ok.success(), "kill {signal} {pid}");
 }
 
-/// The two PIDs in "upgrade: PID NEW serves now; this process (PID OLD) ...".
-fn pids(line: &str) -> (u32, u32) {
-    let at = line.find("PID ").expect("a PID");
-    let new: u32 = line[at + 4..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .and_then(|s| s.parse().ok())
-        .expect("new PID");
-    let old = line[line.find("(PID ").expect("old PID") + 5..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .and_then(|s| s.parse().ok())
-        .expect("old PID");
-    (new, old)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_upgrades_under_load_refuse_nothing_and_fail_nothing() {
     let fast = spawn_origin("fast").await;
@@ -222,7 +206,7 @@ async fn three_upgrades_under_load_refuse_nothing_and_fail_nothing() {
         }
         send_signal(pid, "-USR2");
         let line = first.wait_for_nth("upgrade: PID", round);
-        let (new, old) = pids(&line);
+        let (new, old) = upgrade_pids(&line);
         successors.push(Successor(new));
         assert_eq!(old, pid, "{line}");
         assert_eq!(notification(&notify).await, format!("MAINPID={new}\nREADY=1"));
@@ -283,7 +267,7 @@ async fn a_new_process_that_cannot_start_leaves_the_old_one_serving() {
     assert_eq!(p.wait(), 0);
     assert_eq!(get(&client(), &format!("http://{addr}/")).await.1, "a");
     let line = p.wait_for_line("upgrade: PID");
-    send_signal(pids(&line).0, "-TERM");
+    send_signal(upgrade_pids(&line).0, "-TERM");
     p.wait_for_nth("drained; exiting", 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -416,7 +400,7 @@ async fn backend_state_counters_and_events_carry_over_an_upgrade() {
     assert_eq!(backend_entry(&before, b.addr)["requests"], 10);
 
     send_signal(p.pid(), "-USR2");
-    let (new_pid, _) = pids(&p.wait_for_line("upgrade: PID"));
+    let (new_pid, _) = upgrade_pids(&p.wait_for_line("upgrade: PID"));
     let _successor = Successor(new_pid);
     // The old process answers one more request on each open connection; wait until it is
     // gone so that every request below is the new one's.

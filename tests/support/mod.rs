@@ -36,7 +36,7 @@ pub use etcd::EtcdServer;
 #[allow(unused_imports)] // only the TLS tests make certificates
 pub use pki::Pki;
 #[allow(unused_imports)] // not every test binary runs the compiled binary
-pub use process::{run_check, Process, Successor, BIN};
+pub use process::{run_check, upgrade_pids, Process, Successor, BIN};
 #[allow(unused_imports)] // only the HTTP/1 edge tests record raw bytes
 pub use raw_origin::{spawn_recording_origin, Recording};
 #[allow(unused_imports)] // only the fleet tests run Redis

@@ -214,3 +214,17 @@ impl Drop for Successor {
         }
     }
 }
+
+/// The two PIDs in the log line "upgrade: PID NEW serves now; this process (PID OLD) ...":
+/// (new, old).
+pub fn upgrade_pids(line: &str) -> (u32, u32) {
+    let number_after = |marker: &str, what: &str| -> u32 {
+        let at = line.find(marker).unwrap_or_else(|| panic!("{what} in {line:?}"));
+        line[at + marker.len()..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{what} in {line:?}"))
+    };
+    (number_after("PID ", "new PID"), number_after("(PID ", "old PID"))
+}
