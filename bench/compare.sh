@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # End-to-end comparison of Steelyard against nginx and HAProxy on loopback.
 #
-#   bash bench/compare.sh            # defaults: ~6 min on a 2-core box (release build cached)
-#   DURATION=3 ROUNDS=1 bash bench/compare.sh   # quick smoke run
+#   bash bench/compare.sh            # defaults: ~18 min on a 2-core box (release build cached)
+#   DURATION=3 ROUNDS=1 PINNED_ROUNDS=1 bash bench/compare.sh   # quick smoke run
 #
 # Scenarios (see bench/README.md for what every figure means):
 #   1. one worker each, balancer pinned to CPU 0, origins + wrk pinned to CPU 1:
 #      req/s, CPU µs per request, p50/p99, errors, peak RSS; medians of ROUNDS
-#      interleaved rounds (direct nginx haproxy steelyard, direct nginx ...).
+#      interleaved rounds (direct nginx haproxy steelyard relay, direct nginx ...), where
+#      relay (nginx stream passing the bytes through) is the floor no HTTP proxy goes below.
 #   2. memory per idle keep-alive client connection (IDLE_CONNS connections).
 #   3. all cores, nothing pinned except the origins: req/s and CPU µs per request.
 #   4. HTTPS, pinned as in 1: TLS 1.3 (ECDSA P-256) on keep-alive connections.
@@ -31,7 +32,8 @@ DURATION="${DURATION:-10}"     # seconds per measured wrk run
 WARMUP="${WARMUP:-2}"          # seconds of unmeasured load before each measured run
 CONNS="${CONNS:-50}"           # wrk connections
 THREADS="${THREADS:-1}"        # wrk threads for the pinned scenario (wrk gets one core)
-ROUNDS="${ROUNDS:-3}"          # interleaved rounds; the table shows medians
+ROUNDS="${ROUNDS:-3}"          # interleaved rounds; the tables show medians
+PINNED_ROUNDS="${PINNED_ROUNDS:-5}"   # scenario 1's rounds: its CPU ratios are the headline
 IDLE_CONNS="${IDLE_CONNS:-5000}"
 NPROC="$(nproc)"
 ALL_THREADS="${ALL_THREADS:-$NPROC}"   # wrk threads for the all-cores scenario
@@ -107,7 +109,9 @@ start_balancer() {
     [[ -n "$pin" ]] && launch=(taskset -c "$pin")
     launch+=("${WRAP[@]}")
     mkdir -p "$dir"
-    if [[ "$tls" == tcp ]]; then
+    if [[ "$name" == relay ]]; then
+        tcp_balancer_launch nginx "$port" "$workers" "$dir"
+    elif [[ "$tls" == tcp ]]; then
         tcp_balancer_launch "$name" "$port" "$workers" "$dir"
     else
         http_balancer_launch "$name" "$port" "$workers" "$dir"
@@ -324,16 +328,22 @@ measure_rps() {
 run_pinned() {
     local round name ports
     log "scenario 1: one worker, balancer on CPU $LB_CPU, origins + wrk on CPU $LOAD_CPU"
-    read -ra ports <<<"$(free_ports 3)"
+    read -ra ports <<<"$(free_ports 4)"
     start_balancer nginx "${ports[0]}" 1 "$LB_CPU"
     start_balancer haproxy "${ports[1]}" 1 "$LB_CPU"
     start_balancer steelyard "${ports[2]}" 1 "$LB_CPU"
-    for ((round = 1; round <= ROUNDS; round++)); do
+    # The floor: nginx's stream module relaying the same HTTP/1.1 bytes without reading
+    # them, one upstream connection per client. What a balancer costs above it is its
+    # HTTP work; the rest is the kernel's TCP work, which every balancer pays alike.
+    start_balancer relay "${ports[3]}" 1 "$LB_CPU"
+    for ((round = 1; round <= PINNED_ROUNDS; round++)); do
         measure_rps pinned direct "$round" "$ORIGIN_A" "$LOAD_CPU" "$THREADS"
-        for name in "${BALANCERS[@]}"; do
+        for name in "${BALANCERS[@]}" relay; do
             measure_rps pinned "$name" "$round" "${LB_PORT[$name]}" "$LOAD_CPU" "$THREADS"
         done
     done
+    stop_pid "${LB_PID[relay]}"
+    unset "LB_PID[relay]"
     for name in "${BALANCERS[@]}"; do
         echo "$name $(status_kb VmHWM "${LB_PID[$name]}")" >>"$WORK/pinned-rss.tsv"
     done
@@ -496,7 +506,7 @@ machine_description() {
     echo "- wrk: $(wrk -v 2>&1 | awk 'NR == 1 { print $2 }')"
     echo "- steelyard: $commit$dirty"
     echo "- settings: DURATION=${DURATION}s WARMUP=${WARMUP}s CONNS=$CONNS THREADS=$THREADS" \
-        "ROUNDS=$ROUNDS IDLE_CONNS=$IDLE_CONNS ALL_THREADS=$ALL_THREADS"
+        "ROUNDS=$ROUNDS PINNED_ROUNDS=$PINNED_ROUNDS IDLE_CONNS=$IDLE_CONNS ALL_THREADS=$ALL_THREADS"
 }
 
 write_report() {
@@ -509,8 +519,9 @@ write_report() {
             echo
             echo "### 1. One worker, balancer pinned to CPU $LB_CPU (origins and wrk on CPU $LOAD_CPU)"
             echo
-            echo "Median of $ROUNDS interleaved rounds of wrk -t$THREADS -c$CONNS -d${DURATION}s;" \
-                "\"direct\" is wrk straight at one origin. Errors are summed over rounds."
+            echo "Median of $PINNED_ROUNDS interleaved rounds of wrk -t$THREADS -c$CONNS -d${DURATION}s;" \
+                "\"direct\" is wrk straight at one origin; \"relay\" is nginx's stream module" \
+                "passing the same bytes through unread (the floor). Errors are summed over rounds."
             echo
             python3 "$BENCH_DIR/report.py" throughput "$WORK/pinned.tsv" "$WORK/pinned-rss.tsv"
         fi

@@ -7,7 +7,8 @@
       TSV rows: name round requests rps p50_ms p99_ms errors cpu_us_per_req
                 user_us_per_req system_us_per_req
       RSS_TSV rows: name peak_rss_kb
-      prints one markdown table, medians over rounds, ratios against nginx
+      prints one markdown table, medians over rounds, ratios against nginx; when there
+      are "relay" rows (a byte relay, the floor), a line of what each balancer costs above it
   report.py idle TSV
       TSV rows: name conns rss_before_kb rss_after_kb
   report.py instructions TSV
@@ -120,6 +121,50 @@ def throughput(path: str, rss_path: str | None) -> None:
         if rss:
             cells.append(fmt(rss[name] / 1024, 1) if name in rss else "–")
         print("| " + " | ".join(cells) + " |")
+    if "nginx" in by_name and len(by_name["nginx"]) > 1:
+        paired_ratios(by_name)
+    if "relay" in by_name:
+        above_floor(by_name)
+
+
+def paired_ratios(by_name) -> None:
+    """CPU per request against nginx's in the same round, round by round: the spread of
+    the ratio itself, which the medians' ratio hides."""
+    nginx = {r[1]: float(r[7]) for r in by_name["nginx"] if r[7] != "-"}
+    parts = []
+    for name, rows in by_name.items():
+        if name in ("direct", "nginx"):
+            continue
+        ratios = [float(r[7]) / nginx[r[1]] for r in rows if r[7] != "-" and nginx.get(r[1])]
+        if ratios:
+            listed = " ".join(f"{x:.2f}" for x in ratios)
+            parts.append(f"{name} {listed} (median {statistics.median(ratios):.2f})")
+    print()
+    print("CPU per request against nginx's in the same round: " + "; ".join(parts) + ".")
+
+
+def above_floor(by_name) -> None:
+    """What each balancer costs above the byte relay measured in the same rounds: its HTTP
+    work, without the kernel's TCP work that all of them pay alike. Per-round differences
+    cancel the drift of a noisy machine between rounds better than a difference of medians."""
+    floor = {r[1]: float(r[7]) for r in by_name["relay"] if r[7] != "-"}
+    above = {}
+    for name, rows in by_name.items():
+        if name in ("direct", "relay"):
+            continue
+        diffs = [float(r[7]) - floor[r[1]] for r in rows if r[7] != "-" and r[1] in floor]
+        if diffs:
+            above[name] = (statistics.median(diffs), min(diffs), max(diffs))
+    base = above.get("nginx")
+    parts = []
+    for name, (m, lo, hi) in above.items():
+        part = f"{name} {m:.2f} µs ({lo:.2f}–{hi:.2f})"
+        if base and name != "nginx" and base[0] > 0:
+            part += f", {m / base[0]:.2f}x nginx"
+        parts.append(part)
+    print()
+    print("CPU µs per request above the relay (per-round differences, median and range): "
+          + "; ".join(parts) + ".")
 
 
 def idle(path: str) -> None:
