@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
@@ -233,7 +233,7 @@ impl<T: TlsSession> AsyncWrite for WriteHalfOf<'_, T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            WriteHalfOf::Plain(w) => Pin::new(w).poll_write_vectored(cx, bufs),
+            WriteHalfOf::Plain(w) => poll_send_vectored(w.as_ref(), cx, bufs),
             WriteHalfOf::Tls(m) => Pin::new(&mut *lock(m)).poll_write_vectored(cx, bufs),
         }
     }
@@ -253,6 +253,19 @@ impl<T: TlsSession> AsyncWrite for WriteHalfOf<'_, T> {
         match self.get_mut() {
             WriteHalfOf::Plain(w) => Pin::new(w).poll_shutdown(cx),
             WriteHalfOf::Tls(m) => Pin::new(&mut *lock(m)).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Writes `bufs` with `sendmsg` rather than the `writev` tokio would use: the same bytes in
+/// one call, without the file layer's checks that a socket does not need (`vfs_writev`,
+/// `rw_verify_area`, the position lock: about 3% of a proxied request's CPU in `perf`).
+fn poll_send_vectored(tcp: &TcpStream, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    loop {
+        std::task::ready!(tcp.poll_write_ready(cx))?;
+        match tcp.try_io(Interest::WRITABLE, || socket2::SockRef::from(tcp).send_vectored(bufs)) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            result => return Poll::Ready(result),
         }
     }
 }
