@@ -7,8 +7,9 @@
 # Scenarios (see bench/README.md for what every figure means):
 #   1. one worker each, balancer pinned to CPU 0, origins + wrk pinned to CPU 1:
 #      req/s, CPU µs per request, p50/p99, errors, peak RSS; medians of ROUNDS
-#      interleaved rounds (direct nginx haproxy steelyard relay, direct nginx ...), where
-#      relay (nginx stream passing the bytes through) is the floor no HTTP proxy goes below.
+#      interleaved rounds (direct nginx haproxy steelyard relay uring-relay, direct nginx ...),
+#      where relay (nginx stream passing the bytes through) and uring-relay (the same on
+#      io_uring, bench/uring_relay) are the floors no HTTP proxy on kernel sockets goes below.
 #   2. memory per idle keep-alive client connection (IDLE_CONNS connections).
 #   3. all cores, nothing pinned except the origins: req/s and CPU µs per request.
 #   4. HTTPS, pinned as in 1: TLS 1.3 (ECDSA P-256) on keep-alive connections.
@@ -111,6 +112,8 @@ start_balancer() {
     mkdir -p "$dir"
     if [[ "$name" == relay ]]; then
         tcp_balancer_launch nginx "$port" "$workers" "$dir"
+    elif [[ "$name" == uring-relay ]]; then
+        launch+=("$URING_RELAY_BIN" "127.0.0.1:$port" "127.0.0.1:$ORIGIN_A" "127.0.0.1:$ORIGIN_B")
     elif [[ "$tls" == tcp ]]; then
         tcp_balancer_launch "$name" "$port" "$workers" "$dir"
     else
@@ -328,22 +331,30 @@ measure_rps() {
 run_pinned() {
     local round name ports
     log "scenario 1: one worker, balancer on CPU $LB_CPU, origins + wrk on CPU $LOAD_CPU"
-    read -ra ports <<<"$(free_ports 4)"
+    local -a floors=(relay)
+    read -ra ports <<<"$(free_ports 5)"
     start_balancer nginx "${ports[0]}" 1 "$LB_CPU"
     start_balancer haproxy "${ports[1]}" 1 "$LB_CPU"
     start_balancer steelyard "${ports[2]}" 1 "$LB_CPU"
-    # The floor: nginx's stream module relaying the same HTTP/1.1 bytes without reading
-    # them, one upstream connection per client. What a balancer costs above it is its
-    # HTTP work; the rest is the kernel's TCP work, which every balancer pays alike.
+    # The floors: nginx's stream module relaying the same HTTP/1.1 bytes without reading
+    # them, one upstream connection per client (epoll, like all three balancers), and the
+    # same relay on io_uring (bench/uring_relay). What a balancer costs above the first is
+    # its HTTP work; the rest is the kernel's TCP work, which every balancer pays alike.
     start_balancer relay "${ports[3]}" 1 "$LB_CPU"
+    if [[ -n "$URING_RELAY_BIN" ]]; then
+        start_balancer uring-relay "${ports[4]}" 1 "$LB_CPU"
+        floors+=(uring-relay)
+    fi
     for ((round = 1; round <= PINNED_ROUNDS; round++)); do
         measure_rps pinned direct "$round" "$ORIGIN_A" "$LOAD_CPU" "$THREADS"
-        for name in "${BALANCERS[@]}" relay; do
+        for name in "${BALANCERS[@]}" "${floors[@]}"; do
             measure_rps pinned "$name" "$round" "${LB_PORT[$name]}" "$LOAD_CPU" "$THREADS"
         done
     done
-    stop_pid "${LB_PID[relay]}"
-    unset "LB_PID[relay]"
+    for name in "${floors[@]}"; do
+        stop_pid "${LB_PID[$name]}"
+        unset "LB_PID[$name]"
+    done
     for name in "${BALANCERS[@]}"; do
         echo "$name $(status_kb VmHWM "${LB_PID[$name]}")" >>"$WORK/pinned-rss.tsv"
     done
@@ -521,7 +532,8 @@ write_report() {
             echo
             echo "Median of $PINNED_ROUNDS interleaved rounds of wrk -t$THREADS -c$CONNS -d${DURATION}s;" \
                 "\"direct\" is wrk straight at one origin; \"relay\" is nginx's stream module" \
-                "passing the same bytes through unread (the floor). Errors are summed over rounds."
+                "passing the same bytes through unread, \"uring-relay\" the same on io_uring" \
+                "(the floors). Errors are summed over rounds."
             echo
             python3 "$BENCH_DIR/report.py" throughput "$WORK/pinned.tsv" "$WORK/pinned-rss.tsv"
         fi
@@ -591,6 +603,19 @@ write_report() {
 
 # ------------------------------------------------------------------- main ---
 
+# Builds bench/uring_relay (scenario 1's io_uring floor) and sets URING_RELAY_BIN; leaves it
+# empty, and the row out, where the kernel or a sandbox refuses io_uring.
+URING_RELAY_BIN=""
+build_uring_relay() {
+    local dir="$BENCH_DIR/uring_relay" err
+    (cd "$dir" && cargo build --release --quiet) >&2 || die "cargo build of $dir failed"
+    if err="$("$dir/target/release/uring_relay" --probe 2>&1)"; then
+        URING_RELAY_BIN="$dir/target/release/uring_relay"
+    else
+        log "io_uring is not available here ($err): scenario 1 leaves out the uring-relay row"
+    fi
+}
+
 main() {
     ((NPROC >= 2)) || die "needs at least 2 cores (balancer on one, load on another)"
     ensure_packages nginx:nginx haproxy:haproxy wrk:wrk curl:curl taskset:util-linux openssl:openssl \
@@ -602,6 +627,7 @@ main() {
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libnginx-mod-stream >&2
     fi
     build_steelyard
+    build_uring_relay
     raise_nofile
     (($(ulimit -n) >= IDLE_CONNS + 1000)) ||
         die "open-file limit $(ulimit -n) is too low for IDLE_CONNS=$IDLE_CONNS"

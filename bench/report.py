@@ -9,6 +9,7 @@
       RSS_TSV rows: name peak_rss_kb
       prints one markdown table, medians over rounds, ratios against nginx; when there
       are "relay" rows (a byte relay, the floor), a line of what each balancer costs above it
+      ("uring-relay" rows, the same relay on io_uring, are a second floor)
   report.py idle TSV
       TSV rows: name conns rss_before_kb rss_after_kb
   report.py instructions TSV
@@ -150,7 +151,7 @@ def above_floor(by_name) -> None:
     floor = {r[1]: float(r[7]) for r in by_name["relay"] if r[7] != "-"}
     above = {}
     for name, rows in by_name.items():
-        if name in ("direct", "relay"):
+        if name in ("direct", "relay", "uring-relay"):
             continue
         diffs = [float(r[7]) - floor[r[1]] for r in rows if r[7] != "-" and r[1] in floor]
         if diffs:
