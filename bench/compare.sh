@@ -6,7 +6,7 @@
 #
 # Scenarios (see bench/README.md for what every figure means):
 #   1. one worker each, balancer pinned to CPU 0, origins + wrk pinned to CPU 1:
-#      req/s, CPU µs per request, p50/p99, errors, peak RSS; medians of ROUNDS
+#      req/s, CPU µs per request, p50/p99, errors, peak RSS; medians of PINNED_ROUNDS
 #      interleaved rounds (direct nginx haproxy steelyard relay uring-relay, direct nginx ...),
 #      where relay (nginx stream passing the bytes through) and uring-relay (the same on
 #      io_uring, bench/uring_relay) are the floors no HTTP proxy on kernel sockets goes below.
@@ -603,14 +603,23 @@ write_report() {
 
 # ------------------------------------------------------------------- main ---
 
-# Builds bench/uring_relay (scenario 1's io_uring floor) and sets URING_RELAY_BIN; leaves it
-# empty, and the row out, where the kernel or a sandbox refuses io_uring.
+# Builds bench/uring_relay (scenario 1's io_uring floor; not with SKIP_BUILD=1) and sets
+# URING_RELAY_BIN; leaves it empty, and the row out, where there is no binary or the kernel or
+# a sandbox refuses io_uring.
 URING_RELAY_BIN=""
 build_uring_relay() {
     local dir="$BENCH_DIR/uring_relay" err
-    (cd "$dir" && cargo build --release --quiet) >&2 || die "cargo build of $dir failed"
-    if err="$("$dir/target/release/uring_relay" --probe 2>&1)"; then
-        URING_RELAY_BIN="$dir/target/release/uring_relay"
+    local bin="$dir/target/release/uring_relay"
+    [[ " $SCENARIOS " == *" pinned "* ]] || return 0
+    if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+        (cd "$dir" && cargo build --release --quiet) >&2 || log "cargo build of $dir failed"
+    fi
+    if [[ ! -x "$bin" ]]; then
+        log "no $bin: scenario 1 leaves out the uring-relay row"
+        return 0
+    fi
+    if err="$("$bin" --probe 2>&1)"; then
+        URING_RELAY_BIN="$bin"
     else
         log "io_uring is not available here ($err): scenario 1 leaves out the uring-relay row"
     fi
@@ -620,7 +629,7 @@ main() {
     ((NPROC >= 2)) || die "needs at least 2 cores (balancer on one, load on another)"
     ensure_packages nginx:nginx haproxy:haproxy wrk:wrk curl:curl taskset:util-linux openssl:openssl \
         python3:python3 pgrep:procps
-    # nginx's stream module (scenario 6) is a package of its own on Debian.
+    # nginx's stream module (scenarios 1 and 6) is a package of its own on Debian.
     if [[ ! -f /usr/lib/nginx/modules/ngx_stream_module.so ]]; then
         [[ $(id -u) -eq 0 ]] || die "need root to apt-get install libnginx-mod-stream"
         log "installing libnginx-mod-stream"

@@ -7,7 +7,8 @@
       TSV rows: name round requests rps p50_ms p99_ms errors cpu_us_per_req
                 user_us_per_req system_us_per_req
       RSS_TSV rows: name peak_rss_kb
-      prints one markdown table, medians over rounds, ratios against nginx; when there
+      prints one markdown table, medians over rounds, ratios against nginx; with more
+      than one round, a line of CPU ratios against nginx round by round; when there
       are "relay" rows (a byte relay, the floor), a line of what each balancer costs above it
       ("uring-relay" rows, the same relay on io_uring, are a second floor)
   report.py idle TSV
@@ -140,6 +141,8 @@ def paired_ratios(by_name) -> None:
         if ratios:
             listed = " ".join(f"{x:.2f}" for x in ratios)
             parts.append(f"{name} {listed} (median {statistics.median(ratios):.2f})")
+    if not parts:
+        return
     print()
     print("CPU per request against nginx's in the same round: " + "; ".join(parts) + ".")
 
@@ -163,6 +166,8 @@ def above_floor(by_name) -> None:
         if base and name != "nginx" and base[0] > 0:
             part += f", {m / base[0]:.2f}x nginx"
         parts.append(part)
+    if not parts:
+        return
     print()
     print("CPU µs per request above the relay (per-round differences, median and range): "
           + "; ".join(parts) + ".")

@@ -7,7 +7,8 @@
 //!        uring_relay --probe     (exits 0 when this kernel lets the process make a ring)
 //!
 //! A measuring tool for `bench/compare.sh`, kept small on purpose: no timeouts, no limits,
-//! and a connection whose peer closes or fails is simply closed on both sides.
+//! and a connection whose peer closes or fails is simply closed on both sides (once the
+//! operations still pending on it have completed).
 
 use std::io;
 use std::net::{TcpListener, TcpStream};
@@ -40,10 +41,16 @@ struct Pair {
     down_len: usize,
     down_sent: usize,
     open: bool,
+    /// Operations queued or in flight on this pair's sockets. Once the pair is shut down,
+    /// its descriptors are closed only when this reaches zero, so that no stale operation
+    /// can meet a new connection given the same descriptor number.
+    pending: u32,
 }
 
 fn main() -> io::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // Declared before the ring, so dropped after it: no buffer is freed under an operation.
+    let mut pairs: Vec<Pair> = Vec::new();
     // Deferred task work: completions are processed only when this thread waits for them,
     // in batches, instead of interrupting it (kernel 6.1 and later).
     let mut ring: IoUring = IoUring::builder()
@@ -59,7 +66,6 @@ fn main() -> io::Result<()> {
     }
     let listener = TcpListener::bind(&args[0])?;
     let origins = &args[1..];
-    let mut pairs: Vec<Pair> = Vec::new();
     let mut turn = 0usize;
     push(&mut ring, accept(listener.as_raw_fd()))?;
     let mut done: Vec<(u64, i32)> = Vec::with_capacity(1024);
@@ -69,21 +75,24 @@ fn main() -> io::Result<()> {
         done.extend(ring.completion().map(|c| (c.user_data(), c.result())));
         for &(data, result) in &done {
             if data == ACCEPT {
-                if result >= 0 {
-                    let origin = &origins[turn % origins.len()];
-                    turn += 1;
-                    match open_pair(result, origin) {
-                        Ok(pair) => {
-                            let index = pairs.len() as u64;
-                            pairs.push(pair);
-                            let p = pairs.last_mut().expect("just pushed");
-                            push(&mut ring, recv(p.client, &mut p.up, index, Op::RecvClient))?;
-                            push(&mut ring, recv(p.upstream, &mut p.down, index, Op::RecvUpstream))?;
-                        }
-                        Err(e) => {
-                            eprintln!("uring_relay: connect {origin}: {e}");
-                            close(result);
-                        }
+                // A failed accept (out of descriptors) would fail again at once: stop loudly.
+                if result < 0 {
+                    return Err(io::Error::from_raw_os_error(-result));
+                }
+                let origin = &origins[turn % origins.len()];
+                turn += 1;
+                match open_pair(result, origin) {
+                    Ok(pair) => {
+                        let index = pairs.len() as u64;
+                        pairs.push(pair);
+                        let p = pairs.last_mut().expect("just pushed");
+                        p.pending = 2;
+                        push(&mut ring, recv(p.client, &mut p.up, index, Op::RecvClient))?;
+                        push(&mut ring, recv(p.upstream, &mut p.down, index, Op::RecvUpstream))?;
+                    }
+                    Err(e) => {
+                        eprintln!("uring_relay: connect {origin}: {e}");
+                        close(result);
                     }
                 }
                 push(&mut ring, accept(listener.as_raw_fd()))?;
@@ -93,13 +102,18 @@ fn main() -> io::Result<()> {
             let Some(p) = pairs.get_mut(index as usize) else {
                 continue;
             };
-            if !p.open {
-                continue;
-            }
-            if result <= 0 {
+            p.pending -= 1;
+            if p.open && result <= 0 {
+                // Shutting both sockets down makes the other direction's operation complete.
                 p.open = false;
-                close(p.client);
-                close(p.upstream);
+                shutdown(p.client);
+                shutdown(p.upstream);
+            }
+            if !p.open {
+                if p.pending == 0 {
+                    close(p.client);
+                    close(p.upstream);
+                }
                 continue;
             }
             let n = result as usize;
@@ -129,6 +143,7 @@ fn main() -> io::Result<()> {
                     }
                 }
             };
+            p.pending += 1;
             push(&mut ring, next)?;
         }
     }
@@ -148,6 +163,7 @@ fn open_pair(client: RawFd, origin: &str) -> io::Result<Pair> {
         down_len: 0,
         down_sent: 0,
         open: true,
+        pending: 0,
     })
 }
 
@@ -194,12 +210,14 @@ fn set_nodelay(fd: RawFd) {
     }
 }
 
-/// Shuts the socket down first, so that an operation still pending on it completes (with 0)
-/// rather than holding the socket open until the peer speaks.
+/// Ends both directions, so that an operation pending on the socket completes (a receive
+/// with 0, a send with an error) rather than waiting for the peer.
+fn shutdown(fd: RawFd) {
+    // SAFETY: a shutdown of a descriptor this process owns.
+    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+}
+
 fn close(fd: RawFd) {
-    // SAFETY: shuts down and closes a descriptor this process owns and no longer uses.
-    unsafe {
-        libc::shutdown(fd, libc::SHUT_RDWR);
-        libc::close(fd);
-    }
+    // SAFETY: closes a descriptor this process owns, with no operation left on it.
+    unsafe { libc::close(fd) };
 }
