@@ -18,19 +18,20 @@ pub use tikv_jemallocator::Jemalloc as Allocator;
 /// Returns every free page of every arena to the system now: after a burst, when the pools
 /// freed a lot at once.
 pub fn return_free_memory() {
-    arenas_ctl(c"arena.4096.purge");
+    let _ = arenas_ctl(c"arena.4096.purge");
 }
 
 /// Returns free pages that have sat unused for a while (jemalloc's decay, ten seconds by
 /// default). jemalloc does this as a side effect of allocating; an idle process allocates
 /// nothing, so the workers call this periodically.
 pub fn return_decayed_memory() {
-    arenas_ctl(c"arena.4096.decay");
+    let _ = arenas_ctl(c"arena.4096.decay");
 }
 
 /// Runs a `mallctl` command that takes and returns nothing; 4096 in the name is jemalloc's
-/// `MALLCTL_ARENAS_ALL`. A failure only means memory stays with the process.
-fn arenas_ctl(name: &CStr) {
+/// `MALLCTL_ARENAS_ALL`. Returns `mallctl`'s result; a failure only means memory stays with
+/// the process.
+fn arenas_ctl(name: &CStr) -> std::ffi::c_int {
     // SAFETY: `name` is a NUL-terminated command that reads and writes no arguments, so every
     // pointer passed is null and every length zero, as `mallctl(3)` requires for such commands.
     unsafe {
@@ -40,7 +41,7 @@ fn arenas_ctl(name: &CStr) {
             std::ptr::null_mut(),
             std::ptr::null_mut(),
             0,
-        );
+        )
     }
 }
 
@@ -50,17 +51,7 @@ mod tests {
     #[test]
     fn purge_and_decay_are_known_commands() {
         for name in [c"arena.4096.purge", c"arena.4096.decay"] {
-            // SAFETY: as in `arenas_ctl`.
-            let rc = unsafe {
-                tikv_jemalloc_sys::mallctl(
-                    name.as_ptr(),
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                    0,
-                )
-            };
-            assert_eq!(rc, 0, "{name:?}");
+            assert_eq!(super::arenas_ctl(name), 0, "{name:?}");
         }
     }
 }
