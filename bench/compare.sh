@@ -657,7 +657,7 @@ main() {
             https) run_https ;;
             tcp) run_tcp ;;
             instructions) run_instructions ;;
-            *) die "unknown scenario $scenario (pinned idle allcores https tcp)" ;;
+            *) die "unknown scenario $scenario (pinned idle allcores https tcp instructions)" ;;
         esac
     done
     write_report

@@ -129,15 +129,21 @@ def throughput(path: str, rss_path: str | None) -> None:
         above_floor(by_name)
 
 
+def cpu_by_round(rows) -> dict[str, float]:
+    """CPU µs per request of each round that has one, by round: how rows of different
+    balancers are paired."""
+    return {r[1]: float(r[7]) for r in rows if r[7] != "-"}
+
+
 def paired_ratios(by_name) -> None:
     """CPU per request against nginx's in the same round, round by round: the spread of
     the ratio itself, which the medians' ratio hides."""
-    nginx = {r[1]: float(r[7]) for r in by_name["nginx"] if r[7] != "-"}
+    nginx = cpu_by_round(by_name["nginx"])
     parts = []
     for name, rows in by_name.items():
         if name in ("direct", "nginx"):
             continue
-        ratios = [float(r[7]) / nginx[r[1]] for r in rows if r[7] != "-" and nginx.get(r[1])]
+        ratios = [cpu / nginx[r] for r, cpu in cpu_by_round(rows).items() if nginx.get(r)]
         if ratios:
             listed = " ".join(f"{x:.2f}" for x in ratios)
             parts.append(f"{name} {listed} (median {statistics.median(ratios):.2f})")
@@ -151,12 +157,12 @@ def above_floor(by_name) -> None:
     """What each balancer costs above the byte relay measured in the same rounds: its HTTP
     work, without the kernel's TCP work that all of them pay alike. Per-round differences
     cancel the drift of a noisy machine between rounds better than a difference of medians."""
-    floor = {r[1]: float(r[7]) for r in by_name["relay"] if r[7] != "-"}
+    floor = cpu_by_round(by_name["relay"])
     above = {}
     for name, rows in by_name.items():
         if name in ("direct", "relay", "uring-relay"):
             continue
-        diffs = [float(r[7]) - floor[r[1]] for r in rows if r[7] != "-" and r[1] in floor]
+        diffs = [cpu - floor[r] for r, cpu in cpu_by_round(rows).items() if r in floor]
         if diffs:
             above[name] = (statistics.median(diffs), min(diffs), max(diffs))
     base = above.get("nginx")
