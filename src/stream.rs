@@ -259,7 +259,8 @@ impl<T: TlsSession> AsyncWrite for WriteHalfOf<'_, T> {
 
 /// Writes `bufs` with `sendmsg` rather than the `writev` tokio would use: the same bytes in
 /// one call, without the file layer's checks that a socket does not need (`vfs_writev`,
-/// `rw_verify_area`, the position lock: about 3% of a proxied request's CPU in `perf`).
+/// `rw_verify_area`, the position lock). In `perf`, `writev`'s own kernel functions were
+/// 4.4% of a proxied request's CPU and `sendmsg`'s are 2.7%.
 fn poll_send_vectored(tcp: &TcpStream, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
     loop {
         std::task::ready!(tcp.poll_write_ready(cx))?;
