@@ -47,13 +47,17 @@ fn main() -> ExitCode {
                 Ok(rt) => rt,
                 Err(code) => return code,
             };
-            let result = runtime.block_on(steelyard::demo::run(
-                *listen,
-                usize::from(*origins),
-                *https,
-                |config| cli.apply_admin(config),
-                shutdown_signal(),
-            ));
+            let result = runtime.block_on(async {
+                let shutdown = shutdown_signal();
+                steelyard::demo::run(
+                    *listen,
+                    usize::from(*origins),
+                    *https,
+                    |config| cli.apply_admin(config),
+                    shutdown,
+                )
+                .await
+            });
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -247,6 +251,7 @@ fn run(cli: &Cli) -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        let shutdown = shutdown_signal();
         let server = Server::bind_inherited(config, inherited)?;
         spawn_signal_handlers(&server.reload_handle());
         if let Some((baseline, path)) = watch {
@@ -261,7 +266,7 @@ fn run(cli: &Cli) -> ExitCode {
             };
             tokio::spawn(source.watch(revision, server.reload_handle(), adjust));
         }
-        server.run(shutdown_signal()).await
+        server.run(shutdown).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -432,26 +437,44 @@ fn watched_files(path: &std::path::Path) -> Vec<(std::path::PathBuf, Stamp)> {
     files.into_iter().map(|f| (f.clone(), stamp(&f))).collect()
 }
 
-/// Completes on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
+/// A future that completes on SIGINT (Ctrl-C) or SIGTERM. The handlers are installed when this
+/// is called, not when the future is first polled: called before the listeners open, a signal
+/// that arrives as soon as they accept is a shutdown, never the default action that kills the
+/// process without draining. Must be called within the runtime.
+#[cfg(unix)]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let interrupt = signal(SignalKind::interrupt());
+    let terminate = signal(SignalKind::terminate());
+    for (name, outcome) in [("SIGINT", &interrupt), ("SIGTERM", &terminate)] {
+        if let Err(e) = outcome {
+            tracing::warn!("cannot listen for {name} ({e}); it will stop the process without draining");
+        }
+    }
+    async move {
+        let received = |s: Option<tokio::signal::unix::Signal>| async move {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = received(interrupt.ok()) => tracing::info!("received SIGINT"),
+            () = received(terminate.ok()) => tracing::info!("received SIGTERM"),
+        }
+    }
+}
+
+/// A future that completes on Ctrl-C.
+#[cfg(not(unix))]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::info!("received Ctrl-C");
+        } else {
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("received SIGINT"),
-        _ = term => tracing::info!("received SIGTERM"),
     }
 }

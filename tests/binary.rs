@@ -66,6 +66,9 @@ async fn config_file_run_and_startup_line() {
     );
     let mut p = Process::start(&["-c", file.to_str().expect("path"), "--log-format", "json"]);
     let line = p.wait_for_line("listening on");
+    // Once it listens, SIGINT (2) and SIGTERM (15) drain it: neither may take the default
+    // action that kills it mid-request.
+    assert_eq!((p.catches(2), p.catches(15)), (true, true), "signal handlers installed");
     let json_start = line.trim_start();
     assert!(
         json_start.starts_with('{') && json_start.ends_with('}'),

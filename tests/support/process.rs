@@ -145,12 +145,26 @@ impl Process {
         assert!(ok.success());
     }
 
+    /// Whether the process has a handler installed for signal number `signal` (the SigCgt
+    /// mask in /proc/PID/status), i.e. the signal no longer takes its default action.
+    pub fn catches(&self, signal: u32) -> bool {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("proc status");
+        let mask = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .expect("SigCgt line");
+        let mask = u64::from_str_radix(mask.trim(), 16).expect("hex SigCgt");
+        mask & (1 << (signal - 1)) != 0
+    }
+
     /// Waits for exit; returns the exit code.
     pub fn wait(&mut self) -> i32 {
         let deadline = Instant::now() + DEADLINE;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
-                return status.code().expect("exited normally");
+                return status
+                    .code()
+                    .unwrap_or_else(|| panic!("steelyard did not exit by itself: {status}"));
             }
             assert!(Instant::now() < deadline, "steelyard did not exit");
             std::thread::sleep(Duration::from_millis(10));
