@@ -83,8 +83,8 @@ pub struct Cli {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
 
-    /// Reload the config file whenever it changes (checked every second). SIGHUP always
-    /// reloads it.
+    /// Reload the config when its file, or a certificate, key or CA file it names, changes
+    /// (checked twice a second). SIGHUP always reloads it.
     #[arg(long)]
     pub watch: bool,
 

@@ -386,7 +386,7 @@ enum Signalled {
     Upgrade,
 }
 
-/// `--watch`: reloads when the config file, or a certificate or key it names, changes its
+/// `--watch`: reloads when the config file, or a certificate, key or CA file it names, changes its
 /// modification time or size (checked twice a second, applied once the files hold still; no
 /// platform file-watching API needed).
 async fn reload_on_change(handle: ReloadHandle, path: std::path::PathBuf, baseline: Vec<(std::path::PathBuf, Stamp)>) {
@@ -422,13 +422,21 @@ fn stamp(p: &std::path::Path) -> Stamp {
     std::fs::metadata(p).ok().map(|m| (m.modified().ok(), m.len()))
 }
 
-/// The config file and every certificate and key it names, with their stamps (re-read after
-/// each change).
+/// The config file and every certificate, key and CA file it names (listeners' and pools'),
+/// with their stamps (re-read after each change).
 fn watched_files(path: &std::path::Path) -> Vec<(std::path::PathBuf, Stamp)> {
     let mut files = vec![path.to_owned()];
     if let Ok(config) = Config::load(path, &steelyard::server::dns::System) {
         for tls in config.listeners.iter().filter_map(|l| l.tls.as_ref()) {
             for c in &tls.certificates {
+                files.push(c.cert.clone());
+                files.push(c.key.clone());
+            }
+            files.extend(tls.client_auth.as_ref().map(|a| a.ca.clone()));
+        }
+        for tls in config.pools.iter().filter_map(|p| p.tls.as_ref()) {
+            files.extend(tls.ca.clone());
+            if let Some(c) = &tls.client_certificate {
                 files.push(c.cert.clone());
                 files.push(c.key.clone());
             }

@@ -1,8 +1,8 @@
 //! TLS and HTTP/2 to backends: `https://` backends verified against a private CA (rcgen),
 //! SNI from `server_name`, verification failures as 502s with the reason logged, `verify =
 //! false` with a warning, `protocol = "h2"` by ALPN and `"h2c"` by prior knowledge with
-//! multiplexed connections, a GOAWAY that loses no request, health checks over TLS, and the
-//! config errors. Real origins (hyper over tokio-rustls), the real binary or server, real
+//! multiplexed connections, a GOAWAY that loses no request, health checks over TLS, client
+//! certificates for backends that require them (mutual TLS), and the config errors. Real origins (hyper over tokio-rustls), the real binary or server, real
 //! clients.
 
 mod support;
@@ -276,6 +276,146 @@ async fn health_checks_use_the_pool_tls() {
     })
     .await;
     proxy.shutdown().await;
+}
+
+/// A pool's `tls.cert` and `tls.key` are presented to a backend that requires a client
+/// certificate: it sees exactly that certificate, on one pooled connection. A pool without
+/// one is refused by the same backend (a 502 with the reason logged, nothing forwarded).
+/// `--watch` follows the files: a renewed certificate is presented on the next connection.
+#[tokio::test]
+async fn a_client_certificate_is_presented_to_backends_that_require_it() {
+    let servers = Pki::new("mtls-servers");
+    servers.issue("backend", &["backend.test"]);
+    let clients = Pki::new("mtls-clients");
+    let first = clients.issue("steelyard", &["steelyard.test"]);
+    let origin = spawn_origin_with(
+        "mtls",
+        OriginOptions {
+            tls: Some(servers.server_config_requiring_clients("backend", &[b"http/1.1"], &clients)),
+            ..OriginOptions::default()
+        },
+    )
+    .await;
+    let ca = servers.write_ca();
+    let (cert, key) = (clients.path("steelyard.pem"), clients.path("steelyard.key"));
+    let toml = format!(
+        "{}
+[pools.anonymous]
+backends = [\"{}\"]\ntls = {{ ca = \"{ca}\", server_name = \"backend.test\" }}\nretries = {{ attempts = 0 }}\n",
+        pool_toml(
+            &[https(origin.addr)],
+            &format!("tls = {{ ca = \"{ca}\", server_name = \"backend.test\", cert = \"{cert}\", key = \"{key}\" }}"),
+        ),
+        https(origin.addr)
+    )
+    .replace(
+        "routes = [{ pool = \"main\" }]",
+        "routes = [{ path_prefix = \"/anonymous\", pool = \"anonymous\" }, { pool = \"main\" }]",
+    );
+    let file = clients.dir.join("mtls.toml");
+    std::fs::write(&file, toml).expect("write");
+    let out = run_check(&file);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let mut p = Process::start(&["--config", file.to_str().expect("utf-8"), "--watch"]);
+    let addr = p.listening_addr();
+    let client = client();
+    for _ in 0..3 {
+        let (status, body) = get(&client, &format!("http://{addr}/")).await;
+        assert_eq!((status.as_u16(), body.as_str()), (200, "mtls"));
+    }
+    assert_eq!(origin.last_client_certificate(), Some(first.to_vec()));
+    assert_eq!((origin.connections(), origin.failed_handshakes()), (1, 0));
+
+    let (status, _) = get(&client, &format!("http://{addr}/anonymous")).await;
+    assert_eq!(status.as_u16(), 502);
+    let line = p.wait_for_line("the backend ended the TLS session");
+    assert!(
+        line.contains(&origin.addr.to_string()) && line.contains("received fatal alert: CertificateRequired"),
+        "{line}"
+    );
+    assert_eq!(origin.requests(), 3, "nothing of the refused request was forwarded");
+    assert_eq!(origin.failed_handshakes(), 1);
+
+    // Renewed in place: the next connection presents the new certificate.
+    let renewed = clients.issue("steelyard", &["steelyard.test"]);
+    assert_ne!(renewed, first);
+    p.wait_for_line("file changed: reloading the config");
+    p.wait_for_line("config reloaded");
+    let (status, _) = get(&client, &format!("http://{addr}/close")).await;
+    assert_eq!(status.as_u16(), 200);
+    let (status, body) = get(&client, &format!("http://{addr}/")).await;
+    assert_eq!((status.as_u16(), body.as_str()), (200, "mtls"));
+    assert_eq!(origin.last_client_certificate(), Some(renewed.to_vec()));
+    assert_eq!(
+        origin.connections(),
+        3,
+        "the pooled connection, the refused one, one after renewal"
+    );
+    p.signal("-TERM");
+    assert_eq!(p.wait(), 0);
+}
+
+/// A client certificate whose key is missing, unreadable or another certificate's fails
+/// `check` at the `cert` setting, naming the files.
+#[test]
+fn a_client_certificate_that_cannot_be_used_fails_check_where_it_is_set() {
+    let clients = Pki::new("mtls-check");
+    clients.issue("one", &["one.test"]);
+    clients.issue("two", &["two.test"]);
+    let (one_pem, two_key) = (clients.path("one.pem"), clients.path("two.key"));
+    let cases = [
+        (
+            format!("tls = {{ cert = \"{one_pem}\" }}"),
+            "10:16: pools.main.tls.cert: set key too".to_owned(),
+        ),
+        (
+            format!("tls = {{ key = \"{two_key}\" }}"),
+            "10:15: pools.main.tls.key: set cert too".to_owned(),
+        ),
+        (
+            format!("tls = {{ cert = \"{one_pem}\", key = \"{two_key}\" }}"),
+            format!("10:16: pools.main.tls.cert: the key in {two_key} does not belong to {one_pem}"),
+        ),
+        (
+            format!("tls = {{ cert = \"{one_pem}\", key = \"nowhere.key\" }}"),
+            format!(
+                "10:16: pools.main.tls.cert: cannot read a private key from {}",
+                clients.dir.join("nowhere.key").display()
+            ),
+        ),
+    ];
+    for (i, (tls, expected)) in cases.iter().enumerate() {
+        let file = clients.dir.join(format!("bad-{i}.toml"));
+        std::fs::write(&file, pool_toml(&["https://127.0.0.1:1".into()], tls)).expect("write");
+        let out = run_check(&file);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{tls}");
+        let expected = format!("{}:{expected}", file.display());
+        assert!(stderr.contains(&expected), "expected {expected:?} in {stderr}");
+    }
+}
+
+/// An expired client certificate is a warning, like a listener's: `check` names it and passes.
+#[test]
+fn an_expired_client_certificate_is_a_warning() {
+    let clients = Pki::new("mtls-expired");
+    clients.issue_with("old", &["old.test"], |p| {
+        p.not_before = rcgen::date_time_ymd(1999, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2000, 1, 1);
+    });
+    let (cert, key) = (clients.path("old.pem"), clients.path("old.key"));
+    let file = clients.dir.join("expired.toml");
+    let tls = format!("tls = {{ cert = \"{cert}\", key = \"{key}\" }}");
+    std::fs::write(&file, pool_toml(&["https://127.0.0.1:1".into()], &tls)).expect("write");
+    let out = run_check(&file);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let expected = format!(
+        "warning: {}:10:16: pools.main.tls.cert: {cert} expired on 2000-01-01",
+        file.display()
+    );
+    assert!(stderr.contains(&expected), "expected {expected:?} in {stderr}");
 }
 
 /// Protocol and TLS settings that contradict each other are errors at their line and column.

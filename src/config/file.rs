@@ -276,6 +276,10 @@ pub struct UpstreamTlsSection {
     pub ca: Option<Spanned<String>>,
     /// `false` accepts any certificate (`check` warns).
     pub verify: Option<Spanned<bool>>,
+    /// PEM certificate chain presented to backends that ask for one (mutual TLS).
+    pub cert: Option<Spanned<String>>,
+    /// The private key of `cert`.
+    pub key: Option<Spanned<String>>,
 }
 
 /// `[pools.NAME.health_check]`.

@@ -113,7 +113,7 @@ pub struct ClientAuth {
 }
 
 /// One certificate chain and its key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CertificateFiles {
     /// PEM chain, leaf first.
     pub cert: PathBuf,

@@ -10,7 +10,7 @@ use toml::Spanned;
 use super::address::{backend_scheme_is_tls, parse_backend_addresses};
 use super::file::{BackendEntry, DiscoverSection, PoolSection, TimeoutsSection};
 use super::resilience::{self, HealthCheckConfig, PassiveConfig, RetryConfig, SlowStart};
-use super::Checker;
+use super::{CertificateFiles, Checker};
 
 /// The part of a request that hashing algorithms (maglev, ring_hash) hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,6 +230,8 @@ pub struct UpstreamTlsConfig {
     pub ca: Option<PathBuf>,
     /// False accepts any certificate (`check` warns).
     pub verify: bool,
+    /// The client certificate presented to backends that ask for one (mutual TLS).
+    pub client_certificate: Option<CertificateFiles>,
     /// `FILE:LINE:COL` of the setting, for errors found when the files are loaded.
     pub at: String,
     /// Its key, e.g. `pools.api.tls`.
@@ -670,10 +672,34 @@ fn upstream_protocol(key: &str, p: &PoolSection, check: &mut Checker) -> (Upstre
             None
         }
     });
+    let client_certificate = match (t.and_then(|t| t.cert.as_ref()), t.and_then(|t| t.key.as_ref())) {
+        (Some(cert), Some(k)) => Some(CertificateFiles {
+            cert: check.path(cert.get_ref()),
+            key: check.path(k.get_ref()),
+            at: check.location(cert.span()),
+            key_name: format!("{key}.tls.cert"),
+        }),
+        (Some(cert), None) => {
+            check.error(
+                cert.span(),
+                format!("{key}.tls.cert: set key too (the client certificate's private key)"),
+            );
+            None
+        }
+        (None, Some(k)) => {
+            check.error(
+                k.span(),
+                format!("{key}.tls.key: set cert too (the client certificate it belongs to)"),
+            );
+            None
+        }
+        (None, None) => None,
+    };
     let config = UpstreamTlsConfig {
         server_name,
         ca: t.and_then(|t| t.ca.as_ref()).map(|c| check.path(c.get_ref())),
         verify: t.and_then(|t| t.verify.as_ref()).is_none_or(|v| *v.get_ref()),
+        client_certificate,
         at: check.location(at_span),
         key_name: format!("{key}.tls"),
     };

@@ -213,9 +213,11 @@ pub enum Downloaded {
 /// Why the download half failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadError {
-    /// The backend closed, reset or failed before a whole response head.
-    #[error("backend connection failed before the response: {0}")]
-    Upstream(&'static str),
+    /// The backend closed the connection (`None`) or reading from it failed before a whole
+    /// response head: a reset, or the TLS session ended by an alert (a client certificate
+    /// refused, for one).
+    #[error("backend connection failed before the response: {}", .0.as_ref().map_or_else(|| "closed".to_owned(), ToString::to_string))]
+    Upstream(Option<std::io::Error>),
     /// The backend's response head is malformed.
     #[error("malformed response head: {0}")]
     MalformedHead(HeadError),
@@ -252,8 +254,8 @@ where
                 Err(e) => return Err(DownloadError::MalformedHead(e)),
             }
             match ubuf.read_from(urd, MAX_RESPONSE_HEAD).await {
-                Ok(0) => return Err(DownloadError::Upstream("connection closed")),
-                Err(_) => return Err(DownloadError::Upstream("connection reset")),
+                Ok(0) => return Err(DownloadError::Upstream(None)),
+                Err(e) => return Err(DownloadError::Upstream(Some(e))),
                 Ok(_) => {
                     progress.upstream.fetch_add(1, Ordering::Relaxed);
                     progress.tick();

@@ -6,18 +6,22 @@
 //! `tls.server_name`, else the backend's host name, else its IP address. ALPN offers only the
 //! pool's protocol (`h2` or `http/1.1`), and a backend that does not agree fails the
 //! connection rather than silently speaking something else. `verify = false` accepts any
-//! certificate but still checks that the handshake was signed by its key. TLS 1.2 and 1.3
+//! certificate but still checks that the handshake was signed by its key. A pool's `tls.cert`
+//! and `tls.key` are presented to backends that ask for a client certificate (mutual TLS),
+//! loaded and checked like a listener's certificates. TLS 1.2 and 1.3
 //! with the ring provider, like the listeners; session resumption on (rustls's in-memory
 //! cache), so pooled reconnects skip the full handshake.
 
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::ResolvesClientCert;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 
-use super::{provider, read_roots, TlsError};
+use super::{load, provider, read_roots, TlsError};
 use crate::config::{BackendConfig, UpstreamProtocol, UpstreamTlsConfig};
 
 /// A pool's client config, with what `check` and reloads should warn about.
@@ -25,7 +29,8 @@ use crate::config::{BackendConfig, UpstreamProtocol, UpstreamTlsConfig};
 pub struct Built {
     /// The config connections to the pool's backends handshake with.
     pub config: Arc<ClientConfig>,
-    /// Settings that weaken security (`verify = false`).
+    /// Settings that weaken security (`verify = false`) and a client certificate backends may
+    /// refuse (expired, not yet valid, expiring soon).
     pub warnings: Vec<String>,
 }
 
@@ -41,12 +46,20 @@ pub fn client_config(tls: &UpstreamTlsConfig, protocol: UpstreamProtocol) -> Res
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| error(format!("cannot build the TLS config: {e}")))?;
     let mut warnings = Vec::new();
-    let mut config = if tls.verify {
+    let client_certificate = match &tls.client_certificate {
+        None => None,
+        Some(files) => {
+            let loaded = load(files, &provider)?;
+            warnings.extend(loaded.warning);
+            Some(Arc::new(ClientCertificate(loaded.key)))
+        }
+    };
+    let builder = if tls.verify {
         let roots = match &tls.ca {
             Some(ca) => read_roots(ca).map_err(error)?,
             None => system_roots().map_err(error)?,
         };
-        builder.with_root_certificates(roots).with_no_client_auth()
+        builder.with_root_certificates(roots)
     } else {
         warnings.push(format!(
             "{}: {}.verify = false: backends' certificates are not verified, so anyone on the path can impersonate them",
@@ -54,8 +67,11 @@ pub fn client_config(tls: &UpstreamTlsConfig, protocol: UpstreamProtocol) -> Res
         ));
         builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-            .with_no_client_auth()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(Arc::clone(&provider))))
+    };
+    let mut config = match client_certificate {
+        Some(resolver) => builder.with_client_cert_resolver(resolver),
+        None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![match protocol {
         UpstreamProtocol::H2 | UpstreamProtocol::H2c => b"h2".to_vec(),
@@ -97,6 +113,21 @@ pub fn server_name(tls: &UpstreamTlsConfig, backend: &BackendConfig) -> ServerNa
         .or(host)
         .and_then(|name| ServerName::try_from(name.to_owned()).ok())
         .unwrap_or_else(|| ServerName::IpAddress(backend.address.ip().into()))
+}
+
+/// The pool's client certificate, presented whenever a backend asks for one (whatever CAs it
+/// hints it trusts: the backend decides, and says so by refusing the handshake).
+#[derive(Debug)]
+struct ClientCertificate(Arc<CertifiedKey>);
+
+impl ResolvesClientCert for ClientCertificate {
+    fn resolve(&self, _root_hint_subjects: &[&[u8]], _sigschemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 /// `verify = false`: any certificate is accepted, but the handshake must still be signed by
@@ -148,6 +179,7 @@ mod tests {
             server_name: server_name.map(str::to_owned),
             ca: None,
             verify: true,
+            client_certificate: None,
             at: "t.toml:1:1".into(),
             key_name: "pools.p.tls".into(),
         }

@@ -62,6 +62,10 @@ pub struct OriginStats {
     pub status: AtomicU16,
     /// The SNI of the last TLS connection (empty when it sent none).
     pub last_sni: Mutex<Option<String>>,
+    /// The client certificate (DER) of the last TLS connection, `None` when it sent none.
+    pub last_client_certificate: Mutex<Option<Vec<u8>>>,
+    /// TLS handshakes that failed (a client certificate refused, for one).
+    pub failed_handshakes: AtomicUsize,
     /// The HTTP version of the last request.
     pub last_version: Mutex<Option<http::Version>>,
 }
@@ -121,6 +125,14 @@ impl Origin {
             .expect("lock")
             .clone()
             .expect("a TLS connection")
+    }
+    /// The client certificate (DER) the last TLS connection presented, if any.
+    pub fn last_client_certificate(&self) -> Option<Vec<u8>> {
+        self.stats.last_client_certificate.lock().expect("lock").clone()
+    }
+    /// TLS handshakes the origin refused or that broke off.
+    pub fn failed_handshakes(&self) -> usize {
+        self.stats.failed_handshakes.load(Ordering::SeqCst)
     }
     pub fn last_version(&self) -> http::Version {
         self.stats.last_version.lock().expect("lock").expect("a request")
@@ -327,10 +339,13 @@ fn serve_origin(name: &str, listener: TcpListener, delay: Duration, options: Ori
                         Some(config) => {
                             let Ok(tls) = tokio_rustls::TlsAcceptor::from(Arc::clone(config)).accept(stream).await
                             else {
+                                conn_stats.failed_handshakes.fetch_add(1, Ordering::SeqCst);
                                 return;
                             };
                             let sni = tls.get_ref().1.server_name().unwrap_or("").to_owned();
                             *conn_stats.last_sni.lock().expect("lock") = Some(sni);
+                            *conn_stats.last_client_certificate.lock().expect("lock") =
+                                tls.get_ref().1.peer_certificates().map(|chain| chain[0].to_vec());
                             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
                             serve_io(TokioIo::new(tls), h2, service, &goaway).await;
                         }

@@ -110,6 +110,37 @@ impl Pki {
         Arc::new(config)
     }
 
+    /// [`Pki::server_config`] that requires a client certificate signed by `clients` (mutual
+    /// TLS).
+    pub fn server_config_requiring_clients(
+        &self,
+        file: &str,
+        alpn: &[&[u8]],
+        clients: &Pki,
+    ) -> Arc<rustls::ServerConfig> {
+        use rustls::pki_types::pem::PemObject;
+        let chain = CertificateDer::pem_file_iter(self.dir.join(format!("{file}.pem")))
+            .expect("cert file")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("certs");
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(self.dir.join(format!("{file}.key"))).expect("key");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(clients.ca.clone()).expect("client root");
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+                .build()
+                .expect("client verifier");
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .expect("server config");
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+
     /// Writes the CA certificate as `ca.pem`; returns its path.
     pub fn write_ca(&self) -> String {
         let path = self.dir.join("ca.pem");

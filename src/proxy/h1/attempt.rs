@@ -650,7 +650,14 @@ async fn exchange(
                 bytes: 0,
             })
         }
-        (_, Some(Err(DownloadError::Upstream(_)))) if !client_written => Exchanged::Stale,
+        (_, Some(Err(DownloadError::Upstream(e)))) if !client_written => {
+            // A reset says nothing more than a close; a TLS alert does (InvalidData carries
+            // rustls's reason, e.g. a client certificate the backend requires or refuses).
+            if let Some(e) = e.filter(|e| e.kind() == std::io::ErrorKind::InvalidData) {
+                tracing::warn!(backend = %backend.address(), error = %e, "the backend ended the TLS session");
+            }
+            Exchanged::Stale
+        }
         (_, Some(Err(DownloadError::MalformedHead(e)))) if !client_written => {
             tracing::warn!(backend = %backend.address(), error = %e, "malformed response head");
             Exchanged::Attempt(Attempt::Failed {
