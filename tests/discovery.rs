@@ -183,12 +183,52 @@ fn discovery_settings_are_checked() {
         ),
         (
             pool("backends = [\"127.0.0.1:1\"]\ndiscover = { srv = \"_x._tcp.a\" }"),
-            "pools.p.backends: a pool with discover takes its backends from DNS",
+            "pools.p.backends: a pool with discover takes its backends from DNS or etcd",
+        ),
+        (
+            pool("discover = { etcd = \"http://127.0.0.1:2379/web/\" }"),
+            "pools.p.discover.etcd: \"http://127.0.0.1:2379/web/\" is not etcd://HOST:PORT/PREFIX/",
+        ),
+        (
+            pool("discover = { etcd = \"etcd://127.0.0.1:2379/\" }"),
+            "pools.p.discover.etcd: \"etcd://127.0.0.1:2379/\" is not etcd://HOST:PORT/PREFIX/",
+        ),
+        (
+            pool("discover = { etcd = \"etcd://127.0.0.1:2379/web/\", min_ttl = \"1s\" }"),
+            "pools.p.discover.min_ttl: applies to DNS discovery",
+        ),
+        (
+            pool("discover = { etcd = \"etcd://127.0.0.1:2379/web/\", a = \"a:1\" }"),
+            "pools.p.discover: give exactly one of srv = \"NAME\", a = \"NAME:PORT\" or etcd",
         ),
         (pool("algorithm = \"random\""), "pools.p: no backends; add backends"),
     ];
     for (toml, expected) in cases {
         let err = config_error(&toml);
         assert!(err.contains(expected), "expected {expected:?} in {err}");
+    }
+}
+
+/// An etcd prefix names a directory of keys: `/web` and `/web/` both follow `/web/IP:PORT`
+/// keys, never `/web2/...`.
+#[test]
+fn an_etcd_prefix_is_a_directory() {
+    for written in [
+        "etcd://127.0.0.1:2379/web",
+        "etcd://127.0.0.1:2379/web/",
+        "etcd://127.0.0.1:2379//web//",
+    ] {
+        let c = config(&format!(
+            "[[listeners]]\nlisten = \"127.0.0.1:0\"\nroutes = [{{ pool = \"p\" }}]\n\n[pools.p]\ndiscover = {{ etcd = \"{written}\" }}\n"
+        ));
+        let discover = c.pools[0].discover.as_ref().expect("discover");
+        assert_eq!(
+            discover.name,
+            steelyard::config::DiscoverName::Etcd {
+                endpoint: "127.0.0.1:2379".into(),
+                prefix: "/web/".into()
+            },
+            "{written}"
+        );
     }
 }

@@ -1,9 +1,14 @@
 //! The config kept in etcd: three processes load it from a real etcd on loopback and converge
 //! on each new revision; an invalid revision changes nothing; etcd restarting is survived.
+//! Backends registered under a key prefix join, leave with their lease, and keep serving
+//! while etcd is away.
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -94,4 +99,124 @@ async fn a_missing_key_or_etcd_fails_the_start_clearly() {
     let mut p = Process::start(&["--config", &format!("etcd://{}/steelyard/config", dead.addr)]);
     p.wait_for_line(&format!("etcd at {}", dead.addr));
     assert_ne!(p.wait(), 0);
+}
+
+/// Which origin answered each of `n` requests in a row, counted by name; every one must be a 200.
+async fn served(client: &reqwest::Client, url: &str, n: usize) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for _ in 0..n {
+        let (status, body) = get(client, url).await;
+        assert_eq!(status.as_u16(), 200, "{body}");
+        *counts.entry(body).or_insert(0) += 1;
+    }
+    counts
+}
+
+fn counts(expected: &[(&str, usize)]) -> BTreeMap<String, usize> {
+    expected.iter().map(|(name, n)| (name.to_string(), *n)).collect()
+}
+
+/// A client requesting in a loop until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+    /// Ends with the number of requests that were not a 200.
+    task: tokio::task::JoinHandle<usize>,
+}
+
+fn keep_requesting(url: String) -> Load {
+    let (stop, sent) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+    let (flag, count) = (Arc::clone(&stop), Arc::clone(&sent));
+    let task = tokio::spawn(async move {
+        let client = client();
+        let mut failed = 0;
+        while !flag.load(Ordering::SeqCst) {
+            let ok = matches!(client.get(&url).send().await, Ok(r) if r.status() == 200);
+            failed += usize::from(!ok);
+            count.fetch_add(1, Ordering::SeqCst);
+        }
+        failed
+    });
+    Load { stop, sent, task }
+}
+
+/// `discover = { etcd = ... }`: every key under the prefix is a backend (`PREFIX` + IP:PORT,
+/// the value its weight). Backends registered before the start serve the first request; one
+/// that registers joins with its weight; one whose lease ends leaves without a request
+/// failing; while etcd is down the last set serves, and when it is back a new registration is
+/// followed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_registered_under_a_prefix_come_and_go_with_their_leases() {
+    const PREFIX: &str = "/steelyard/pools/web/backends/";
+    let (a, b, c) = (
+        spawn_origin("a").await,
+        spawn_origin("b").await,
+        spawn_origin("c").await,
+    );
+    let mut etcd = EtcdServer::start().await;
+    let lease = etcd.grant_lease(60).await;
+    etcd.put_with_lease(&format!("{PREFIX}{}", a.addr), "", &lease).await;
+    etcd.put(&format!("{PREFIX}{}", b.addr), "").await;
+    let dir = std::env::temp_dir().join(format!("steelyard-etcd-discovery-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("discover.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[server]\nworkers = 1\n\n[[listeners]]\nlisten = \"127.0.0.1:0\"\nroutes = [{{ pool = \"web\" }}]\n\n[pools.web]\ndiscover = {{ etcd = \"etcd://{}{PREFIX}\" }}\n",
+            etcd.addr
+        ),
+    )
+    .expect("write");
+    let mut p = Process::start(&["--config", file.to_str().expect("utf-8")]);
+    let url = format!("http://{}/", p.listening_addr());
+    let client = client();
+    assert_eq!(served(&client, &url, 4).await, counts(&[("a", 2), ("b", 2)]));
+
+    // c registers with weight 3: a rotation is a, b and three c.
+    let put = Instant::now();
+    etcd.put(&format!("{PREFIX}{}", c.addr), "3").await;
+    eventually("c to be served", || {
+        let (client, url) = (client.clone(), url.clone());
+        async move { get(&client, &url).await.1 == "c" }
+    })
+    .await;
+    eprintln!("a registered backend served {:?} after the put", put.elapsed());
+    assert_eq!(
+        served(&client, &url, 50).await,
+        counts(&[("a", 10), ("b", 10), ("c", 30)])
+    );
+
+    // a's lease ends (revoked here, as when its holder stops keeping it alive): a leaves
+    // while requests flow, and none fails.
+    let load = keep_requesting(url.clone());
+    eventually("the load to start", || async { load.sent.load(Ordering::SeqCst) >= 10 }).await;
+    etcd.revoke_lease(&lease).await;
+    eventually("a to be gone", || {
+        let (client, url) = (client.clone(), url.clone());
+        async move { !served(&client, &url, 4).await.contains_key("a") }
+    })
+    .await;
+    let during = a.requests();
+    load.stop.store(true, Ordering::SeqCst);
+    let failed = load.task.await.expect("load");
+    let sent = load.sent.load(Ordering::SeqCst);
+    assert_eq!(failed, 0, "{failed} of {sent} requests failed while a left");
+    eprintln!("{sent} requests while a left, none failed");
+    assert_eq!(served(&client, &url, 8).await, counts(&[("b", 2), ("c", 6)]));
+    assert_eq!(a.requests(), during, "a gets nothing once it left");
+
+    // etcd goes away: the last set keeps serving. Back, it is followed again.
+    etcd.kill();
+    p.wait_for_line("keeping the backends found before");
+    assert_eq!(served(&client, &url, 8).await, counts(&[("b", 2), ("c", 6)]));
+    etcd.restart().await;
+    etcd.put(&format!("{PREFIX}{}", a.addr), "").await;
+    eventually("a to be served again", || {
+        let (client, url) = (client.clone(), url.clone());
+        async move { get(&client, &url).await.1 == "a" }
+    })
+    .await;
+    p.signal("-TERM");
+    assert_eq!(p.wait(), 0);
 }

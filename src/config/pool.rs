@@ -322,7 +322,7 @@ pub(super) fn validate(name: &str, section: &Spanned<PoolSection>, has_redis: bo
     match (&p.backends, &p.discover) {
         (Some(b), Some(_)) => check.error(
             b.span(),
-            format!("{key}.backends: a pool with discover takes its backends from DNS; remove backends"),
+            format!("{key}.backends: a pool with discover takes its backends from DNS or etcd; remove backends"),
         ),
         (Some(b), None) if b.get_ref().is_empty() => {
             check.error(b.span(), format!("{key}.backends: a pool needs at least one backend"))
@@ -509,8 +509,8 @@ pub(super) fn validate(name: &str, section: &Spanned<PoolSection>, has_redis: bo
 fn discover(key: &str, d: &Spanned<DiscoverSection>, check: &mut Checker) -> Option<DiscoverConfig> {
     let s = d.get_ref();
     let key = format!("{key}.discover");
-    let name = match (&s.srv, &s.a) {
-        (Some(srv), None) => {
+    let name = match (&s.srv, &s.a, &s.etcd) {
+        (Some(srv), None, None) => {
             let n = srv.get_ref().trim().trim_end_matches('.');
             if n.is_empty() || n.contains(':') || n.contains(' ') {
                 check.error(
@@ -524,7 +524,7 @@ fn discover(key: &str, d: &Spanned<DiscoverSection>, check: &mut Checker) -> Opt
             }
             DiscoverName::Srv(format!("{n}."))
         }
-        (None, Some(a)) => match a
+        (None, Some(a), None) => match a
             .get_ref()
             .rsplit_once(':')
             .map(|(h, p)| (h.trim().trim_end_matches('.'), p.parse::<u16>()))
@@ -538,10 +538,46 @@ fn discover(key: &str, d: &Spanned<DiscoverSection>, check: &mut Checker) -> Opt
                 return None;
             }
         },
+        (None, None, Some(etcd)) => {
+            let parsed = etcd
+                .get_ref()
+                .strip_prefix("etcd://")
+                .and_then(|rest| rest.split_once('/'))
+                .filter(|(endpoint, prefix)| !endpoint.is_empty() && !prefix.trim_matches('/').is_empty());
+            let Some((endpoint, prefix)) = parsed else {
+                check.error(
+                    etcd.span(),
+                    format!(
+                        "{key}.etcd: {:?} is not etcd://HOST:PORT/PREFIX/ (keys PREFIX/IP:PORT are the backends)",
+                        etcd.get_ref()
+                    ),
+                );
+                return None;
+            };
+            for (set, name) in [
+                (s.nameserver.as_ref().map(Spanned::span), "nameserver"),
+                (s.min_ttl.as_ref().map(Spanned::span), "min_ttl"),
+                (s.max_ttl.as_ref().map(Spanned::span), "max_ttl"),
+            ] {
+                if let Some(span) = set {
+                    check.error(
+                        span,
+                        format!("{key}.{name}: applies to DNS discovery; etcd pushes every change as it happens"),
+                    );
+                }
+            }
+            // A key is PREFIX + address: "/web/" must not also take "/web2/...".
+            DiscoverName::Etcd {
+                endpoint: endpoint.to_owned(),
+                prefix: format!("/{}/", prefix.trim_matches('/')),
+            }
+        }
         _ => {
             check.error(
                 d.span(),
-                format!("{key}: give exactly one of srv = \"NAME\" or a = \"NAME:PORT\""),
+                format!(
+                    "{key}: give exactly one of srv = \"NAME\", a = \"NAME:PORT\" or etcd = \"etcd://HOST:PORT/PREFIX/\""
+                ),
             );
             return None;
         }
@@ -580,7 +616,7 @@ pub const DEFAULT_DISCOVER_MIN_TTL: Duration = Duration::from_secs(1);
 /// Default longest time between discovery lookups.
 pub const DEFAULT_DISCOVER_MAX_TTL: Duration = Duration::from_secs(300);
 
-/// A pool's backends found in DNS.
+/// A pool's backends found in DNS or registered in etcd.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiscoverConfig {
     /// What to look up.
@@ -593,7 +629,8 @@ pub struct DiscoverConfig {
     pub max_ttl: Duration,
 }
 
-/// The DNS name a pool's backends come from (fully qualified, ending in a dot).
+/// Where a pool's backends come from: a DNS name (fully qualified, ending in a dot) or an
+/// etcd key prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DiscoverName {
     /// SRV records: target, port, weight; the lowest priority value serves, the others are
@@ -605,6 +642,14 @@ pub enum DiscoverName {
         host: String,
         /// The backends' port.
         port: u16,
+    },
+    /// Keys under `prefix` in etcd, each `PREFIX` + `IP:PORT` a backend, its value (if not
+    /// empty) the weight; they come and go with their writers' leases.
+    Etcd {
+        /// `HOST:PORT` of an etcd client endpoint.
+        endpoint: String,
+        /// The key prefix, starting and ending with `/`.
+        prefix: String,
     },
 }
 

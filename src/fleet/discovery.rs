@@ -1,5 +1,6 @@
 //! Backends found in DNS (`discover = { srv = ... }` or `{ a = ... }`), looked up again as
-//! their records' TTLs run out.
+//! their records' TTLs run out, or registered in etcd (`{ etcd = ... }`, followed by
+//! [`super::etcd_backends`], which pushes each change).
 //!
 //! SRV records follow RFC 2782: each record is a backend (its target's addresses on its port,
 //! its weight); the records with the lowest priority value serve and the others are backups,
@@ -13,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_resolver::config::{
@@ -21,14 +23,19 @@ use hickory_resolver::config::{
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::{Resolver, TokioResolver};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::etcd::REQUEST_TIMEOUT;
+use super::etcd_backends::Registered;
 use crate::config::{BackendConfig, Config, DiscoverConfig, DiscoverName, MAX_WEIGHT};
 
 /// Every pool's discovery: what each found, and when each looks again.
 #[derive(Default)]
 pub struct Discovery {
     watched: Vec<Watched>,
+    /// Notified when a pool's registered backends (etcd) change.
+    registered_changed: Arc<Notify>,
 }
 
 impl std::fmt::Debug for Discovery {
@@ -40,10 +47,20 @@ impl std::fmt::Debug for Discovery {
 struct Watched {
     pool: String,
     config: DiscoverConfig,
-    resolver: Option<TokioResolver>,
+    source: Source,
+    /// The next DNS lookup (unused for etcd, which pushes changes).
     next: Instant,
     /// The last answer; `None` until a lookup succeeded.
     found: Option<Vec<BackendConfig>>,
+}
+
+/// How a pool's backends are found.
+enum Source {
+    /// Looked up in DNS (no resolver when it could not be made; logged). Boxed: a resolver
+    /// is some 300 bytes, a pool or two hold one, and only the control thread reads it.
+    Dns(Option<Box<TokioResolver>>),
+    /// Registered under an etcd prefix, followed by a task.
+    Etcd(Registered),
 }
 
 impl Discovery {
@@ -58,12 +75,24 @@ impl Discovery {
                 .position(|w| w.pool == pool.name && w.config == *d)
                 .map(|i| old.swap_remove(i));
             self.watched.push(kept.unwrap_or_else(|| {
+                let source = match &d.name {
+                    DiscoverName::Etcd { endpoint, prefix } => Source::Etcd(Registered::follow(
+                        &pool.name,
+                        endpoint,
+                        prefix,
+                        Arc::clone(&self.registered_changed),
+                    )),
+                    DiscoverName::A { .. } | DiscoverName::Srv(_) => Source::Dns(
+                        resolver(d.nameserver)
+                            .inspect_err(|e| tracing::error!(pool = %pool.name, "cannot make a DNS resolver: {e}"))
+                            .ok()
+                            .map(Box::new),
+                    ),
+                };
                 Watched {
                     pool: pool.name.clone(),
                     config: d.clone(),
-                    resolver: resolver(d.nameserver)
-                        .inspect_err(|e| tracing::error!(pool = %pool.name, "cannot make a DNS resolver: {e}"))
-                        .ok(),
+                    source,
                     next: Instant::now(),
                     found: None,
                 }
@@ -86,19 +115,58 @@ impl Discovery {
         }
     }
 
-    /// When the next lookup is due, if any pool discovers.
+    /// When the next DNS lookup is due, if any pool looks up DNS.
     pub fn next_due(&self) -> Option<Instant> {
-        self.watched.iter().map(|w| w.next).min()
+        self.watched
+            .iter()
+            .filter(|w| matches!(w.source, Source::Dns(_)))
+            .map(|w| w.next)
+            .min()
     }
 
-    /// Looks up every pool whose time has come; true when some pool's backends changed.
+    /// Completes when some pool's registered backends (etcd) changed: then
+    /// [`Discovery::refresh_due`] takes the new set.
+    pub async fn registered_changed(&self) {
+        self.registered_changed.notified().await;
+    }
+
+    /// Waits for the first set of every pool registered in etcd that has none yet, for up to
+    /// the time one etcd request may take (at start: a pool whose etcd is unreachable starts
+    /// empty, answering 503, and fills when etcd answers).
+    pub async fn first_answers(&mut self) {
+        for w in self.watched.iter_mut().filter(|w| w.found.is_none()) {
+            if let Source::Etcd(registered) = &mut w.source {
+                registered.first(REQUEST_TIMEOUT).await;
+            }
+        }
+    }
+
+    /// Takes what etcd pushed and looks up every DNS pool whose time has come; true when some
+    /// pool's backends changed.
     pub async fn refresh_due(&mut self) -> bool {
         let now = Instant::now();
         let mut changed = false;
-        for w in self.watched.iter_mut().filter(|w| w.next <= now) {
-            let Some(resolver) = &w.resolver else {
-                w.next = now + w.config.max_ttl;
+        for w in &mut self.watched {
+            let Source::Etcd(registered) = &mut w.source else {
                 continue;
+            };
+            if let Some(backends) = registered.take_changed() {
+                if w.found.as_ref() != Some(&backends) {
+                    let list: Vec<String> = backends.iter().map(|b| b.address.to_string()).collect();
+                    tracing::info!(pool = %w.pool, backends = %list.join(", "), "etcd discovery: backends changed");
+                    w.found = Some(backends);
+                    changed = true;
+                }
+            }
+        }
+        for w in self.watched.iter_mut().filter(|w| w.next <= now) {
+            let resolver = match &w.source {
+                Source::Etcd(_) => continue,
+                Source::Dns(Some(resolver)) => resolver,
+                Source::Dns(None) => {
+                    w.next = now + w.config.max_ttl;
+                    continue;
+                }
             };
             match lookup(resolver, &w.config.name).await {
                 Ok((mut backends, valid_until)) => {
@@ -200,6 +268,7 @@ async fn lookup(resolver: &TokioResolver, name: &DiscoverName) -> Result<(Vec<Ba
             }
             Ok((backends, Instant::from_std(valid_until)))
         }
+        DiscoverName::Etcd { .. } => Err("etcd prefixes are followed, not looked up".into()),
     }
 }
 

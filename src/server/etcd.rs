@@ -3,22 +3,16 @@
 //! transactional reload as a file (an invalid revision is logged with its revision number and
 //! `line:column`, and the running config stays).
 //!
-//! It speaks etcd's v3 JSON gateway (`/v3/kv/range`, `/v3/watch`) over HTTP/1.1, which every
-//! etcd since 3.4 serves on its client port: no gRPC stubs, so no `protoc` at build time. When
+//! It speaks etcd's v3 JSON gateway ([`crate::fleet::etcd`]). When
 //! the watch breaks (etcd restarting, a compacted revision), it reads the key again after a
 //! short pause and watches on from there; revisions already applied are not applied twice.
 
 use std::time::Duration;
 
-use base64::Engine as _;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
-use serde_json::{json, Value};
-
 use super::dns::System;
 use super::ReloadHandle;
 use crate::config::Config;
+use crate::fleet::etcd::Gateway;
 
 /// Where the config lives: `etcd://HOST:PORT/KEY`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,22 +91,28 @@ impl EtcdSource {
     }
 
     async fn read(&self) -> Result<Revision, EtcdError> {
-        let reply = self
-            .post("/v3/kv/range", json!({ "key": b64(&self.key) }))
+        let range = self
+            .gateway()
+            .range(&self.key, None)
             .await
             .map_err(|why| self.unreachable(why))?;
-        let store = int(&reply["header"]["revision"]);
-        let Some(kv) = reply["kvs"].as_array().and_then(|k| k.first()) else {
+        let Some(kv) = range.kvs.into_iter().next() else {
             return Err(EtcdError::Missing {
                 endpoint: self.endpoint.clone(),
                 key: self.key.clone(),
             });
         };
         Ok(Revision {
-            number: int(&kv["mod_revision"]),
-            store,
-            text: unb64(kv["value"].as_str().unwrap_or("")).map_err(|why| self.unreachable(why))?,
+            number: kv.mod_revision,
+            store: range.store,
+            text: kv.value,
         })
+    }
+
+    fn gateway(&self) -> Gateway {
+        Gateway {
+            endpoint: self.endpoint.clone(),
+        }
     }
 
     fn unreachable(&self, why: String) -> EtcdError {
@@ -120,42 +120,6 @@ impl EtcdSource {
             endpoint: self.endpoint.clone(),
             why,
         }
-    }
-
-    /// One JSON request to the gateway.
-    async fn post(&self, path: &str, body: Value) -> Result<Value, String> {
-        let res = self.send(path, body).await?;
-        let status = res.status();
-        let bytes = tokio::time::timeout(REQUEST_TIMEOUT, res.into_body().collect())
-            .await
-            .map_err(|_| "no answer in time".to_owned())?
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        let value: Value = serde_json::from_slice(&bytes).map_err(|e| format!("not the v3 JSON gateway: {e}"))?;
-        if !status.is_success() {
-            return Err(format!("{status}: {}", value["message"].as_str().unwrap_or("")));
-        }
-        Ok(value)
-    }
-
-    async fn send(&self, path: &str, body: Value) -> Result<http::Response<hyper::body::Incoming>, String> {
-        let stream = tokio::time::timeout(REQUEST_TIMEOUT, tokio::net::TcpStream::connect(self.endpoint.as_str()))
-            .await
-            .map_err(|_| "connect timed out".to_owned())?
-            .map_err(|e| e.to_string())?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(connection);
-        let req = http::Request::post(path)
-            .header(http::header::HOST, self.endpoint.as_str())
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))
-            .map_err(|e| e.to_string())?;
-        tokio::time::timeout(REQUEST_TIMEOUT, sender.send_request(req))
-            .await
-            .map_err(|_| "no answer in time".to_owned())?
-            .map_err(|e| e.to_string())
     }
 
     /// Watches the key forever from after revision `applied`, applying each new revision
@@ -190,46 +154,21 @@ impl EtcdSource {
         if current.number > *applied {
             self.apply(current, applied, reload, adjust).await;
         }
-        let create = json!({ "create_request": { "key": b64(&self.key), "start_revision": from.to_string() } });
-        let res = self.send("/v3/watch", create).await?;
-        if !res.status().is_success() {
-            return Err(format!("watch refused: {}", res.status()));
-        }
-        let mut body = res.into_body();
-        let mut pending: Vec<u8> = Vec::new();
+        let mut watch = self.gateway().watch(&self.key, None, from).await?;
         loop {
-            let frame = match body.frame().await {
-                None => return Err("etcd closed the watch".into()),
-                Some(Err(e)) => return Err(e.to_string()),
-                Some(Ok(frame)) => frame,
-            };
-            let Ok(data) = frame.into_data() else { continue };
-            pending.extend_from_slice(&data);
-            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = pending.drain(..=end).collect();
-                let message: Value = serde_json::from_slice(&line).map_err(|e| format!("bad watch message: {e}"))?;
-                if message.get("error").is_some() {
-                    return Err(format!("etcd ended the watch: {}", message["error"]));
+            for event in watch.next().await? {
+                let number = event.kv.mod_revision;
+                if event.deleted {
+                    tracing::warn!(source = %self.url(), revision = number, "the config key was deleted; the running config stays");
+                    continue;
                 }
-                let result = &message["result"];
-                if result["canceled"].as_bool() == Some(true) {
-                    return Err("etcd cancelled the watch (compacted)".into());
-                }
-                for event in result["events"].as_array().into_iter().flatten() {
-                    let number = int(&event["kv"]["mod_revision"]);
-                    if event["type"].as_str() == Some("DELETE") {
-                        tracing::warn!(source = %self.url(), revision = number, "the config key was deleted; the running config stays");
-                        continue;
-                    }
-                    let text = unb64(event["kv"]["value"].as_str().unwrap_or(""))?;
-                    if number > *applied {
-                        let rev = Revision {
-                            number,
-                            store: number,
-                            text,
-                        };
-                        self.apply(rev, applied, reload, adjust).await;
-                    }
+                if number > *applied {
+                    let rev = Revision {
+                        number,
+                        store: number,
+                        text: event.kv.value,
+                    };
+                    self.apply(rev, applied, reload, adjust).await;
                 }
             }
         }
@@ -257,29 +196,6 @@ impl EtcdSource {
     }
 }
 
-/// Longest wait for one request to etcd (not the watch, which stays open).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
-fn b64(s: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(s.as_bytes())
-}
-
-fn unb64(s: &str) -> Result<String, String> {
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(s)
-        .map_err(|e| format!("bad base64 from etcd: {e}"))?;
-    String::from_utf8(bytes).map_err(|_| "the config is not UTF-8".to_owned())
-}
-
-/// The gateway writes 64-bit integers as strings.
-fn int(v: &Value) -> i64 {
-    match v {
-        Value::String(s) => s.parse().unwrap_or(0),
-        Value::Number(n) => n.as_i64().unwrap_or(0),
-        _ => 0,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,7 +211,5 @@ mod tests {
         );
         assert!(EtcdSource::parse("etcd://127.0.0.1:2379").expect("etcd").is_err());
         assert_eq!(EtcdSource::parse("/etc/steelyard.toml"), None);
-        assert_eq!(int(&json!("42")), 42);
-        assert_eq!(unb64(&b64("a = 1")).as_deref(), Ok("a = 1"));
     }
 }

@@ -234,9 +234,10 @@ impl Server {
             config: self.config.clone(),
             discovery: Default::default(),
         };
-        // Pools that discover their backends start with what DNS says (or empty, answering
+        // Pools that discover their backends start with what DNS or etcd says (or empty, answering
         // 503, until it answers).
         running.discovery.follow(&self.config);
+        running.discovery.first_answers().await;
         running.discovery.refresh_due().await;
         crate::admin::sample_rates(&running.admin_state);
         // Starting is the first reload: the same prepare (everything that can fail) and
@@ -295,6 +296,7 @@ impl Server {
                 }
                 Some(()) = tick(&mut dns_tick) => running.refresh_dns().await,
                 () = until(running.discovery.next_due()) => running.refresh_discovery().await,
+                () = running.discovery.registered_changed() => running.refresh_discovery().await,
             }
         }
 

@@ -117,21 +117,53 @@ impl EtcdServer {
     /// Puts `value` under `key`; returns the new revision.
     pub async fn put(&self, key: &str, value: &str) -> i64 {
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-        let body = serde_json::json!({ "key": b64(key), "value": b64(value) }).to_string();
+        let v = self
+            .call(
+                "/v3/kv/put",
+                serde_json::json!({ "key": b64(key), "value": b64(value) }),
+            )
+            .await;
+        revision(&v)
+    }
+
+    /// Puts `value` under `key` attached to lease `lease`: the key goes when the lease does.
+    pub async fn put_with_lease(&self, key: &str, value: &str, lease: &str) -> i64 {
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let v = self
+            .call(
+                "/v3/kv/put",
+                serde_json::json!({ "key": b64(key), "value": b64(value), "lease": lease }),
+            )
+            .await;
+        revision(&v)
+    }
+
+    /// Grants a lease of `ttl_seconds`; returns its ID.
+    pub async fn grant_lease(&self, ttl_seconds: u64) -> String {
+        let v = self
+            .call("/v3/lease/grant", serde_json::json!({ "TTL": ttl_seconds }))
+            .await;
+        v["ID"].as_str().expect("lease ID").to_owned()
+    }
+
+    /// Revokes lease `lease`: etcd deletes every key attached to it, as when it runs out.
+    pub async fn revoke_lease(&self, lease: &str) -> i64 {
+        let v = self.call("/v3/lease/revoke", serde_json::json!({ "ID": lease })).await;
+        revision(&v)
+    }
+
+    /// One request to the v3 JSON gateway; its JSON reply.
+    async fn call(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
         let reply = super::client()
-            .post(format!("http://{}/v3/kv/put", self.addr))
-            .body(body)
+            .post(format!("http://{}{path}", self.addr))
+            .body(body.to_string())
             .send()
             .await
-            .expect("put")
+            .expect(path)
             .text()
             .await
-            .expect("put reply");
-        let v: serde_json::Value = serde_json::from_str(&reply).expect("json");
-        v["header"]["revision"]
-            .as_str()
-            .and_then(|r| r.parse().ok())
-            .expect("revision")
+            .expect("etcd reply");
+        serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{path}: {e}: {reply}"))
     }
 
     /// Kills it (SIGKILL).
@@ -141,6 +173,14 @@ impl EtcdServer {
             let _ = child.wait();
         }
     }
+}
+
+/// The store revision an etcd reply's header names.
+fn revision(reply: &serde_json::Value) -> i64 {
+    reply["header"]["revision"]
+        .as_str()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("no revision in {reply}"))
 }
 
 impl Drop for EtcdServer {

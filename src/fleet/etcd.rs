@@ -1,0 +1,238 @@
+//! A client for etcd's v3 JSON gateway (`/v3/kv/range`, `/v3/watch`), which every etcd since
+//! 3.4 serves on its client port over HTTP/1.1: no gRPC stubs, so no `protoc` at build time.
+//! Used by the config kept in etcd and by pools whose backends are registered under a key
+//! prefix.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+
+/// Longest wait for one request to etcd (not a watch, which stays open).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One etcd client endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gateway {
+    /// `HOST:PORT`.
+    pub endpoint: String,
+}
+
+/// A key and its value as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kv {
+    /// The key.
+    pub key: String,
+    /// Its value (UTF-8).
+    pub value: String,
+    /// The store revision that last changed it.
+    pub mod_revision: i64,
+}
+
+/// What a range read found.
+#[derive(Debug)]
+pub struct Range {
+    /// The store's revision at the read (a watch from `store + 1` misses nothing).
+    pub store: i64,
+    /// The keys found, in key order.
+    pub kvs: Vec<Kv>,
+}
+
+/// One change a watch reports.
+#[derive(Debug)]
+pub struct Event {
+    /// The key was deleted (or its lease expired); `kv.value` is empty then.
+    pub deleted: bool,
+    /// The key and its new value.
+    pub kv: Kv,
+}
+
+/// An open watch: the gateway streams one JSON message per line.
+pub struct Watch {
+    body: hyper::body::Incoming,
+    pending: Vec<u8>,
+}
+
+impl Gateway {
+    /// The keys from `key` (alone, or up to `range_end` exclusive).
+    pub async fn range(&self, key: &str, range_end: Option<&[u8]>) -> Result<Range, String> {
+        let mut request = json!({ "key": b64(key.as_bytes()) });
+        if let Some(end) = range_end {
+            request["range_end"] = json!(b64(end));
+        }
+        let reply = self.post("/v3/kv/range", request).await?;
+        let kvs = reply["kvs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(kv)
+            .collect::<Result<_, _>>()?;
+        Ok(Range {
+            store: int(&reply["header"]["revision"]),
+            kvs,
+        })
+    }
+
+    /// Watches `key` (alone, or up to `range_end`) from store revision `start`.
+    pub async fn watch(&self, key: &str, range_end: Option<&[u8]>, start: i64) -> Result<Watch, String> {
+        let mut create = json!({ "key": b64(key.as_bytes()), "start_revision": start.to_string() });
+        if let Some(end) = range_end {
+            create["range_end"] = json!(b64(end));
+        }
+        let res = self.send("/v3/watch", json!({ "create_request": create })).await?;
+        if !res.status().is_success() {
+            return Err(format!("watch refused: {}", res.status()));
+        }
+        Ok(Watch {
+            body: res.into_body(),
+            pending: Vec::new(),
+        })
+    }
+
+    /// One JSON request to the gateway.
+    async fn post(&self, path: &str, body: Value) -> Result<Value, String> {
+        let res = self.send(path, body).await?;
+        let status = res.status();
+        let bytes = tokio::time::timeout(REQUEST_TIMEOUT, res.into_body().collect())
+            .await
+            .map_err(|_| "no answer in time".to_owned())?
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        let value: Value = serde_json::from_slice(&bytes).map_err(|e| format!("not the v3 JSON gateway: {e}"))?;
+        if !status.is_success() {
+            return Err(format!("{status}: {}", value["message"].as_str().unwrap_or("")));
+        }
+        Ok(value)
+    }
+
+    async fn send(&self, path: &str, body: Value) -> Result<http::Response<hyper::body::Incoming>, String> {
+        let stream = tokio::time::timeout(REQUEST_TIMEOUT, tokio::net::TcpStream::connect(self.endpoint.as_str()))
+            .await
+            .map_err(|_| "connect timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        let req = http::Request::post(path)
+            .header(http::header::HOST, self.endpoint.as_str())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .map_err(|e| e.to_string())?;
+        tokio::time::timeout(REQUEST_TIMEOUT, sender.send_request(req))
+            .await
+            .map_err(|_| "no answer in time".to_owned())?
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl Watch {
+    /// The next batch of changes (possibly empty: the watch's creation, progress notices).
+    /// An error ends the watch: etcd closed it, cancelled it (a compacted revision) or sent
+    /// something else than the gateway's messages.
+    pub async fn next(&mut self) -> Result<Vec<Event>, String> {
+        loop {
+            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=end).collect();
+                return events(&line);
+            }
+            let frame = match self.body.frame().await {
+                None => return Err("etcd closed the watch".into()),
+                Some(Err(e)) => return Err(e.to_string()),
+                Some(Ok(frame)) => frame,
+            };
+            if let Ok(data) = frame.into_data() {
+                self.pending.extend_from_slice(&data);
+            }
+        }
+    }
+}
+
+/// The events of one watch message.
+fn events(line: &[u8]) -> Result<Vec<Event>, String> {
+    let message: Value = serde_json::from_slice(line).map_err(|e| format!("bad watch message: {e}"))?;
+    if message.get("error").is_some() {
+        return Err(format!("etcd ended the watch: {}", message["error"]));
+    }
+    let result = &message["result"];
+    if result["canceled"].as_bool() == Some(true) {
+        return Err("etcd cancelled the watch (compacted)".into());
+    }
+    result["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|event| {
+            Ok(Event {
+                deleted: event["type"].as_str() == Some("DELETE"),
+                kv: kv(&event["kv"])?,
+            })
+        })
+        .collect()
+}
+
+fn kv(v: &Value) -> Result<Kv, String> {
+    Ok(Kv {
+        key: unb64(v["key"].as_str().unwrap_or(""))?,
+        value: unb64(v["value"].as_str().unwrap_or(""))?,
+        mod_revision: int(&v["mod_revision"]),
+    })
+}
+
+/// The end of the range of keys starting with `prefix` (etcd's `--prefix`): the prefix with
+/// its last byte incremented, shorter when that byte is already 0xff.
+pub fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Empty: every key; etcd spells that as the single byte 0.
+    vec![0]
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn unb64(s: &str) -> Result<String, String> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map_err(|e| format!("bad base64 from etcd: {e}"))?;
+    String::from_utf8(bytes).map_err(|_| "a key or value from etcd is not UTF-8".to_owned())
+}
+
+/// The gateway writes 64-bit integers as strings.
+fn int(v: &Value) -> i64 {
+    match v {
+        Value::String(s) => s.parse().unwrap_or(0),
+        Value::Number(n) => n.as_i64().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_decode() {
+        assert_eq!(int(&json!("42")), 42);
+        assert_eq!(int(&json!(7)), 7);
+        assert_eq!(unb64(&b64(b"a = 1")).as_deref(), Ok("a = 1"));
+        assert_eq!(prefix_end("/pools/web/"), b"/pools/web0");
+        assert_eq!(prefix_end("a"), b"b");
+        let events = events(
+            br#"{"result":{"events":[{"type":"DELETE","kv":{"key":"L2sx","mod_revision":"9"}},{"kv":{"key":"L2sy","value":"Mw==","mod_revision":"10"}}]}}"#,
+        )
+        .expect("events");
+        assert_eq!(events.len(), 2);
+        assert!(events[0].deleted && events[0].kv.key == "/k1" && events[0].kv.mod_revision == 9);
+        assert!(!events[1].deleted && events[1].kv.value == "3");
+    }
+}

@@ -1,0 +1,169 @@
+//! Backends registered in etcd (`discover = { etcd = "etcd://HOST:PORT/PREFIX/" }`): each key
+//! `PREFIX` + `IP:PORT` is a backend, its value (if not empty) the weight. A backend registers
+//! itself with a lease it keeps alive (`etcdctl lease grant`, `put --lease`, `lease
+//! keep-alive`), so it leaves when it stops or dies: etcd deletes the key when the lease runs
+//! out.
+//!
+//! One task per pool reads the prefix, then watches it from the revision read and keeps the
+//! set current, publishing each new set for the control thread (which applies it through the
+//! reload path as a set difference, like DNS discovery). When etcd cannot be reached or the
+//! watch breaks, the last set stays and the prefix is read again after a pause (200 ms,
+//! doubling to 5 s).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+
+use super::etcd::{prefix_end, Gateway, Kv};
+use crate::config::{BackendConfig, MAX_WEIGHT};
+
+/// A pool's registered backends, followed by a task that ends when this is dropped.
+pub struct Registered {
+    found: watch::Receiver<Option<Vec<BackendConfig>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Registered {
+    /// Starts following `prefix` at `endpoint` for `pool`; `changed` is notified whenever
+    /// the set changes.
+    pub fn follow(pool: &str, endpoint: &str, prefix: &str, changed: Arc<Notify>) -> Registered {
+        let (tx, found) = watch::channel(None);
+        let follower = Follower {
+            pool: pool.to_owned(),
+            gateway: Gateway {
+                endpoint: endpoint.to_owned(),
+            },
+            prefix: prefix.to_owned(),
+            tx,
+            changed,
+        };
+        Registered {
+            found,
+            task: tokio::spawn(follower.run()),
+        }
+    }
+
+    /// The set published since the last call, if it changed (sorted by address).
+    pub fn take_changed(&mut self) -> Option<Vec<BackendConfig>> {
+        if !self.found.has_changed().unwrap_or(false) {
+            return None;
+        }
+        self.found.borrow_and_update().clone()
+    }
+
+    /// Waits up to `limit` for the first set (etcd read at start), leaving it for
+    /// [`Registered::take_changed`].
+    pub async fn first(&mut self, limit: Duration) {
+        let mut peek = self.found.clone();
+        let _ = tokio::time::timeout(limit, peek.wait_for(Option::is_some)).await;
+    }
+}
+
+struct Follower {
+    pool: String,
+    gateway: Gateway,
+    prefix: String,
+    tx: watch::Sender<Option<Vec<BackendConfig>>>,
+    changed: Arc<Notify>,
+}
+
+impl Follower {
+    async fn run(self) {
+        let mut pause = Duration::from_millis(200);
+        loop {
+            let why = self.follow(&mut pause).await;
+            tracing::warn!(
+                pool = %self.pool,
+                "etcd discovery at {}{}: {why}; keeping the backends found before, reading again in {pause:?}",
+                self.gateway.endpoint,
+                self.prefix
+            );
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Reads the prefix, then follows its changes until the watch breaks.
+    async fn follow(&self, pause: &mut Duration) -> String {
+        let end = prefix_end(&self.prefix);
+        let range = match self.gateway.range(&self.prefix, Some(&end)).await {
+            Ok(range) => range,
+            Err(why) => return why,
+        };
+        *pause = Duration::from_millis(200);
+        let mut keys: BTreeMap<String, BackendConfig> = range.kvs.iter().filter_map(|kv| self.backend(kv)).collect();
+        self.publish(&keys);
+        let mut watch = match self.gateway.watch(&self.prefix, Some(&end), range.store + 1).await {
+            Ok(watch) => watch,
+            Err(why) => return why,
+        };
+        loop {
+            let events = match watch.next().await {
+                Ok(events) => events,
+                Err(why) => return why,
+            };
+            if events.is_empty() {
+                continue;
+            }
+            for event in events {
+                keys.remove(&event.kv.key);
+                if !event.deleted {
+                    keys.extend(self.backend(&event.kv));
+                }
+            }
+            self.publish(&keys);
+        }
+    }
+
+    /// The backend a key names, or `None` (logged) when the key or value is not one.
+    fn backend(&self, kv: &Kv) -> Option<(String, BackendConfig)> {
+        let name = kv.key.strip_prefix(&self.prefix).unwrap_or(&kv.key);
+        let Ok(address) = name.parse::<SocketAddr>() else {
+            tracing::warn!(pool = %self.pool, key = %kv.key, "etcd discovery: the key does not end in IP:PORT; skipped");
+            return None;
+        };
+        let value = kv.value.trim();
+        let weight = if value.is_empty() {
+            1
+        } else {
+            match value.parse::<u32>() {
+                Ok(w) if (1..=MAX_WEIGHT).contains(&w) => w,
+                _ => {
+                    tracing::warn!(pool = %self.pool, key = %kv.key, value, "etcd discovery: the value is not a weight from 1 to {MAX_WEIGHT} (or empty); skipped");
+                    return None;
+                }
+            }
+        };
+        let backend = BackendConfig {
+            address,
+            weight,
+            dns_name: None,
+            backup: false,
+        };
+        Some((kv.key.clone(), backend))
+    }
+
+    fn publish(&self, keys: &BTreeMap<String, BackendConfig>) {
+        let mut backends: Vec<BackendConfig> = keys.values().cloned().collect();
+        backends.sort_by_key(|b| b.address);
+        let modified = self.tx.send_if_modified(|current| {
+            if current.as_ref() == Some(&backends) {
+                return false;
+            }
+            *current = Some(backends);
+            true
+        });
+        if modified {
+            self.changed.notify_one();
+        }
+    }
+}
