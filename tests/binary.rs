@@ -85,6 +85,32 @@ async fn config_file_run_and_startup_line() {
     assert_eq!(p.wait(), 0);
 }
 
+/// A SIGTERM that arrives while Steelyard is still starting, its listener bound (here it
+/// waits up to 5 s for an etcd that does not answer), ends it cleanly with 0: the handler is
+/// in place before the listener opens, so the signal never takes the default action that
+/// kills the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_during_the_start_is_a_clean_shutdown() {
+    let etcd = closed_port();
+    let listen = free_port();
+    let file = temp_file(
+        "starting.toml",
+        &format!(
+            "[[listeners]]\nlisten = \"{listen}\"\nroutes = [{{ pool = \"web\" }}]\n[pools.web]\ndiscover = {{ etcd = \"etcd://{}/web/\" }}\n",
+            etcd.addr
+        ),
+    );
+    let mut p = Process::start(&["-c", file.to_str().expect("path")]);
+    eventually("the listener to be bound", || async {
+        tokio::net::TcpStream::connect(listen).await.is_ok()
+    })
+    .await;
+    p.signal("-TERM");
+    assert_eq!(p.wait(), 0);
+    let out = p.collect().join("\n");
+    assert!(out.contains("received SIGTERM"), "{out}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let origin = spawn_origin("a").await;

@@ -143,8 +143,8 @@ fn keep_requesting(url: String) -> Load {
 /// `discover = { etcd = ... }`: every key under the prefix is a backend (`PREFIX` + IP:PORT,
 /// the value its weight). Backends registered before the start serve the first request; one
 /// that registers joins with its weight; one whose lease ends leaves without a request
-/// failing; while etcd is down the last set serves, and when it is back a new registration is
-/// followed again.
+/// failing; while etcd is down the last set serves, through a reload that moves the pool to
+/// another prefix too, and when etcd is back the new prefix is followed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backends_registered_under_a_prefix_come_and_go_with_their_leases() {
     const PREFIX: &str = "/steelyard/pools/web/backends/";
@@ -160,14 +160,14 @@ async fn backends_registered_under_a_prefix_come_and_go_with_their_leases() {
     let dir = std::env::temp_dir().join(format!("steelyard-etcd-discovery-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let file = dir.join("discover.toml");
-    std::fs::write(
-        &file,
+    let etcd_addr = etcd.addr;
+    let toml = move |prefix: &str| {
         format!(
-            "[server]\nworkers = 1\n\n[[listeners]]\nlisten = \"127.0.0.1:0\"\nroutes = [{{ pool = \"web\" }}]\n\n[pools.web]\ndiscover = {{ etcd = \"etcd://{}{PREFIX}\" }}\n",
-            etcd.addr
-        ),
-    )
-    .expect("write");
+            "[server]\nworkers = 1\n\n[[listeners]]\nlisten = \"127.0.0.1:0\"\nroutes = [{{ pool = \"web\" }}]\n\n[pools.web]\ndiscover = {{ etcd = \"etcd://{}{prefix}\" }}\n",
+            etcd_addr
+        )
+    };
+    std::fs::write(&file, toml(PREFIX)).expect("write");
     let mut p = Process::start(&["--config", file.to_str().expect("utf-8")]);
     let url = format!("http://{}/", p.listening_addr());
     let client = client();
@@ -192,9 +192,20 @@ async fn backends_registered_under_a_prefix_come_and_go_with_their_leases() {
     let load = keep_requesting(url.clone());
     eventually("the load to start", || async { load.sent.load(Ordering::SeqCst) >= 10 }).await;
     etcd.revoke_lease(&lease).await;
-    eventually("a to be gone", || {
-        let (client, url) = (client.clone(), url.clone());
-        async move { !served(&client, &url, 4).await.contains_key("a") }
+    // The third change: a and b at the start, then c, now a gone.
+    let line = p.wait_for_nth("etcd discovery: backends changed", 3);
+    assert!(
+        !line.contains(&a.addr.to_string()) && line.contains(&b.addr.to_string()) && line.contains(&c.addr.to_string()),
+        "{line}"
+    );
+    // Any 5 requests in a row include one for a while it is in the rotation (a, b, 3 c).
+    eventually("a to be out of the rotation", || {
+        let (client, url, a) = (client.clone(), url.clone(), a.clone());
+        async move {
+            let before = a.requests();
+            served(&client, &url, 5).await;
+            a.requests() == before
+        }
     })
     .await;
     let during = a.requests();
@@ -206,15 +217,24 @@ async fn backends_registered_under_a_prefix_come_and_go_with_their_leases() {
     assert_eq!(served(&client, &url, 8).await, counts(&[("b", 2), ("c", 6)]));
     assert_eq!(a.requests(), during, "a gets nothing once it left");
 
-    // etcd goes away: the last set keeps serving. Back, it is followed again.
+    // a registers under another prefix, which the pool does not follow (yet).
+    const MOVED: &str = "/steelyard/pools/web-v2/backends/";
+    etcd.put(&format!("{MOVED}{}", a.addr), "").await;
+    assert_eq!(served(&client, &url, 8).await, counts(&[("b", 2), ("c", 6)]));
+
+    // etcd goes away: the last set keeps serving, through a reload that moves the pool to
+    // the other prefix too. Back, the new prefix is read: only a.
     etcd.kill();
     p.wait_for_line("keeping the backends found before");
     assert_eq!(served(&client, &url, 8).await, counts(&[("b", 2), ("c", 6)]));
+    std::fs::write(&file, toml(MOVED)).expect("write");
+    p.signal("-HUP");
+    p.wait_for_line("config reloaded");
+    assert_eq!(served(&client, &url, 8).await, counts(&[("b", 2), ("c", 6)]));
     etcd.restart().await;
-    etcd.put(&format!("{PREFIX}{}", a.addr), "").await;
-    eventually("a to be served again", || {
+    eventually("only a to be served", || {
         let (client, url) = (client.clone(), url.clone());
-        async move { get(&client, &url).await.1 == "a" }
+        async move { served(&client, &url, 4).await == counts(&[("a", 4)]) }
     })
     .await;
     p.signal("-TERM");

@@ -65,7 +65,8 @@ enum Source {
 
 impl Discovery {
     /// Follows `config`'s pools: keeps what pools whose discovery did not change found, looks
-    /// up new ones at once, forgets the rest.
+    /// up new ones at once, forgets the rest. A pool whose discovery changed keeps the
+    /// backends found before until its new source answers.
     pub fn follow(&mut self, config: &Config) {
         let mut old = std::mem::take(&mut self.watched);
         for pool in &config.pools {
@@ -74,6 +75,11 @@ impl Discovery {
                 .iter()
                 .position(|w| w.pool == pool.name && w.config == *d)
                 .map(|i| old.swap_remove(i));
+            let mut before = || {
+                old.iter_mut()
+                    .find(|w| w.pool == pool.name)
+                    .and_then(|w| w.found.take())
+            };
             self.watched.push(kept.unwrap_or_else(|| {
                 let source = match &d.name {
                     DiscoverName::Etcd { endpoint, prefix } => Source::Etcd(Registered::follow(
@@ -94,20 +100,24 @@ impl Discovery {
                     config: d.clone(),
                     source,
                     next: Instant::now(),
-                    found: None,
+                    found: before(),
                 }
             }));
         }
     }
 
-    /// Gives `config`'s discovering pools the backends found for them (none until found).
+    /// Gives `config`'s discovering pools the backends found for them (none until found). A
+    /// pool whose discovery a reload changes gets what its old source found, until the new
+    /// one answers.
     pub fn fill(&self, config: &mut Config) {
         for pool in &mut config.pools {
-            let Some(d) = &pool.discover else { continue };
+            if pool.discover.is_none() {
+                continue;
+            }
             if let Some(found) = self
                 .watched
                 .iter()
-                .find(|w| w.pool == pool.name && w.config == *d)
+                .find(|w| w.pool == pool.name)
                 .and_then(|w| w.found.as_ref())
             {
                 pool.backends.clone_from(found);
@@ -134,9 +144,10 @@ impl Discovery {
     /// the time one etcd request may take (at start: a pool whose etcd is unreachable starts
     /// empty, answering 503, and fills when etcd answers).
     pub async fn first_answers(&mut self) {
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
         for w in self.watched.iter_mut().filter(|w| w.found.is_none()) {
             if let Source::Etcd(registered) = &mut w.source {
-                registered.first(REQUEST_TIMEOUT).await;
+                registered.first(deadline).await;
             }
         }
     }

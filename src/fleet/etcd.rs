@@ -14,6 +14,48 @@ use serde_json::{json, Value};
 /// Longest wait for one request to etcd (not a watch, which stays open).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// TCP keepalive on connections to etcd: a watch waits for news as long as there is none, so
+/// an etcd host gone without a reset (a partition, a dropped NAT entry) is found by the
+/// kernel's probes: idle 10 s, then 3 probes 5 s apart.
+const KEEPALIVE: socket2::TcpKeepalive = socket2::TcpKeepalive::new()
+    .with_time(Duration::from_secs(10))
+    .with_interval(Duration::from_secs(5))
+    .with_retries(3);
+
+/// The pause before reading again after etcd failed: 200 ms, doubling to 5 s, back to 200 ms
+/// once a watch is open again.
+#[derive(Debug)]
+pub struct Backoff {
+    pause: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff { pause: Backoff::FIRST }
+    }
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(200);
+    const LONGEST: Duration = Duration::from_secs(5);
+
+    /// The next pause.
+    pub fn pause(&self) -> Duration {
+        self.pause
+    }
+
+    /// Sleeps the pause, and doubles the next one.
+    pub async fn wait(&mut self) {
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(Backoff::LONGEST);
+    }
+
+    /// etcd answered a watch: the next failure starts over from 200 ms.
+    pub fn reset(&mut self) {
+        self.pause = Backoff::FIRST;
+    }
+}
+
 /// One etcd client endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Gateway {
@@ -113,6 +155,9 @@ impl Gateway {
             .await
             .map_err(|_| "connect timed out".to_owned())?
             .map_err(|e| e.to_string())?;
+        socket2::SockRef::from(&stream)
+            .set_tcp_keepalive(&KEEPALIVE)
+            .map_err(|e| format!("cannot set TCP keepalive: {e}"))?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| e.to_string())?;

@@ -13,11 +13,10 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 
-use super::etcd::{prefix_end, Gateway, Kv};
+use super::etcd::{prefix_end, Backoff, Gateway, Kv};
 use crate::config::{BackendConfig, MAX_WEIGHT};
 
 /// A pool's registered backends, followed by a task that ends when this is dropped.
@@ -60,11 +59,11 @@ impl Registered {
         self.found.borrow_and_update().clone()
     }
 
-    /// Waits up to `limit` for the first set (etcd read at start), leaving it for
+    /// Waits until `deadline` at most for the first set (etcd read at start), leaving it for
     /// [`Registered::take_changed`].
-    pub async fn first(&mut self, limit: Duration) {
+    pub async fn first(&mut self, deadline: tokio::time::Instant) {
         let mut peek = self.found.clone();
-        let _ = tokio::time::timeout(limit, peek.wait_for(Option::is_some)).await;
+        let _ = tokio::time::timeout_at(deadline, peek.wait_for(Option::is_some)).await;
     }
 }
 
@@ -78,39 +77,30 @@ struct Follower {
 
 impl Follower {
     async fn run(self) {
-        let mut pause = Duration::from_millis(200);
+        let mut backoff = Backoff::default();
         loop {
-            let why = self.follow(&mut pause).await;
+            let Err(why) = self.follow(&mut backoff).await;
             tracing::warn!(
                 pool = %self.pool,
-                "etcd discovery at {}{}: {why}; keeping the backends found before, reading again in {pause:?}",
+                "etcd discovery at {}{}: {why}; keeping the backends found before, reading again in {:?}",
                 self.gateway.endpoint,
-                self.prefix
+                self.prefix,
+                backoff.pause()
             );
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(5));
+            backoff.wait().await;
         }
     }
 
-    /// Reads the prefix, then follows its changes until the watch breaks.
-    async fn follow(&self, pause: &mut Duration) -> String {
+    /// Reads the prefix, then follows its changes until the watch breaks (with why).
+    async fn follow(&self, backoff: &mut Backoff) -> Result<std::convert::Infallible, String> {
         let end = prefix_end(&self.prefix);
-        let range = match self.gateway.range(&self.prefix, Some(&end)).await {
-            Ok(range) => range,
-            Err(why) => return why,
-        };
-        *pause = Duration::from_millis(200);
+        let range = self.gateway.range(&self.prefix, Some(&end)).await?;
         let mut keys: BTreeMap<String, BackendConfig> = range.kvs.iter().filter_map(|kv| self.backend(kv)).collect();
         self.publish(&keys);
-        let mut watch = match self.gateway.watch(&self.prefix, Some(&end), range.store + 1).await {
-            Ok(watch) => watch,
-            Err(why) => return why,
-        };
+        let mut watch = self.gateway.watch(&self.prefix, Some(&end), range.store + 1).await?;
         loop {
-            let events = match watch.next().await {
-                Ok(events) => events,
-                Err(why) => return why,
-            };
+            let events = watch.next().await?;
+            backoff.reset();
             if events.is_empty() {
                 continue;
             }
@@ -128,7 +118,7 @@ impl Follower {
     fn backend(&self, kv: &Kv) -> Option<(String, BackendConfig)> {
         let name = kv.key.strip_prefix(&self.prefix).unwrap_or(&kv.key);
         let Ok(address) = name.parse::<SocketAddr>() else {
-            tracing::warn!(pool = %self.pool, key = %kv.key, "etcd discovery: the key does not end in IP:PORT; skipped");
+            tracing::warn!(pool = %self.pool, key = %kv.key, "etcd discovery: the key is not {}IP:PORT; skipped", self.prefix);
             return None;
         };
         let value = kv.value.trim();
@@ -152,8 +142,17 @@ impl Follower {
         Some((kv.key.clone(), backend))
     }
 
+    /// Publishes the backends of `keys`, one per address (`[::1]:80` and `[0::1]:80` are one
+    /// backend: the first key in key order counts).
     fn publish(&self, keys: &BTreeMap<String, BackendConfig>) {
-        let mut backends: Vec<BackendConfig> = keys.values().cloned().collect();
+        let mut backends: Vec<BackendConfig> = Vec::with_capacity(keys.len());
+        for (key, backend) in keys {
+            if backends.iter().any(|b| b.address == backend.address) {
+                tracing::warn!(pool = %self.pool, key = %key, "etcd discovery: {} is registered under another key too; skipped", backend.address);
+                continue;
+            }
+            backends.push(backend.clone());
+        }
         backends.sort_by_key(|b| b.address);
         let modified = self.tx.send_if_modified(|current| {
             if current.as_ref() == Some(&backends) {

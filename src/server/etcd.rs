@@ -7,12 +7,10 @@
 //! the watch breaks (etcd restarting, a compacted revision), it reads the key again after a
 //! short pause and watches on from there; revisions already applied are not applied twice.
 
-use std::time::Duration;
-
 use super::dns::System;
 use super::ReloadHandle;
 use crate::config::Config;
-use crate::fleet::etcd::Gateway;
+use crate::fleet::etcd::{Backoff, Gateway};
 
 /// Where the config lives: `etcd://HOST:PORT/KEY`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,26 +123,22 @@ impl EtcdSource {
     /// Watches the key forever from after revision `applied`, applying each new revision
     /// through `reload` after `adjust` (the command line's overrides) has been applied to it.
     pub async fn watch(self, mut applied: i64, reload: ReloadHandle, adjust: impl Fn(&mut Config) + Send) {
-        let mut pause = Duration::from_millis(200);
+        let mut backoff = Backoff::default();
         loop {
-            match self.watch_once(&mut applied, &reload, &adjust).await {
-                Ok(()) => pause = Duration::from_millis(200),
-                Err(why) => {
-                    tracing::warn!(source = %self.url(), "etcd watch broken: {why}; reading the key again in {pause:?}");
-                }
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(5));
+            let Err(why) = self.follow(&mut applied, &reload, &adjust, &mut backoff).await;
+            tracing::warn!(source = %self.url(), "etcd watch broken: {why}; reading the key again in {:?}", backoff.pause());
+            backoff.wait().await;
         }
     }
 
-    /// Catches up with the key, then applies its changes until the watch ends.
-    async fn watch_once(
+    /// Catches up with the key, then applies its changes until the watch ends (with why).
+    async fn follow(
         &self,
         applied: &mut i64,
         reload: &ReloadHandle,
         adjust: &impl Fn(&mut Config),
-    ) -> Result<(), String> {
+        backoff: &mut Backoff,
+    ) -> Result<std::convert::Infallible, String> {
         let current = match self.read().await {
             Ok(rev) => rev,
             Err(EtcdError::Missing { .. }) => return Err("the key is gone; the running config stays".into()),
@@ -156,7 +150,9 @@ impl EtcdSource {
         }
         let mut watch = self.gateway().watch(&self.key, None, from).await?;
         loop {
-            for event in watch.next().await? {
+            let events = watch.next().await?;
+            backoff.reset();
+            for event in events {
                 let number = event.kv.mod_revision;
                 if event.deleted {
                     tracing::warn!(source = %self.url(), revision = number, "the config key was deleted; the running config stays");

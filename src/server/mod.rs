@@ -128,7 +128,7 @@ struct RunningAdmin {
 /// Everything a serving server holds; replaced as a whole by each reload's commit.
 struct Running {
     config: Config,
-    /// Pools' backends found in DNS, and when to look again.
+    /// Pools' backends found in DNS (and when to look again) or registered in etcd.
     discovery: crate::fleet::discovery::Discovery,
     registry: BackendRegistry,
     /// Each accept loop and connection holds a clone; when all are gone, draining is done.

@@ -116,17 +116,11 @@ impl EtcdServer {
 
     /// Puts `value` under `key`; returns the new revision.
     pub async fn put(&self, key: &str, value: &str) -> i64 {
-        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-        let v = self
-            .call(
-                "/v3/kv/put",
-                serde_json::json!({ "key": b64(key), "value": b64(value) }),
-            )
-            .await;
-        revision(&v)
+        self.put_with_lease(key, value, "0").await
     }
 
-    /// Puts `value` under `key` attached to lease `lease`: the key goes when the lease does.
+    /// Puts `value` under `key` attached to lease `lease` ("0": none): the key goes when the
+    /// lease does.
     pub async fn put_with_lease(&self, key: &str, value: &str, lease: &str) -> i64 {
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         let v = self
