@@ -93,12 +93,7 @@ impl Pki {
     /// A server config presenting certificate `file` (written by [`Pki::issue`]), offering
     /// `alpn`.
     pub fn server_config(&self, file: &str, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
-        use rustls::pki_types::pem::PemObject;
-        let chain = CertificateDer::pem_file_iter(self.dir.join(format!("{file}.pem")))
-            .expect("cert file")
-            .collect::<Result<Vec<_>, _>>()
-            .expect("certs");
-        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(self.dir.join(format!("{file}.key"))).expect("key");
+        let (chain, key) = self.chain_and_key(file);
         let mut config =
             rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
                 .with_safe_default_protocol_versions()
@@ -118,12 +113,7 @@ impl Pki {
         alpn: &[&[u8]],
         clients: &Pki,
     ) -> Arc<rustls::ServerConfig> {
-        use rustls::pki_types::pem::PemObject;
-        let chain = CertificateDer::pem_file_iter(self.dir.join(format!("{file}.pem")))
-            .expect("cert file")
-            .collect::<Result<Vec<_>, _>>()
-            .expect("certs");
-        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(self.dir.join(format!("{file}.key"))).expect("key");
+        let (chain, key) = self.chain_and_key(file);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         roots.add(clients.ca.clone()).expect("client root");
@@ -139,6 +129,17 @@ impl Pki {
             .expect("server config");
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Arc::new(config)
+    }
+
+    /// The chain and key of certificate `file` (written by [`Pki::issue`]).
+    fn chain_and_key(&self, file: &str) -> (Vec<CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>) {
+        use rustls::pki_types::pem::PemObject;
+        let chain = CertificateDer::pem_file_iter(self.dir.join(format!("{file}.pem")))
+            .expect("cert file")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("certs");
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(self.dir.join(format!("{file}.key"))).expect("key");
+        (chain, key)
     }
 
     /// Writes the CA certificate as `ca.pem`; returns its path.
