@@ -21,7 +21,8 @@ use steelyard::upstream::HashKey;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "steelyard", version, about, long_about)]
 pub struct Cli {
-    /// Config file (TOML); see steelyard.example.toml.
+    /// Config file (TOML; see steelyard.example.toml), or the etcd key holding it:
+    /// etcd://HOST:PORT[,HOST:PORT...]/KEY.
     #[arg(short, long, global = true, value_name = "FILE", env = "STEELYARD_CONFIG")]
     pub config: Option<PathBuf>,
 

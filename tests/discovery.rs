@@ -187,11 +187,11 @@ fn discovery_settings_are_checked() {
         ),
         (
             pool("discover = { etcd = \"http://127.0.0.1:2379/web/\" }"),
-            "pools.p.discover.etcd: \"http://127.0.0.1:2379/web/\" is not etcd://HOST:PORT/PREFIX/",
+            "pools.p.discover.etcd: \"http://127.0.0.1:2379/web/\" is not etcd://HOST:PORT[,HOST:PORT...]/PREFIX/",
         ),
         (
             pool("discover = { etcd = \"etcd://127.0.0.1:2379/\" }"),
-            "pools.p.discover.etcd: \"etcd://127.0.0.1:2379/\" is not etcd://HOST:PORT/PREFIX/",
+            "pools.p.discover.etcd: \"etcd://127.0.0.1:2379/\" is not etcd://HOST:PORT[,HOST:PORT...]/PREFIX/",
         ),
         (
             pool("discover = { etcd = \"etcd://127.0.0.1:2379/web/\", min_ttl = \"1s\" }"),

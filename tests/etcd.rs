@@ -240,3 +240,47 @@ async fn backends_registered_under_a_prefix_come_and_go_with_their_leases() {
     p.signal("-TERM");
     assert_eq!(p.wait(), 0);
 }
+
+/// An etcd cluster is given by its members' endpoints: when the member Steelyard reads from
+/// (the first listed, a follower, so that the cluster keeps its leader and writes go on)
+/// dies, its watch moves to another member and registrations made there are followed; the
+/// backends found before serve all along. The config source takes the same list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_member_lost_moves_the_watch_to_another() {
+    const PREFIX: &str = "/steelyard/pools/web/backends/";
+    let (a, b) = (spawn_origin("a").await, spawn_origin("b").await);
+    let mut members = EtcdServer::cluster(3).await;
+    // The leader last: Steelyard reads from the first, a follower.
+    let mut leader = None;
+    for (i, m) in members.iter().enumerate() {
+        if m.is_leader().await {
+            leader = Some(i);
+        }
+    }
+    members.swap(leader.expect("a leader"), 2);
+    members[1].put(&format!("{PREFIX}{}", a.addr), "").await;
+    let endpoints: Vec<String> = members.iter().map(|m| m.addr.to_string()).collect();
+    let config = format!(
+        "[server]\nworkers = 1\n\n[[listeners]]\nlisten = \"127.0.0.1:0\"\nroutes = [{{ pool = \"web\" }}]\n\n[pools.web]\ndiscover = {{ etcd = \"etcd://{}{PREFIX}\" }}\n",
+        endpoints.join(",")
+    );
+    // The config itself comes from the cluster too.
+    members[2].put(KEY, &config).await;
+    let mut p = Process::start(&["--config", &format!("etcd://{}{KEY}", endpoints.join(","))]);
+    let url = format!("http://{}/", p.listening_addr());
+    let client = client();
+    assert_eq!(served(&client, &url, 2).await, counts(&[("a", 2)]));
+
+    members[0].kill();
+    p.wait_for_line("etcd discovery at");
+    assert_eq!(served(&client, &url, 2).await, counts(&[("a", 2)]));
+    members[1].put(&format!("{PREFIX}{}", b.addr), "").await;
+    eventually("b to be served", || {
+        let (client, url) = (client.clone(), url.clone());
+        async move { get(&client, &url).await.1 == "b" }
+    })
+    .await;
+    assert_eq!(served(&client, &url, 4).await, counts(&[("a", 2), ("b", 2)]));
+    p.signal("-TERM");
+    assert_eq!(p.wait(), 0);
+}

@@ -112,3 +112,30 @@ pub fn order_addresses(found: Vec<SocketAddr>) -> Vec<SocketAddr> {
     }
     addrs
 }
+
+/// Splits `etcd://HOST:PORT[,HOST:PORT...]/PATH` into the endpoints (as written) and `/PATH`;
+/// `None` when it is not that (no `etcd://`, an empty endpoint, no path).
+pub fn split_etcd_url(s: &str) -> Option<(&str, &str)> {
+    let rest = s.strip_prefix("etcd://")?;
+    let slash = rest.find('/')?;
+    let (endpoints, path) = rest.split_at(slash);
+    let valid = |e: &str| !e.is_empty() && !e.contains(char::is_whitespace) && e.contains(':');
+    (endpoints.split(',').all(valid) && path.len() > 1).then_some((endpoints, path))
+}
+
+#[cfg(test)]
+mod etcd_url_tests {
+    use super::split_etcd_url;
+
+    #[test]
+    fn etcd_urls_split() {
+        assert_eq!(
+            split_etcd_url("etcd://10.0.0.1:2379,10.0.0.2:2379/steelyard/config"),
+            Some(("10.0.0.1:2379,10.0.0.2:2379", "/steelyard/config"))
+        );
+        assert_eq!(split_etcd_url("etcd://127.0.0.1:2379/"), None);
+        assert_eq!(split_etcd_url("etcd://127.0.0.1:2379,/k"), None);
+        assert_eq!(split_etcd_url("etcd://localhost/k"), None);
+        assert_eq!(split_etcd_url("http://127.0.0.1:2379/k"), None);
+    }
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 use http::header::HeaderName;
 use toml::Spanned;
 
-use super::address::{backend_scheme_is_tls, parse_backend_addresses};
+use super::address::{backend_scheme_is_tls, parse_backend_addresses, split_etcd_url};
 use super::file::{BackendEntry, DiscoverSection, PoolSection, TimeoutsSection};
 use super::resilience::{self, HealthCheckConfig, PassiveConfig, RetryConfig, SlowStart};
 use super::{CertificateFiles, Checker};
@@ -539,16 +539,12 @@ fn discover(key: &str, d: &Spanned<DiscoverSection>, check: &mut Checker) -> Opt
             }
         },
         (None, None, Some(etcd)) => {
-            let parsed = etcd
-                .get_ref()
-                .strip_prefix("etcd://")
-                .and_then(|rest| rest.split_once('/'))
-                .filter(|(endpoint, prefix)| !endpoint.is_empty() && !prefix.trim_matches('/').is_empty());
+            let parsed = split_etcd_url(etcd.get_ref()).filter(|(_, prefix)| !prefix.trim_matches('/').is_empty());
             let Some((endpoint, prefix)) = parsed else {
                 check.error(
                     etcd.span(),
                     format!(
-                        "{key}.etcd: {:?} is not etcd://HOST:PORT/PREFIX/ (keys PREFIX/IP:PORT are the backends)",
+                        "{key}.etcd: {:?} is not etcd://HOST:PORT[,HOST:PORT...]/PREFIX/ (keys PREFIX/IP:PORT are the backends)",
                         etcd.get_ref()
                     ),
                 );
@@ -646,7 +642,7 @@ pub enum DiscoverName {
     /// Keys under `prefix` in etcd, each `PREFIX` + `IP:PORT` a backend, its value (if not
     /// empty) the weight; they come and go with their writers' leases.
     Etcd {
-        /// `HOST:PORT` of an etcd client endpoint.
+        /// `HOST:PORT` of the etcd cluster's client endpoints, comma-separated.
         endpoint: String,
         /// The key prefix, starting and ending with `/`.
         prefix: String,

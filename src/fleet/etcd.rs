@@ -2,7 +2,13 @@
 //! 3.4 serves on its client port over HTTP/1.1: no gRPC stubs, so no `protoc` at build time.
 //! Used by the config kept in etcd and by pools whose backends are registered under a key
 //! prefix.
+//!
+//! A cluster is given as its members' client endpoints, comma-separated: a request goes to
+//! the member that answered last, and to the next ones in turn when it cannot be reached, so
+//! losing one member costs one failed attempt (a watch on it ends, and is opened again on
+//! another).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -56,11 +62,13 @@ impl Backoff {
     }
 }
 
-/// One etcd client endpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An etcd cluster's client endpoints.
+#[derive(Debug)]
 pub struct Gateway {
-    /// `HOST:PORT`.
-    pub endpoint: String,
+    /// `HOST:PORT` of each member.
+    endpoints: Vec<String>,
+    /// The member that answered last, tried first.
+    preferred: AtomicUsize,
 }
 
 /// A key and its value as read.
@@ -99,6 +107,14 @@ pub struct Watch {
 }
 
 impl Gateway {
+    /// The members `endpoints` names: `HOST:PORT`, comma-separated.
+    pub fn new(endpoints: &str) -> Gateway {
+        Gateway {
+            endpoints: endpoints.split(',').map(|e| e.trim().to_owned()).collect(),
+            preferred: AtomicUsize::new(0),
+        }
+    }
+
     /// The keys from `key` (alone, or up to `range_end` exclusive).
     pub async fn range(&self, key: &str, range_end: Option<&[u8]>) -> Result<Range, String> {
         let mut request = json!({ "key": b64(key.as_bytes()) });
@@ -150,8 +166,37 @@ impl Gateway {
         Ok(value)
     }
 
+    /// Sends to the preferred member, then to each other in turn while one cannot be reached.
     async fn send(&self, path: &str, body: Value) -> Result<http::Response<hyper::body::Incoming>, String> {
-        let stream = tokio::time::timeout(REQUEST_TIMEOUT, tokio::net::TcpStream::connect(self.endpoint.as_str()))
+        let first = self.preferred.load(Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for i in 0..self.endpoints.len() {
+            let at = (first + i) % self.endpoints.len();
+            match self.send_to(&self.endpoints[at], path, &body).await {
+                Ok(res) => {
+                    self.preferred.store(at, Ordering::Relaxed);
+                    return Ok(res);
+                }
+                Err(why) => failures.push((at, why)),
+            }
+        }
+        Err(match failures.as_slice() {
+            [(_, why)] => why.clone(),
+            all => all
+                .iter()
+                .map(|(at, why)| format!("{}: {why}", self.endpoints[*at]))
+                .collect::<Vec<_>>()
+                .join("; "),
+        })
+    }
+
+    async fn send_to(
+        &self,
+        endpoint: &str,
+        path: &str,
+        body: &Value,
+    ) -> Result<http::Response<hyper::body::Incoming>, String> {
+        let stream = tokio::time::timeout(REQUEST_TIMEOUT, tokio::net::TcpStream::connect(endpoint))
             .await
             .map_err(|_| "connect timed out".to_owned())?
             .map_err(|e| e.to_string())?;
@@ -163,7 +208,7 @@ impl Gateway {
             .map_err(|e| e.to_string())?;
         tokio::spawn(connection);
         let req = http::Request::post(path)
-            .header(http::header::HOST, self.endpoint.as_str())
+            .header(http::header::HOST, endpoint)
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body.to_string())))
             .map_err(|e| e.to_string())?;

@@ -32,15 +32,14 @@ impl Drop for Registered {
 }
 
 impl Registered {
-    /// Starts following `prefix` at `endpoint` for `pool`; `changed` is notified whenever
-    /// the set changes.
+    /// Starts following `prefix` at `endpoint` (comma-separated members) for `pool`;
+    /// `changed` is notified whenever the set changes.
     pub fn follow(pool: &str, endpoint: &str, prefix: &str, changed: Arc<Notify>) -> Registered {
         let (tx, found) = watch::channel(None);
         let follower = Follower {
             pool: pool.to_owned(),
-            gateway: Gateway {
-                endpoint: endpoint.to_owned(),
-            },
+            gateway: Gateway::new(endpoint),
+            endpoints: endpoint.to_owned(),
             prefix: prefix.to_owned(),
             tx,
             changed,
@@ -70,6 +69,8 @@ impl Registered {
 struct Follower {
     pool: String,
     gateway: Gateway,
+    /// The endpoints as configured, for the log.
+    endpoints: String,
     prefix: String,
     tx: watch::Sender<Option<Vec<BackendConfig>>>,
     changed: Arc<Notify>,
@@ -83,7 +84,7 @@ impl Follower {
             tracing::warn!(
                 pool = %self.pool,
                 "etcd discovery at {}{}: {why}; keeping the backends found before, reading again in {:?}",
-                self.gateway.endpoint,
+                self.endpoints,
                 self.prefix,
                 backoff.pause()
             );

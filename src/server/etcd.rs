@@ -9,13 +9,14 @@
 
 use super::dns::System;
 use super::ReloadHandle;
+use crate::config::address::split_etcd_url;
 use crate::config::Config;
 use crate::fleet::etcd::{Backoff, Gateway};
 
-/// Where the config lives: `etcd://HOST:PORT/KEY`.
+/// Where the config lives: `etcd://HOST:PORT[,HOST:PORT...]/KEY`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EtcdSource {
-    /// `HOST:PORT` of an etcd client endpoint.
+    /// `HOST:PORT` of the etcd cluster's client endpoints, comma-separated.
     pub endpoint: String,
     /// The key holding the TOML document.
     pub key: String,
@@ -58,15 +59,15 @@ struct Revision {
 }
 
 impl EtcdSource {
-    /// Parses `etcd://HOST:PORT/KEY`; `None` when `s` is not an etcd URL.
+    /// Parses `etcd://HOST:PORT[,HOST:PORT...]/KEY`; `None` when `s` is not an etcd URL.
     pub fn parse(s: &str) -> Option<Result<EtcdSource, String>> {
-        let rest = s.strip_prefix("etcd://")?;
-        Some(match rest.split_once('/') {
-            Some((endpoint, key)) if !endpoint.is_empty() && !key.is_empty() => Ok(EtcdSource {
+        s.strip_prefix("etcd://")?;
+        Some(match split_etcd_url(s) {
+            Some((endpoint, key)) => Ok(EtcdSource {
                 endpoint: endpoint.to_owned(),
-                key: format!("/{key}"),
+                key: key.to_owned(),
             }),
-            _ => Err(format!("{s:?} is not etcd://HOST:PORT/KEY")),
+            None => Err(format!("{s:?} is not etcd://HOST:PORT[,HOST:PORT...]/KEY")),
         })
     }
 
@@ -78,7 +79,7 @@ impl EtcdSource {
     /// Reads and validates the config at the key, returning it with the revision to watch
     /// from.
     pub async fn load(&self) -> Result<(Config, i64), EtcdError> {
-        let rev = self.read().await?;
+        let rev = self.read(&Gateway::new(&self.endpoint)).await?;
         let config = self.parse_revision(&rev).map_err(EtcdError::Invalid)?;
         Ok((config, rev.number))
     }
@@ -88,9 +89,8 @@ impl EtcdSource {
         Config::from_toml(&rev.text, &name, &System).map_err(|e| e.to_string())
     }
 
-    async fn read(&self) -> Result<Revision, EtcdError> {
-        let range = self
-            .gateway()
+    async fn read(&self, gateway: &Gateway) -> Result<Revision, EtcdError> {
+        let range = gateway
             .range(&self.key, None)
             .await
             .map_err(|why| self.unreachable(why))?;
@@ -107,12 +107,6 @@ impl EtcdSource {
         })
     }
 
-    fn gateway(&self) -> Gateway {
-        Gateway {
-            endpoint: self.endpoint.clone(),
-        }
-    }
-
     fn unreachable(&self, why: String) -> EtcdError {
         EtcdError::Unreachable {
             endpoint: self.endpoint.clone(),
@@ -124,8 +118,11 @@ impl EtcdSource {
     /// through `reload` after `adjust` (the command line's overrides) has been applied to it.
     pub async fn watch(self, mut applied: i64, reload: ReloadHandle, adjust: impl Fn(&mut Config) + Send) {
         let mut backoff = Backoff::default();
+        let gateway = Gateway::new(&self.endpoint);
         loop {
-            let Err(why) = self.follow(&mut applied, &reload, &adjust, &mut backoff).await;
+            let Err(why) = self
+                .follow(&gateway, &mut applied, &reload, &adjust, &mut backoff)
+                .await;
             tracing::warn!(source = %self.url(), "etcd watch broken: {why}; reading the key again in {:?}", backoff.pause());
             backoff.wait().await;
         }
@@ -134,12 +131,13 @@ impl EtcdSource {
     /// Catches up with the key, then applies its changes until the watch ends (with why).
     async fn follow(
         &self,
+        gateway: &Gateway,
         applied: &mut i64,
         reload: &ReloadHandle,
         adjust: &impl Fn(&mut Config),
         backoff: &mut Backoff,
     ) -> Result<std::convert::Infallible, String> {
-        let current = match self.read().await {
+        let current = match self.read(gateway).await {
             Ok(rev) => rev,
             Err(EtcdError::Missing { .. }) => return Err("the key is gone; the running config stays".into()),
             Err(e) => return Err(e.to_string()),
@@ -148,7 +146,7 @@ impl EtcdSource {
         if current.number > *applied {
             self.apply(current, applied, reload, adjust).await;
         }
-        let mut watch = self.gateway().watch(&self.key, None, from).await?;
+        let mut watch = gateway.watch(&self.key, None, from).await?;
         loop {
             let events = watch.next().await?;
             backoff.reset();

@@ -17,6 +17,9 @@ pub struct EtcdServer {
     peer: SocketAddr,
     dir: std::path::PathBuf,
     child: Option<Child>,
+    /// Its member name, and `--initial-cluster` (every member's name=peer URL).
+    name: String,
+    cluster: String,
 }
 
 impl EtcdServer {
@@ -35,6 +38,8 @@ impl EtcdServer {
                 peer,
                 dir,
                 child: None,
+                name: "t".into(),
+                cluster: format!("t=http://{peer}"),
             };
             match server.try_start().await {
                 Ok(()) => return server,
@@ -43,6 +48,48 @@ impl EtcdServer {
             }
         }
         unreachable!("the last attempt panics")
+    }
+
+    /// Starts a cluster of `members` members, each on its own loopback ports, and waits until
+    /// every one reports healthy (a leader elected).
+    pub async fn cluster(members: usize) -> Vec<EtcdServer> {
+        let ports: Vec<(SocketAddr, SocketAddr)> =
+            (0..members).map(|_| (super::free_port(), super::free_port())).collect();
+        let cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut servers: Vec<EtcdServer> = ports
+            .into_iter()
+            .enumerate()
+            .map(|(i, (addr, peer))| {
+                let dir = std::env::temp_dir().join(format!("steelyard-etcd-{}-{}", std::process::id(), addr.port()));
+                let _ = std::fs::remove_dir_all(&dir);
+                EtcdServer {
+                    addr,
+                    peer,
+                    dir,
+                    child: None,
+                    name: format!("m{i}"),
+                    cluster: cluster.clone(),
+                }
+            })
+            .collect();
+        // A member alone cannot elect a leader: start them all, then wait for each.
+        for s in &mut servers {
+            s.spawn();
+        }
+        for s in &mut servers {
+            if let Err(log) = s.wait_healthy().await {
+                panic!(
+                    "etcd member {} on {} did not become healthy; its log ends:\n{log}",
+                    s.name, s.addr
+                );
+            }
+        }
+        servers
     }
 
     /// Starts it (again) on the same ports and data.
@@ -54,22 +101,26 @@ impl EtcdServer {
 
     /// Starts etcd and waits until it reports healthy. On failure returns the tail of its log.
     async fn try_start(&mut self) -> Result<(), String> {
+        self.spawn();
+        self.wait_healthy().await
+    }
+
+    fn log_path(&self) -> std::path::PathBuf {
+        self.dir.join("etcd.log")
+    }
+
+    /// Starts the etcd process.
+    fn spawn(&mut self) {
         self.kill();
         std::fs::create_dir_all(&self.dir).expect("etcd directory");
-        let log_path = self.dir.join("etcd.log");
-        let log = std::fs::File::create(&log_path).expect("etcd log");
+        let log = std::fs::File::create(self.log_path()).expect("etcd log");
         let (client, peer) = (format!("http://{}", self.addr), format!("http://{}", self.peer));
         let child = Command::new("etcd")
-            .args(["--name", "t", "--data-dir"])
+            .args(["--name", &self.name, "--data-dir"])
             .arg(self.dir.join("data"))
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-            .args([
-                "--initial-cluster",
-                &format!("t={peer}"),
-                "--initial-cluster-state",
-                "new",
-            ])
+            .args(["--initial-cluster", &self.cluster, "--initial-cluster-state", "new"])
             .args(["--logger", "zap", "--log-outputs", "stderr"])
             .stdout(Stdio::null())
             .stderr(log)
@@ -81,6 +132,11 @@ impl EtcdServer {
                 )
             });
         self.child = Some(child);
+    }
+
+    /// Waits until it reports healthy. On failure returns the tail of its log.
+    async fn wait_healthy(&mut self) -> Result<(), String> {
+        let log_path = self.log_path();
         let tail = || {
             let text = std::fs::read_to_string(&log_path).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
@@ -130,6 +186,12 @@ impl EtcdServer {
             )
             .await;
         revision(&v)
+    }
+
+    /// Whether this member is the cluster's leader now.
+    pub async fn is_leader(&self) -> bool {
+        let v = self.call("/v3/maintenance/status", serde_json::json!({})).await;
+        v["leader"].as_str().is_some() && v["leader"] == v["header"]["member_id"]
     }
 
     /// Grants a lease of `ttl_seconds`; returns its ID.
