@@ -29,6 +29,8 @@ pub enum Kind {
     Upgrade,
     /// The server stopped accepting to shut down.
     Shutdown,
+    /// A pool's discovered backends changed, or its source stopped or started answering.
+    Discovery,
 }
 
 impl Kind {
@@ -42,6 +44,7 @@ impl Kind {
             Kind::Reload => "reload",
             Kind::Upgrade => "upgrade",
             Kind::Shutdown => "shutdown",
+            Kind::Discovery => "discovery",
         }
     }
 }

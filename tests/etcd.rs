@@ -168,8 +168,13 @@ async fn backends_registered_under_a_prefix_come_and_go_with_their_leases() {
         )
     };
     std::fs::write(&file, toml(PREFIX)).expect("write");
-    let mut p = Process::start(&["--config", file.to_str().expect("utf-8")]);
+    let mut p = Process::start(&["--config", file.to_str().expect("utf-8"), "--admin", "127.0.0.1:0"]);
     let url = format!("http://{}/", p.listening_addr());
+    let admin = p.wait_for_line("admin API and dashboard on http://");
+    let admin = admin[admin.find("http://").expect("url")..]
+        .trim()
+        .trim_end_matches('/')
+        .to_owned();
     let client = client();
     assert_eq!(served(&client, &url, 4).await, counts(&[("a", 2), ("b", 2)]));
 
@@ -222,11 +227,47 @@ async fn backends_registered_under_a_prefix_come_and_go_with_their_leases() {
     etcd.put(&format!("{MOVED}{}", a.addr), "").await;
     assert_eq!(served(&client, &url, 8).await, counts(&[("b", 2), ("c", 6)]));
 
+    // Three sets applied (a and b, then c, then a gone), no failure.
+    let (metrics, _) = discovery_figures(&client, &admin).await;
+    assert!(
+        metrics.contains(&"steelyard_discovery_up{pool=\"web\"} 1".to_owned()),
+        "{metrics:?}"
+    );
+    assert!(
+        metrics.contains(&"steelyard_discovery_updates_total{pool=\"web\"} 3".to_owned()),
+        "{metrics:?}"
+    );
+    assert!(
+        metrics.contains(&"steelyard_discovery_failures_total{pool=\"web\"} 0".to_owned()),
+        "{metrics:?}"
+    );
+
     // etcd goes away: the last set keeps serving, through a reload that moves the pool to
     // the other prefix too. Back, the new prefix is read: only a.
     etcd.kill();
     p.wait_for_line("keeping the backends found before");
     assert_eq!(served(&client, &url, 8).await, counts(&[("b", 2), ("c", 6)]));
+    let (metrics, status) = discovery_figures(&client, &admin).await;
+    assert!(
+        metrics.contains(&"steelyard_discovery_up{pool=\"web\"} 0".to_owned()),
+        "{metrics:?}"
+    );
+    let discovery = &status["pools"][0]["discovery"];
+    assert_eq!(discovery["source"], format!("etcd://{}{PREFIX}", etcd.addr));
+    assert_eq!(discovery["up"], false);
+    assert!(discovery["failures"].as_u64() >= Some(1), "{discovery}");
+    assert!(discovery["last_error"].as_str().is_some(), "{discovery}");
+    let warnings: Vec<&serde_json::Value> = status["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["kind"] == "discovery" && e["level"] == "warn")
+        .collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one event when the source stops answering: {warnings:?}"
+    );
     std::fs::write(&file, toml(MOVED)).expect("write");
     p.signal("-HUP");
     p.wait_for_line("config reloaded");
@@ -283,4 +324,32 @@ async fn a_cluster_member_lost_moves_the_watch_to_another() {
     assert_eq!(served(&client, &url, 4).await, counts(&[("a", 2), ("b", 2)]));
     p.signal("-TERM");
     assert_eq!(p.wait(), 0);
+}
+
+/// The `steelyard_discovery_*` lines of `/metrics`, and `/api/status`, from the admin API at
+/// `admin` (`http://ADDR`).
+async fn discovery_figures(client: &reqwest::Client, admin: &str) -> (Vec<String>, serde_json::Value) {
+    let metrics = client
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let lines = metrics
+        .lines()
+        .filter(|l| l.starts_with("steelyard_discovery_"))
+        .map(str::to_owned)
+        .collect();
+    let status = client
+        .get(format!("{admin}/api/status"))
+        .send()
+        .await
+        .expect("status")
+        .text()
+        .await
+        .expect("status text");
+    let status = serde_json::from_str(&status).expect("status json");
+    (lines, status)
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use super::status::backend_state;
 use super::{AdminView, ListenerView, ReloadStats};
+use crate::fleet::discovery_status::DiscoveryStatus;
 use crate::upstream::backend::LATENCY_BUCKETS;
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -328,6 +329,33 @@ pub fn render(view: &AdminView, reloads: &ReloadStats, started: Instant) -> Stri
             if let Some(v) = pool.rate_limiter().and_then(value) {
                 let _ = writeln!(out, "{name}{{pool=\"{}\"}} {v}", esc(pool.name()));
             }
+        }
+    }
+    type DiscoveryFigure = (&'static str, &'static str, &'static str, fn(&DiscoveryStatus) -> u64);
+    let discovery_figures: [DiscoveryFigure; 3] = [
+        (
+            "steelyard_discovery_up",
+            "gauge",
+            "1 while the source of a pool's backends (DNS or etcd) answers.",
+            |d| u64::from(d.up()),
+        ),
+        (
+            "steelyard_discovery_updates_total",
+            "counter",
+            "Changed sets of discovered backends applied to a pool.",
+            DiscoveryStatus::updates,
+        ),
+        (
+            "steelyard_discovery_failures_total",
+            "counter",
+            "Failed attempts to ask a pool's discovery source (the backends found before stay).",
+            DiscoveryStatus::failures,
+        ),
+    ];
+    for (name, kind, help, value) in discovery_figures {
+        header(&mut out, name, kind, help);
+        for d in &view.discovery {
+            let _ = writeln!(out, "{name}{{pool=\"{}\"}} {}", esc(&d.pool), value(d));
         }
     }
     header(

@@ -54,6 +54,8 @@ pub struct AdminView {
     pub listeners: Vec<ListenerView>,
     /// Pools being served.
     pub pools: Vec<Arc<Pool>>,
+    /// The discovering pools' discovery (DNS or etcd).
+    pub discovery: Vec<Arc<crate::fleet::discovery_status::DiscoveryStatus>>,
 }
 
 /// One listener, as the admin API shows it.

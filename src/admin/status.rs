@@ -88,6 +88,13 @@ pub fn render(
                 "eligible": pool.selection().len(),
                 "retries": pool.retry_budget().retries(),
                 "retries_refused": pool.retry_budget().refused(),
+                "discovery": view.discovery.iter().find(|d| d.pool == pool.name()).map(|d| json!({
+                    "source": d.source,
+                    "up": d.up(),
+                    "updates": d.updates(),
+                    "failures": d.failures(),
+                    "last_error": d.last_error(),
+                })),
                 "history": history_json(&pool_history),
                 "backends": backends,
             })

@@ -26,6 +26,7 @@ use hickory_resolver::{Resolver, TokioResolver};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::discovery_status::DiscoveryStatus;
 use super::etcd::REQUEST_TIMEOUT;
 use super::etcd_backends::Registered;
 use crate::config::{BackendConfig, Config, DiscoverConfig, DiscoverName, MAX_WEIGHT};
@@ -52,6 +53,7 @@ struct Watched {
     next: Instant,
     /// The last answer; `None` until a lookup succeeded.
     found: Option<Vec<BackendConfig>>,
+    status: Arc<DiscoveryStatus>,
 }
 
 /// How a pool's backends are found.
@@ -81,11 +83,12 @@ impl Discovery {
                     .and_then(|w| w.found.take())
             };
             self.watched.push(kept.unwrap_or_else(|| {
+                let status = Arc::new(DiscoveryStatus::new(&pool.name, describe(&d.name)));
                 let source = match &d.name {
                     DiscoverName::Etcd { endpoint, prefix } => Source::Etcd(Registered::follow(
-                        &pool.name,
                         endpoint,
                         prefix,
+                        Arc::clone(&status),
                         Arc::clone(&self.registered_changed),
                     )),
                     DiscoverName::A { .. } | DiscoverName::Srv(_) => Source::Dns(
@@ -101,6 +104,7 @@ impl Discovery {
                     source,
                     next: Instant::now(),
                     found: before(),
+                    status,
                 }
             }));
         }
@@ -123,6 +127,11 @@ impl Discovery {
                 pool.backends.clone_from(found);
             }
         }
+    }
+
+    /// Every discovering pool's status, for the admin API.
+    pub fn statuses(&self) -> Vec<Arc<DiscoveryStatus>> {
+        self.watched.iter().map(|w| Arc::clone(&w.status)).collect()
     }
 
     /// When the next DNS lookup is due, if any pool looks up DNS.
@@ -165,6 +174,7 @@ impl Discovery {
                 if w.found.as_ref() != Some(&backends) {
                     let list: Vec<String> = backends.iter().map(|b| b.address.to_string()).collect();
                     tracing::info!(pool = %w.pool, backends = %list.join(", "), "etcd discovery: backends changed");
+                    w.status.updated(&backends);
                     w.found = Some(backends);
                     changed = true;
                 }
@@ -181,6 +191,7 @@ impl Discovery {
             };
             match lookup(resolver, &w.config.name).await {
                 Ok((mut backends, valid_until)) => {
+                    w.status.answered();
                     backends.sort_by_key(|b| (b.backup, b.address));
                     let ttl = valid_until.saturating_duration_since(Instant::now());
                     w.next = Instant::now() + ttl.clamp(w.config.min_ttl, w.config.max_ttl);
@@ -190,6 +201,7 @@ impl Discovery {
                             .map(|b| format!("{}{}", b.address, if b.backup { " (backup)" } else { "" }))
                             .collect();
                         tracing::info!(pool = %w.pool, backends = %list.join(", "), "DNS discovery: backends changed");
+                        w.status.updated(&backends);
                         w.found = Some(backends);
                         changed = true;
                     }
@@ -197,10 +209,20 @@ impl Discovery {
                 Err(e) => {
                     w.next = Instant::now() + w.config.min_ttl;
                     tracing::warn!(pool = %w.pool, error = %e, "DNS discovery failed; keeping the backends found before");
+                    w.status.failed(&e);
                 }
             }
         }
         changed
+    }
+}
+
+/// Where `name` takes a pool's backends from, as the admin API shows it.
+fn describe(name: &DiscoverName) -> String {
+    match name {
+        DiscoverName::Srv(srv) => format!("dns srv {srv}"),
+        DiscoverName::A { host, port } => format!("dns a {host}:{port}"),
+        DiscoverName::Etcd { endpoint, prefix } => format!("etcd://{endpoint}{prefix}"),
     }
 }
 

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use tokio::sync::{watch, Notify};
 
+use super::discovery_status::DiscoveryStatus;
 use super::etcd::{prefix_end, Backoff, Gateway, Kv};
 use crate::config::{BackendConfig, MAX_WEIGHT};
 
@@ -32,12 +33,13 @@ impl Drop for Registered {
 }
 
 impl Registered {
-    /// Starts following `prefix` at `endpoint` (comma-separated members) for `pool`;
-    /// `changed` is notified whenever the set changes.
-    pub fn follow(pool: &str, endpoint: &str, prefix: &str, changed: Arc<Notify>) -> Registered {
+    /// Starts following `prefix` at `endpoint` (comma-separated members) for the pool of
+    /// `status`; `changed` is notified whenever the set changes.
+    pub fn follow(endpoint: &str, prefix: &str, status: Arc<DiscoveryStatus>, changed: Arc<Notify>) -> Registered {
         let (tx, found) = watch::channel(None);
         let follower = Follower {
-            pool: pool.to_owned(),
+            pool: status.pool.clone(),
+            status,
             gateway: Gateway::new(endpoint),
             endpoints: endpoint.to_owned(),
             prefix: prefix.to_owned(),
@@ -68,6 +70,7 @@ impl Registered {
 
 struct Follower {
     pool: String,
+    status: Arc<DiscoveryStatus>,
     gateway: Gateway,
     /// The endpoints as configured, for the log.
     endpoints: String,
@@ -81,6 +84,7 @@ impl Follower {
         let mut backoff = Backoff::default();
         loop {
             let Err(why) = self.follow(&mut backoff).await;
+            self.status.failed(&why);
             tracing::warn!(
                 pool = %self.pool,
                 "etcd discovery at {}{}: {why}; keeping the backends found before, reading again in {:?}",
@@ -96,12 +100,14 @@ impl Follower {
     async fn follow(&self, backoff: &mut Backoff) -> Result<std::convert::Infallible, String> {
         let end = prefix_end(&self.prefix);
         let range = self.gateway.range(&self.prefix, Some(&end)).await?;
+        self.status.answered();
         let mut keys: BTreeMap<String, BackendConfig> = range.kvs.iter().filter_map(|kv| self.backend(kv)).collect();
         self.publish(&keys);
         let mut watch = self.gateway.watch(&self.prefix, Some(&end), range.store + 1).await?;
         loop {
             let events = watch.next().await?;
             backoff.reset();
+            self.status.answered();
             if events.is_empty() {
                 continue;
             }

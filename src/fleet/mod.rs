@@ -2,6 +2,7 @@
 //! (counted here or in Redis) and backends discovered in DNS or registered in etcd.
 
 pub mod discovery;
+pub mod discovery_status;
 pub mod etcd;
 pub mod etcd_backends;
 pub mod gcra_table;

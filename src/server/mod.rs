@@ -293,6 +293,8 @@ impl Server {
                     running.handle(command);
                     dns_tick = dns_ticker(&running.config);
                     running.discovery.follow(&running.config);
+                    // The admin API shows the discovery of the pools now served.
+                    running.publish();
                 }
                 Some(()) = tick(&mut dns_tick) => running.refresh_dns().await,
                 () = until(running.discovery.next_due()) => running.refresh_discovery().await,
@@ -472,6 +474,7 @@ impl Running {
                 })
                 .collect(),
             pools: self.pools.clone(),
+            discovery: self.discovery.statuses(),
         }));
     }
 
