@@ -277,7 +277,7 @@ fn run(cli: &Cli) -> ExitCode {
     }
 }
 
-/// The config under an etcd key (`--config etcd://HOST:PORT/KEY`) with the command line's
+/// The config under an etcd key (`--config etcd://HOST:PORT[,HOST:PORT...]/KEY`) with the command line's
 /// overrides, and its revision.
 fn load_from_etcd(cli: &Cli, source: &EtcdSource) -> Result<(steelyard::Config, i64), String> {
     if cli.has_quick_flags() {

@@ -272,6 +272,12 @@ async fn backends_registered_under_a_prefix_come_and_go_with_their_leases() {
     p.signal("-HUP");
     p.wait_for_line("config reloaded");
     assert_eq!(served(&client, &url, 8).await, counts(&[("b", 2), ("c", 6)]));
+    // The admin API shows the new source as soon as the reload is done.
+    let (_, status) = discovery_figures(&client, &admin).await;
+    assert_eq!(
+        status["pools"][0]["discovery"]["source"],
+        format!("etcd://{}{MOVED}", etcd.addr)
+    );
     etcd.restart().await;
     eventually("only a to be served", || {
         let (client, url) = (client.clone(), url.clone());
@@ -322,6 +328,9 @@ async fn a_cluster_member_lost_moves_the_watch_to_another() {
     })
     .await;
     assert_eq!(served(&client, &url, 4).await, counts(&[("a", 2), ("b", 2)]));
+    // The config's watch moved over too: a new revision written on another member applies.
+    let revision = members[1].put(KEY, &format!("{config}# revision 2\n")).await;
+    p.wait_for_line(&format!("applied etcd revision {revision}"));
     p.signal("-TERM");
     assert_eq!(p.wait(), 0);
 }

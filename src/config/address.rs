@@ -119,7 +119,13 @@ pub fn split_etcd_url(s: &str) -> Option<(&str, &str)> {
     let rest = s.strip_prefix("etcd://")?;
     let slash = rest.find('/')?;
     let (endpoints, path) = rest.split_at(slash);
-    let valid = |e: &str| !e.is_empty() && !e.contains(char::is_whitespace) && e.contains(':');
+    // HOST:PORT with a port number, and no scheme: `http://10.0.0.1:2379` (as etcdctl takes
+    // it) must not pass for the endpoint "http:" and a key "//10.0.0.1:2379".
+    let valid = |e: &str| {
+        e.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && !host.contains(['/', ' ']) && port.parse::<u16>().is_ok_and(|p| p > 0)
+        })
+    };
     (endpoints.split(',').all(valid) && path.len() > 1).then_some((endpoints, path))
 }
 
@@ -136,6 +142,10 @@ mod etcd_url_tests {
         assert_eq!(split_etcd_url("etcd://127.0.0.1:2379/"), None);
         assert_eq!(split_etcd_url("etcd://127.0.0.1:2379,/k"), None);
         assert_eq!(split_etcd_url("etcd://localhost/k"), None);
+        assert_eq!(split_etcd_url("etcd://http://10.0.0.1:2379/k"), None);
+        assert_eq!(split_etcd_url("etcd://:2379/k"), None);
+        assert_eq!(split_etcd_url("etcd://h:abc/k"), None);
+        assert_eq!(split_etcd_url("etcd://[::1]:2379/k"), Some(("[::1]:2379", "/k")));
         assert_eq!(split_etcd_url("http://127.0.0.1:2379/k"), None);
     }
 }

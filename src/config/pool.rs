@@ -572,7 +572,7 @@ fn discover(key: &str, d: &Spanned<DiscoverSection>, check: &mut Checker) -> Opt
             check.error(
                 d.span(),
                 format!(
-                    "{key}: give exactly one of srv = \"NAME\", a = \"NAME:PORT\" or etcd = \"etcd://HOST:PORT/PREFIX/\""
+                    "{key}: give exactly one of srv = \"NAME\", a = \"NAME:PORT\" or etcd = \"etcd://HOST:PORT[,HOST:PORT...]/PREFIX/\""
                 ),
             );
             return None;

@@ -53,6 +53,8 @@ struct Watched {
     next: Instant,
     /// The last answer; `None` until a lookup succeeded.
     found: Option<Vec<BackendConfig>>,
+    /// `found` changed and is not applied yet: counted and announced once it is.
+    unapplied: bool,
     status: Arc<DiscoveryStatus>,
 }
 
@@ -104,6 +106,7 @@ impl Discovery {
                     source,
                     next: Instant::now(),
                     found: before(),
+                    unapplied: false,
                     status,
                 }
             }));
@@ -125,6 +128,17 @@ impl Discovery {
                 .and_then(|w| w.found.as_ref())
             {
                 pool.backends.clone_from(found);
+            }
+        }
+    }
+
+    /// The sets [`Discovery::refresh_due`] found were applied (`true`) or refused: counts and
+    /// announces the applied ones.
+    pub fn applied(&mut self, ok: bool) {
+        for w in self.watched.iter_mut().filter(|w| w.unapplied) {
+            w.unapplied = false;
+            if let (true, Some(found)) = (ok, &w.found) {
+                w.status.updated(found);
             }
         }
     }
@@ -174,7 +188,7 @@ impl Discovery {
                 if w.found.as_ref() != Some(&backends) {
                     let list: Vec<String> = backends.iter().map(|b| b.address.to_string()).collect();
                     tracing::info!(pool = %w.pool, backends = %list.join(", "), "etcd discovery: backends changed");
-                    w.status.updated(&backends);
+                    w.unapplied = true;
                     w.found = Some(backends);
                     changed = true;
                 }
@@ -186,6 +200,7 @@ impl Discovery {
                 Source::Dns(Some(resolver)) => resolver,
                 Source::Dns(None) => {
                     w.next = now + w.config.max_ttl;
+                    w.status.failed("no DNS resolver could be made (logged at start)");
                     continue;
                 }
             };
@@ -201,7 +216,7 @@ impl Discovery {
                             .map(|b| format!("{}{}", b.address, if b.backup { " (backup)" } else { "" }))
                             .collect();
                         tracing::info!(pool = %w.pool, backends = %list.join(", "), "DNS discovery: backends changed");
-                        w.status.updated(&backends);
+                        w.unapplied = true;
                         w.found = Some(backends);
                         changed = true;
                     }

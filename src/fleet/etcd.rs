@@ -20,6 +20,11 @@ use serde_json::{json, Value};
 /// Longest wait for one request to etcd (not a watch, which stays open).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Longest wait for one member to accept a connection: a member that is down without
+/// refusing (powered off, partitioned) must not use up a request's time before the others
+/// are tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// TCP keepalive on connections to etcd: a watch waits for news as long as there is none, so
 /// an etcd host gone without a reset (a partition, a dropped NAT entry) is found by the
 /// kernel's probes: idle 10 s, then 3 probes 5 s apart.
@@ -166,15 +171,23 @@ impl Gateway {
         Ok(value)
     }
 
-    /// Sends to the preferred member, then to each other in turn while one cannot be reached.
+    /// Sends to the preferred member, then to each other in turn while one cannot be reached
+    /// or answers with a server error (a learner, a member without a leader or in alarm); the
+    /// last member's answer is returned whatever it is.
     async fn send(&self, path: &str, body: Value) -> Result<http::Response<hyper::body::Incoming>, String> {
         let first = self.preferred.load(Ordering::Relaxed);
         let mut failures = Vec::new();
-        for i in 0..self.endpoints.len() {
-            let at = (first + i) % self.endpoints.len();
+        let count = self.endpoints.len();
+        for i in 0..count {
+            let at = (first + i) % count;
             match self.send_to(&self.endpoints[at], path, &body).await {
+                Ok(res) if res.status().is_server_error() && i + 1 < count => {
+                    failures.push((at, format!("answered {}", res.status())));
+                }
                 Ok(res) => {
-                    self.preferred.store(at, Ordering::Relaxed);
+                    if res.status().is_success() {
+                        self.preferred.store(at, Ordering::Relaxed);
+                    }
                     return Ok(res);
                 }
                 Err(why) => failures.push((at, why)),
@@ -196,7 +209,7 @@ impl Gateway {
         path: &str,
         body: &Value,
     ) -> Result<http::Response<hyper::body::Incoming>, String> {
-        let stream = tokio::time::timeout(REQUEST_TIMEOUT, tokio::net::TcpStream::connect(endpoint))
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(endpoint))
             .await
             .map_err(|_| "connect timed out".to_owned())?
             .map_err(|e| e.to_string())?;
@@ -210,6 +223,10 @@ impl Gateway {
         let req = http::Request::post(path)
             .header(http::header::HOST, endpoint)
             .header(http::header::CONTENT_TYPE, "application/json")
+            // etcd's "require leader" (clientv3's WithRequireLeader): a member cut off from
+            // the cluster cancels its watches instead of keeping them open and silent, so the
+            // watch is opened again on a member that hears the leader.
+            .header("grpc-metadata-hasleader", "true")
             .body(Full::new(Bytes::from(body.to_string())))
             .map_err(|e| e.to_string())?;
         tokio::time::timeout(REQUEST_TIMEOUT, sender.send_request(req))

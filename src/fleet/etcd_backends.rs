@@ -1,5 +1,5 @@
-//! Backends registered in etcd (`discover = { etcd = "etcd://HOST:PORT/PREFIX/" }`): each key
-//! `PREFIX` + `IP:PORT` is a backend, its value (if not empty) the weight. A backend registers
+//! Backends registered in etcd (`discover = { etcd = "etcd://HOST:PORT[,...]/PREFIX/" }`):
+//! each key `PREFIX` + `IP:PORT` is a backend, its value (if not empty) the weight. A backend registers
 //! itself with a lease it keeps alive (`etcdctl lease grant`, `put --lease`, `lease
 //! keep-alive`), so it leaves when it stops or dies: etcd deletes the key when the lease runs
 //! out.
@@ -79,33 +79,61 @@ struct Follower {
     changed: Arc<Notify>,
 }
 
+/// Why following the prefix stopped.
+enum Ended {
+    /// etcd could not be read or watched: the source failed.
+    Failed(String),
+    /// A watch that etcd had answered ended (a member going away, a compaction): read again,
+    /// which says whether the source failed.
+    WatchEnded(String),
+}
+
 impl Follower {
     async fn run(self) {
         let mut backoff = Backoff::default();
         loop {
-            let Err(why) = self.follow(&mut backoff).await;
-            self.status.failed(&why);
-            tracing::warn!(
-                pool = %self.pool,
-                "etcd discovery at {}{}: {why}; keeping the backends found before, reading again in {:?}",
-                self.endpoints,
-                self.prefix,
-                backoff.pause()
-            );
+            let Err(ended) = self.follow(&mut backoff).await;
+            let (endpoints, prefix, pause) = (&self.endpoints, &self.prefix, backoff.pause());
+            match ended {
+                Ended::Failed(why) => {
+                    self.status.failed(&why);
+                    tracing::warn!(
+                        pool = %self.pool,
+                        "etcd discovery at {endpoints}{prefix}: {why}; keeping the backends found before, reading again in {pause:?}"
+                    );
+                }
+                Ended::WatchEnded(why) => tracing::info!(
+                    pool = %self.pool,
+                    "etcd discovery at {endpoints}{prefix}: the watch ended ({why}); reading the prefix again in {pause:?}"
+                ),
+            }
             backoff.wait().await;
         }
     }
 
-    /// Reads the prefix, then follows its changes until the watch breaks (with why).
-    async fn follow(&self, backoff: &mut Backoff) -> Result<std::convert::Infallible, String> {
+    /// Reads the prefix, then follows its changes until the watch breaks (with why). The
+    /// source counts as answering once a watch is open on it.
+    async fn follow(&self, backoff: &mut Backoff) -> Result<std::convert::Infallible, Ended> {
         let end = prefix_end(&self.prefix);
-        let range = self.gateway.range(&self.prefix, Some(&end)).await?;
-        self.status.answered();
+        let range = self
+            .gateway
+            .range(&self.prefix, Some(&end))
+            .await
+            .map_err(Ended::Failed)?;
         let mut keys: BTreeMap<String, BackendConfig> = range.kvs.iter().filter_map(|kv| self.backend(kv)).collect();
         self.publish(&keys);
-        let mut watch = self.gateway.watch(&self.prefix, Some(&end), range.store + 1).await?;
+        let mut watch = self
+            .gateway
+            .watch(&self.prefix, Some(&end), range.store + 1)
+            .await
+            .map_err(Ended::Failed)?;
+        let mut answered = false;
         loop {
-            let events = watch.next().await?;
+            let events = watch.next().await.map_err(|why| match answered {
+                true => Ended::WatchEnded(why),
+                false => Ended::Failed(why),
+            })?;
+            answered = true;
             backoff.reset();
             self.status.answered();
             if events.is_empty() {

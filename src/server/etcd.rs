@@ -1,4 +1,4 @@
-//! The config kept in etcd: `--config etcd://HOST:PORT/KEY` loads the TOML document stored
+//! The config kept in etcd: `--config etcd://HOST:PORT[,HOST:PORT...]/KEY` loads the TOML document stored
 //! under KEY, then watches the key and applies each new revision through the same validated,
 //! transactional reload as a file (an invalid revision is logged with its revision number and
 //! `line:column`, and the running config stays).

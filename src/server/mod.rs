@@ -255,6 +255,7 @@ impl Server {
         }
         staged.carried = self.inherited.take_carried();
         running.commit(staged);
+        running.discovery.applied(true);
         events::record(
             Kind::Start,
             Level::Info,
@@ -292,9 +293,6 @@ impl Server {
                     }
                     running.handle(command);
                     dns_tick = dns_ticker(&running.config);
-                    running.discovery.follow(&running.config);
-                    // The admin API shows the discovery of the pools now served.
-                    running.publish();
                 }
                 Some(()) = tick(&mut dns_tick) => running.refresh_dns().await,
                 () = until(running.discovery.next_due()) => running.refresh_discovery().await,
@@ -386,9 +384,11 @@ impl Running {
         if !self.discovery.refresh_due().await {
             return;
         }
-        if let Err(e) = self.apply(self.config.clone()) {
+        let applied = self.apply(self.config.clone());
+        if let Err(e) = &applied {
             tracing::error!("applying discovered backends failed: {e}; keeping the previous backends");
         }
+        self.discovery.applied(applied.is_ok());
         self.publish();
     }
 

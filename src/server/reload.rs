@@ -201,6 +201,9 @@ impl Running {
             }
         };
         self.admin_state.reloads.record(result.is_ok());
+        // Discovery follows the pools now served before the admin API shows them and the
+        // reload is answered.
+        self.discovery.follow(&self.config);
         self.publish();
         // Ready again either way: a refused reload leaves the old config serving.
         super::systemd::notify("READY=1");

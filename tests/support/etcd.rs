@@ -1,4 +1,4 @@
-//! A real single-node `etcd` (Debian's etcd-server) on loopback ports, started by the test,
+//! A real `etcd` (Debian's etcd-server), one node or a cluster, on loopback ports started by the test,
 //! and a client for its v3 JSON gateway.
 
 use std::net::SocketAddr;
@@ -52,7 +52,35 @@ impl EtcdServer {
 
     /// Starts a cluster of `members` members, each on its own loopback ports, and waits until
     /// every one reports healthy (a leader elected).
+    ///
+    /// Like [`EtcdServer::start`], a start that fails on a port another process took between
+    /// the probe and etcd's bind tries again on fresh ports.
     pub async fn cluster(members: usize) -> Vec<EtcdServer> {
+        for attempt in 1..=3 {
+            let mut servers = EtcdServer::cluster_on_fresh_ports(members);
+            // A member alone cannot elect a leader: start them all, then wait for each.
+            for s in &mut servers {
+                s.spawn();
+            }
+            let mut failed = None;
+            for s in &mut servers {
+                if let Err(log) = s.wait_healthy().await {
+                    failed = Some((s.name.clone(), s.addr, log));
+                    break;
+                }
+            }
+            match failed {
+                None => return servers,
+                Some((_, _, log)) if attempt < 3 && log.contains("address already in use") => continue,
+                Some((name, addr, log)) => {
+                    panic!("etcd member {name} on {addr} did not become healthy; its log ends:\n{log}")
+                }
+            }
+        }
+        unreachable!("the last attempt panics")
+    }
+
+    fn cluster_on_fresh_ports(members: usize) -> Vec<EtcdServer> {
         let ports: Vec<(SocketAddr, SocketAddr)> =
             (0..members).map(|_| (super::free_port(), super::free_port())).collect();
         let cluster = ports
@@ -61,7 +89,7 @@ impl EtcdServer {
             .map(|(i, (_, peer))| format!("m{i}=http://{peer}"))
             .collect::<Vec<_>>()
             .join(",");
-        let mut servers: Vec<EtcdServer> = ports
+        ports
             .into_iter()
             .enumerate()
             .map(|(i, (addr, peer))| {
@@ -76,20 +104,7 @@ impl EtcdServer {
                     cluster: cluster.clone(),
                 }
             })
-            .collect();
-        // A member alone cannot elect a leader: start them all, then wait for each.
-        for s in &mut servers {
-            s.spawn();
-        }
-        for s in &mut servers {
-            if let Err(log) = s.wait_healthy().await {
-                panic!(
-                    "etcd member {} on {} did not become healthy; its log ends:\n{log}",
-                    s.name, s.addr
-                );
-            }
-        }
-        servers
+            .collect()
     }
 
     /// Starts it (again) on the same ports and data.
@@ -209,17 +224,27 @@ impl EtcdServer {
     }
 
     /// One request to the v3 JSON gateway; its JSON reply.
+    /// Retried while etcd answers "unavailable" (gRPC code 14: a cluster electing a new
+    /// leader after a member was killed), for up to 30 s.
     async fn call(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
-        let reply = super::client()
-            .post(format!("http://{}{path}", self.addr))
-            .body(body.to_string())
-            .send()
-            .await
-            .expect(path)
-            .text()
-            .await
-            .expect("etcd reply");
-        serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{path}: {e}: {reply}"))
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let reply = super::client()
+                .post(format!("http://{}{path}", self.addr))
+                .body(body.to_string())
+                .send()
+                .await
+                .expect(path)
+                .text()
+                .await
+                .expect("etcd reply");
+            let v: serde_json::Value = serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{path}: {e}: {reply}"));
+            if v["code"] == 14 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            return v;
+        }
     }
 
     /// Kills it (SIGKILL).
