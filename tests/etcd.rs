@@ -338,27 +338,13 @@ async fn a_cluster_member_lost_moves_the_watch_to_another() {
 /// The `steelyard_discovery_*` lines of `/metrics`, and `/api/status`, from the admin API at
 /// `admin` (`http://ADDR`).
 async fn discovery_figures(client: &reqwest::Client, admin: &str) -> (Vec<String>, serde_json::Value) {
-    let metrics = client
-        .get(format!("{admin}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let (_, metrics) = get(client, &format!("{admin}/metrics")).await;
     let lines = metrics
         .lines()
         .filter(|l| l.starts_with("steelyard_discovery_"))
         .map(str::to_owned)
         .collect();
-    let status = client
-        .get(format!("{admin}/api/status"))
-        .send()
-        .await
-        .expect("status")
-        .text()
-        .await
-        .expect("status text");
+    let (_, status) = get(client, &format!("{admin}/api/status")).await;
     let status = serde_json::from_str(&status).expect("status json");
     (lines, status)
 }
