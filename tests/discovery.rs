@@ -48,9 +48,20 @@ async fn srv_records_drive_the_pool_while_traffic_flows() {
     );
     let (pa, pb, pc) = (a.addr.port(), b.addr.port(), c.addr.port());
     let mut dns = Dnsmasq::start(&srv(&[(pa, 10, 1), (pb, 10, 2), (pc, 20, 1)]));
-    let sy = spawn_steelyard(config(&discover_toml(&dns, "srv = \"_http._tcp.app.test\""))).await;
+    let toml = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n{}",
+        discover_toml(&dns, "srv = \"_http._tcp.app.test\"")
+    );
+    let sy = spawn_steelyard(config(&toml)).await;
     let client = client();
     let url = sy.url("/");
+    let metrics = format!("http://{}/metrics", sy.admin.expect("admin"));
+    let discovery_line = |text: &str, name: &str| {
+        let prefix = format!("steelyard_discovery_{name}{{pool=\"web\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
     // Weights 1 and 2 over priority 10; c (priority 20) is a backup and gets nothing.
     let got = names(&client, &url, 30).await;
     let count = |n: &str| got.iter().filter(|g| *g == n).count();
@@ -92,6 +103,13 @@ async fn srv_records_drive_the_pool_while_traffic_flows() {
     // Only backups left: they serve.
     dns.restart(&srv(&[(pb, 20, 1)]));
     eventually("b alone to serve", || seen_only(&["b"])).await;
+    // Three answers applied (the first, then two changes), the server answering.
+    let (_, text) = get(&client, &metrics).await;
+    assert_eq!(
+        (discovery_line(&text, "up"), discovery_line(&text, "updates_total")),
+        (Some(1), Some(3)),
+        "{text}"
+    );
     // DNS goes away: the last answer stands.
     dns.stop();
     let before = served.load(Ordering::SeqCst);
@@ -101,6 +119,14 @@ async fn srv_records_drive_the_pool_while_traffic_flows() {
     })
     .await;
     assert_eq!(names(&client, &url, 4).await, ["b", "b", "b", "b"]);
+    eventually("the metrics to show DNS failing", || {
+        let (client, metrics) = (client.clone(), metrics.clone());
+        async move {
+            let (_, text) = get(&client, &metrics).await;
+            discovery_line(&text, "up") == Some(0) && discovery_line(&text, "failures_total") >= Some(1)
+        }
+    })
+    .await;
     running.store(false, Ordering::SeqCst);
     load.await.expect("load");
     assert_eq!(failures.load(Ordering::SeqCst), 0, "not one request failed");
