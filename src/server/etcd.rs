@@ -7,6 +7,8 @@
 //! the watch breaks (etcd restarting, a compacted revision), it reads the key again after a
 //! short pause and watches on from there; revisions already applied are not applied twice.
 
+use std::sync::Arc;
+
 use super::dns::System;
 use super::ReloadHandle;
 use crate::config::address::split_etcd_url;
@@ -14,13 +16,24 @@ use crate::config::Config;
 use crate::fleet::etcd::{Backoff, Gateway};
 
 /// Where the config lives: `etcd://HOST:PORT[,HOST:PORT...]/KEY`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct EtcdSource {
     /// `HOST:PORT` of the etcd cluster's client endpoints, comma-separated.
     pub endpoint: String,
     /// The key holding the TOML document.
     pub key: String,
+    /// The members, remembering which answered last; shared by clones, so the watch starts
+    /// on the member the start read from.
+    gateway: Arc<Gateway>,
 }
+
+impl PartialEq for EtcdSource {
+    fn eq(&self, other: &EtcdSource) -> bool {
+        (&self.endpoint, &self.key) == (&other.endpoint, &other.key)
+    }
+}
+
+impl Eq for EtcdSource {}
 
 /// Why the config could not be read from etcd.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +79,7 @@ impl EtcdSource {
             Some((endpoint, key)) => Ok(EtcdSource {
                 endpoint: endpoint.to_owned(),
                 key: key.to_owned(),
+                gateway: Arc::new(Gateway::new(endpoint)),
             }),
             None => Err(format!("{s:?} is not etcd://HOST:PORT[,HOST:PORT...]/KEY")),
         })
@@ -79,7 +93,7 @@ impl EtcdSource {
     /// Reads and validates the config at the key, returning it with the revision to watch
     /// from.
     pub async fn load(&self) -> Result<(Config, i64), EtcdError> {
-        let rev = self.read(&Gateway::new(&self.endpoint)).await?;
+        let rev = self.read(&self.gateway).await?;
         let config = self.parse_revision(&rev).map_err(EtcdError::Invalid)?;
         Ok((config, rev.number))
     }
@@ -118,10 +132,9 @@ impl EtcdSource {
     /// through `reload` after `adjust` (the command line's overrides) has been applied to it.
     pub async fn watch(self, mut applied: i64, reload: ReloadHandle, adjust: impl Fn(&mut Config) + Send) {
         let mut backoff = Backoff::default();
-        let gateway = Gateway::new(&self.endpoint);
         loop {
             let Err(why) = self
-                .follow(&gateway, &mut applied, &reload, &adjust, &mut backoff)
+                .follow(&self.gateway, &mut applied, &reload, &adjust, &mut backoff)
                 .await;
             tracing::warn!(source = %self.url(), "etcd watch broken: {why}; reading the key again in {:?}", backoff.pause());
             backoff.wait().await;
@@ -196,13 +209,9 @@ mod tests {
 
     #[test]
     fn urls_parse() {
-        assert_eq!(
-            EtcdSource::parse("etcd://127.0.0.1:2379/steelyard/config"),
-            Some(Ok(EtcdSource {
-                endpoint: "127.0.0.1:2379".into(),
-                key: "/steelyard/config".into()
-            }))
-        );
+        let source = EtcdSource::parse("etcd://127.0.0.1:2379/steelyard/config").and_then(Result::ok);
+        let parts = source.as_ref().map(|s| (s.endpoint.as_str(), s.key.as_str()));
+        assert_eq!(parts, Some(("127.0.0.1:2379", "/steelyard/config")));
         assert!(EtcdSource::parse("etcd://127.0.0.1:2379").expect("etcd").is_err());
         assert_eq!(EtcdSource::parse("/etc/steelyard.toml"), None);
     }
