@@ -58,6 +58,24 @@ struct Watched {
     status: Arc<DiscoveryStatus>,
 }
 
+impl Watched {
+    /// Takes `backends` as what `via` (DNS or etcd) found; true (and logged) when they differ
+    /// from what it found before, to be applied.
+    fn take(&mut self, backends: Vec<BackendConfig>, via: &str) -> bool {
+        if self.found.as_ref() == Some(&backends) {
+            return false;
+        }
+        let list: Vec<String> = backends
+            .iter()
+            .map(|b| format!("{}{}", b.address, if b.backup { " (backup)" } else { "" }))
+            .collect();
+        tracing::info!(pool = %self.pool, backends = %list.join(", "), "{via} discovery: backends changed");
+        self.unapplied = true;
+        self.found = Some(backends);
+        true
+    }
+}
+
 /// How a pool's backends are found.
 enum Source {
     /// Looked up in DNS (no resolver when it could not be made; logged). Boxed: a resolver
@@ -185,13 +203,7 @@ impl Discovery {
                 continue;
             };
             if let Some(backends) = registered.take_changed() {
-                if w.found.as_ref() != Some(&backends) {
-                    let list: Vec<String> = backends.iter().map(|b| b.address.to_string()).collect();
-                    tracing::info!(pool = %w.pool, backends = %list.join(", "), "etcd discovery: backends changed");
-                    w.unapplied = true;
-                    w.found = Some(backends);
-                    changed = true;
-                }
+                changed |= w.take(backends, "etcd");
             }
         }
         for w in self.watched.iter_mut().filter(|w| w.next <= now) {
@@ -210,16 +222,7 @@ impl Discovery {
                     backends.sort_by_key(|b| (b.backup, b.address));
                     let ttl = valid_until.saturating_duration_since(Instant::now());
                     w.next = Instant::now() + ttl.clamp(w.config.min_ttl, w.config.max_ttl);
-                    if w.found.as_ref() != Some(&backends) {
-                        let list: Vec<String> = backends
-                            .iter()
-                            .map(|b| format!("{}{}", b.address, if b.backup { " (backup)" } else { "" }))
-                            .collect();
-                        tracing::info!(pool = %w.pool, backends = %list.join(", "), "DNS discovery: backends changed");
-                        w.unapplied = true;
-                        w.found = Some(backends);
-                        changed = true;
-                    }
+                    changed |= w.take(backends, "DNS");
                 }
                 Err(e) => {
                     w.next = Instant::now() + w.config.min_ttl;
