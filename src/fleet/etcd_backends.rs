@@ -1,6 +1,6 @@
 //! Backends registered in etcd (`discover = { etcd = "etcd://HOST:PORT[,...]/PREFIX/" }`):
-//! each key `PREFIX` + `IP:PORT` is a backend, its value (if not empty) the weight. A backend registers
-//! itself with a lease it keeps alive (`etcdctl lease grant`, `put --lease`, `lease
+//! each key `PREFIX` + `IP:PORT` is a backend, its value (if not empty) the weight. A backend
+//! registers itself with a lease it keeps alive (`etcdctl lease grant`, `put --lease`, `lease
 //! keep-alive`), so it leaves when it stops or dies: etcd deletes the key when the lease runs
 //! out.
 //!
@@ -38,10 +38,8 @@ impl Registered {
     pub fn follow(endpoint: &str, prefix: &str, status: Arc<DiscoveryStatus>, changed: Arc<Notify>) -> Registered {
         let (tx, found) = watch::channel(None);
         let follower = Follower {
-            pool: status.pool.clone(),
             status,
             gateway: Gateway::new(endpoint),
-            endpoints: endpoint.to_owned(),
             prefix: prefix.to_owned(),
             tx,
             changed,
@@ -69,11 +67,9 @@ impl Registered {
 }
 
 struct Follower {
-    pool: String,
+    /// The pool's status, which also names the pool and the source for the log.
     status: Arc<DiscoveryStatus>,
     gateway: Gateway,
-    /// The endpoints as configured, for the log.
-    endpoints: String,
     prefix: String,
     tx: watch::Sender<Option<Vec<BackendConfig>>>,
     changed: Arc<Notify>,
@@ -93,18 +89,18 @@ impl Follower {
         let mut backoff = Backoff::default();
         loop {
             let Err(ended) = self.follow(&mut backoff).await;
-            let (endpoints, prefix, pause) = (&self.endpoints, &self.prefix, backoff.pause());
+            let (pool, source, pause) = (&self.status.pool, &self.status.source, backoff.pause());
             match ended {
                 Ended::Failed(why) => {
                     self.status.failed(&why);
                     tracing::warn!(
-                        pool = %self.pool,
-                        "etcd discovery at {endpoints}{prefix}: {why}; keeping the backends found before, reading again in {pause:?}"
+                        pool = %pool,
+                        "etcd discovery at {source}: {why}; keeping the backends found before, reading again in {pause:?}"
                     );
                 }
                 Ended::WatchEnded(why) => tracing::info!(
-                    pool = %self.pool,
-                    "etcd discovery at {endpoints}{prefix}: the watch ended ({why}); reading the prefix again in {pause:?}"
+                    pool = %pool,
+                    "etcd discovery at {source}: the watch ended ({why}); reading the prefix again in {pause:?}"
                 ),
             }
             backoff.wait().await;
@@ -153,7 +149,7 @@ impl Follower {
     fn backend(&self, kv: &Kv) -> Option<(String, BackendConfig)> {
         let name = kv.key.strip_prefix(&self.prefix).unwrap_or(&kv.key);
         let Ok(address) = name.parse::<SocketAddr>() else {
-            tracing::warn!(pool = %self.pool, key = %kv.key, "etcd discovery: the key is not {}IP:PORT; skipped", self.prefix);
+            tracing::warn!(pool = %self.status.pool, key = %kv.key, "etcd discovery: the key is not {}IP:PORT; skipped", self.prefix);
             return None;
         };
         let value = kv.value.trim();
@@ -163,7 +159,7 @@ impl Follower {
             match value.parse::<u32>() {
                 Ok(w) if (1..=MAX_WEIGHT).contains(&w) => w,
                 _ => {
-                    tracing::warn!(pool = %self.pool, key = %kv.key, value, "etcd discovery: the value is not a weight from 1 to {MAX_WEIGHT} (or empty); skipped");
+                    tracing::warn!(pool = %self.status.pool, key = %kv.key, value, "etcd discovery: the value is not a weight from 1 to {MAX_WEIGHT} (or empty); skipped");
                     return None;
                 }
             }
@@ -183,7 +179,7 @@ impl Follower {
         let mut backends: Vec<BackendConfig> = Vec::with_capacity(keys.len());
         for (key, backend) in keys {
             if backends.iter().any(|b| b.address == backend.address) {
-                tracing::warn!(pool = %self.pool, key = %key, "etcd discovery: {} is registered under another key too; skipped", backend.address);
+                tracing::warn!(pool = %self.status.pool, key = %key, "etcd discovery: {} is registered under another key too; skipped", backend.address);
                 continue;
             }
             backends.push(backend.clone());
