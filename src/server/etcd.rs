@@ -1,11 +1,11 @@
-//! The config kept in etcd: `--config etcd://HOST:PORT[,HOST:PORT...]/KEY` loads the TOML document stored
-//! under KEY, then watches the key and applies each new revision through the same validated,
-//! transactional reload as a file (an invalid revision is logged with its revision number and
-//! `line:column`, and the running config stays).
+//! The config kept in etcd: `--config etcd://HOST:PORT[,HOST:PORT...]/KEY` loads the TOML
+//! document stored under KEY, then watches the key and applies each new revision through the
+//! same validated, transactional reload as a file (an invalid revision is logged with its
+//! revision number and `line:column`, and the running config stays).
 //!
-//! It speaks etcd's v3 JSON gateway ([`crate::fleet::etcd`]). When
-//! the watch breaks (etcd restarting, a compacted revision), it reads the key again after a
-//! short pause and watches on from there; revisions already applied are not applied twice.
+//! It speaks etcd's v3 JSON gateway ([`crate::fleet::etcd`]). When the watch breaks (etcd
+//! restarting, a compacted revision), it reads the key again after a short pause and watches
+//! on from there; revisions already applied are not applied twice.
 
 use std::sync::Arc;
 
@@ -93,7 +93,7 @@ impl EtcdSource {
     /// Reads and validates the config at the key, returning it with the revision to watch
     /// from.
     pub async fn load(&self) -> Result<(Config, i64), EtcdError> {
-        let rev = self.read(&self.gateway).await?;
+        let rev = self.read().await?;
         let config = self.parse_revision(&rev).map_err(EtcdError::Invalid)?;
         Ok((config, rev.number))
     }
@@ -103,8 +103,9 @@ impl EtcdSource {
         Config::from_toml(&rev.text, &name, &System).map_err(|e| e.to_string())
     }
 
-    async fn read(&self, gateway: &Gateway) -> Result<Revision, EtcdError> {
-        let range = gateway
+    async fn read(&self) -> Result<Revision, EtcdError> {
+        let range = self
+            .gateway
             .range(&self.key, None)
             .await
             .map_err(|why| self.unreachable(why))?;
@@ -133,9 +134,7 @@ impl EtcdSource {
     pub async fn watch(self, mut applied: i64, reload: ReloadHandle, adjust: impl Fn(&mut Config) + Send) {
         let mut backoff = Backoff::default();
         loop {
-            let Err(why) = self
-                .follow(&self.gateway, &mut applied, &reload, &adjust, &mut backoff)
-                .await;
+            let Err(why) = self.follow(&mut applied, &reload, &adjust, &mut backoff).await;
             tracing::warn!(source = %self.url(), "etcd watch broken: {why}; reading the key again in {:?}", backoff.pause());
             backoff.wait().await;
         }
@@ -144,13 +143,12 @@ impl EtcdSource {
     /// Catches up with the key, then applies its changes until the watch ends (with why).
     async fn follow(
         &self,
-        gateway: &Gateway,
         applied: &mut i64,
         reload: &ReloadHandle,
         adjust: &impl Fn(&mut Config),
         backoff: &mut Backoff,
     ) -> Result<std::convert::Infallible, String> {
-        let current = match self.read(gateway).await {
+        let current = match self.read().await {
             Ok(rev) => rev,
             Err(EtcdError::Missing { .. }) => return Err("the key is gone; the running config stays".into()),
             Err(e) => return Err(e.to_string()),
@@ -159,7 +157,7 @@ impl EtcdSource {
         if current.number > *applied {
             self.apply(current, applied, reload, adjust).await;
         }
-        let mut watch = gateway.watch(&self.key, None, from).await?;
+        let mut watch = self.gateway.watch(&self.key, None, from).await?;
         loop {
             let events = watch.next().await?;
             backoff.reset();
