@@ -277,8 +277,8 @@ fn run(cli: &Cli) -> ExitCode {
     }
 }
 
-/// The config under an etcd key (`--config etcd://HOST:PORT[,HOST:PORT...]/KEY`) with the command line's
-/// overrides, and its revision.
+/// The config under an etcd key (`--config etcd://HOST:PORT[,HOST:PORT...]/KEY`) with the
+/// command line's overrides, and its revision.
 fn load_from_etcd(cli: &Cli, source: &EtcdSource) -> Result<(steelyard::Config, i64), String> {
     if cli.has_quick_flags() {
         return Err("--config cannot be combined with --listen, --backend, --tls-cert or the timeout flags".into());
@@ -386,9 +386,9 @@ enum Signalled {
     Upgrade,
 }
 
-/// `--watch`: reloads when the config file, or a certificate, key or CA file it names, changes its
-/// modification time or size (checked twice a second, applied once the files hold still; no
-/// platform file-watching API needed).
+/// `--watch`: reloads when the config file, or a certificate, key or CA file it names,
+/// changes its modification time or size (checked twice a second, applied once the files hold
+/// still; no platform file-watching API needed).
 async fn reload_on_change(handle: ReloadHandle, path: std::path::PathBuf, baseline: Vec<(std::path::PathBuf, Stamp)>) {
     let mut last = baseline;
     // A change is applied once the files hold still for a tick: a certificate and its key are

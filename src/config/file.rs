@@ -48,8 +48,8 @@ pub struct DiscoverSection {
     pub srv: Option<Spanned<String>>,
     /// `NAME:PORT`: each A/AAAA record of NAME is a backend on PORT.
     pub a: Option<Spanned<String>>,
-    /// `etcd://HOST:PORT[,HOST:PORT...]/PREFIX/`: each key `PREFIX/IP:PORT` is a backend (its value, if any,
-    /// the weight).
+    /// `etcd://HOST:PORT[,HOST:PORT...]/PREFIX/`: each key `PREFIX/IP:PORT` is a backend (its
+    /// value, if any, the weight).
     pub etcd: Option<Spanned<String>>,
     /// `IP:PORT` of the DNS server to ask; the system's (`/etc/resolv.conf`) by default.
     pub nameserver: Option<Spanned<String>>,

@@ -4,9 +4,9 @@
 //! prefix.
 //!
 //! A cluster is given as its members' client endpoints, comma-separated: a request goes to
-//! the member that answered last, and to the next ones in turn when it cannot be reached, so
-//! losing one member costs one failed attempt (a watch on it ends, and is opened again on
-//! another).
+//! the member that answered last, and to the next ones in turn when it cannot be reached or
+//! answers with a server error, so losing one member costs one failed attempt (a watch on it
+//! ends, and is opened again on another).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;

@@ -11,7 +11,8 @@ use tokio::time::Instant;
 use super::connection::ConnInfo;
 use crate::upstream::backend::nanos_at;
 
-/// Writes every byte of `slices` (in order) with as few vectored writes (`sendmsg` on plain TCP) as the socket allows.
+/// Writes every byte of `slices` (in order) with as few vectored writes (`sendmsg` on plain
+/// TCP) as the socket allows.
 pub async fn write_all_vectored<W: AsyncWrite + Unpin>(w: &mut W, slices: &mut [IoSlice<'_>]) -> std::io::Result<()> {
     let mut slices = slices;
     IoSlice::advance_slices(&mut slices, 0);

@@ -234,8 +234,8 @@ impl Server {
             config: self.config.clone(),
             discovery: Default::default(),
         };
-        // Pools that discover their backends start with what DNS or etcd says (or empty, answering
-        // 503, until it answers).
+        // Pools that discover their backends start with what DNS or etcd says (or empty,
+        // answering 503, until it answers).
         running.discovery.follow(&self.config);
         running.discovery.first_answers().await;
         running.discovery.refresh_due().await;

@@ -8,9 +8,9 @@
 //! connection rather than silently speaking something else. `verify = false` accepts any
 //! certificate but still checks that the handshake was signed by its key. A pool's `tls.cert`
 //! and `tls.key` are presented to backends that ask for a client certificate (mutual TLS),
-//! loaded and checked like a listener's certificates. TLS 1.2 and 1.3
-//! with the ring provider, like the listeners; session resumption on (rustls's in-memory
-//! cache), so pooled reconnects skip the full handshake.
+//! loaded and checked like a listener's certificates. TLS 1.2 and 1.3 with the ring provider,
+//! like the listeners; session resumption on (rustls's in-memory cache), so pooled reconnects
+//! skip the full handshake.
 
 use std::sync::Arc;
 
